@@ -1,0 +1,34 @@
+"""llamafactory-dids: Domain Impact-aware Data Sampling (DIDS, arXiv 2504.13227) for LLaMA-Factory.
+
+Layers (imports point downwards): cli -> integration (the only code importing llamafactory or
+transformers.Trainer) -> data (sampler, domain-id plumbing) -> algorithms (mixing strategies)
+-> config (the `dids_*` keys).
+
+Installing the package is enough for `llamafactory-cli train` to accept `dids_*` keys: a `.pth` file
+hooks the plugin into every interpreter, torchrun workers included. Set `LLAMAFACTORY_DIDS_DISABLE=1`
+to switch that off; Python API users can call `apply()` / `revert()` themselves.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# The LLaMA-Factory releases whose private names the integration was tested against.
+SUPPORTED_LLAMAFACTORY = ">=0.9.5,<0.9.6"
+
+
+def apply() -> None:
+    """Hook DIDS into LLaMA-Factory (idempotent)."""
+    from .integration.patch import apply as _apply
+
+    _apply()
+
+
+def revert() -> None:
+    """Undo `apply()` (idempotent)."""
+    from .integration.patch import revert as _revert
+
+    _revert()
+
+
+__all__ = ["SUPPORTED_LLAMAFACTORY", "__version__", "apply", "revert"]

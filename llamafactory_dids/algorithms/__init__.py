@@ -1,0 +1,1 @@
+"""Mixing rules and the signals they consume (numpy/scipy only)."""

@@ -1,0 +1,181 @@
+"""Mixing strategies: the rule that turns training signals into domain sampling probabilities.
+
+Role: the last algorithmic step before the sampler (repartition -> impact -> schedule -> *sampler*).
+Every strategy shares one small interface: it declares the signals it needs (`signals`), gives the
+initial probabilities, and at each update receives the requested signals and returns new
+probabilities. The schedule machinery (integration.callback) computes only the declared signals,
+so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) will request impacts and
+task-loss trajectories through the same call.
+
+Strategies here: `uniform` (1/k), `natural` (proportional to domain sizes, the paper's "Random"
+baseline), `static` (user weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+# Names of signals the schedule machinery knows how to provide.
+#   domain_sizes      int64 [k]    rows per domain in the training set
+#   domain_train_loss float64 [k]  mean token loss per domain since the last update (NaN if unseen)
+#   realised_counts   int64 [k]    samples trained per domain since the start of the run
+#   step              int          optimizer step of this update
+KNOWN_SIGNALS = frozenset({"domain_sizes", "domain_train_loss", "realised_counts", "step"})
+
+
+def normalise(weights: np.ndarray, *, floor: float = 0.0, active: np.ndarray | None = None) -> np.ndarray:
+    """Project non-negative weights onto the simplex, with an optional per-domain floor.
+
+    Args:
+        weights: float [k], non-negative (NaN and negatives are treated as 0).
+        floor: minimum probability of every active domain; must satisfy floor * n_active <= 1.
+        active: bool [k]; inactive domains get exactly 0.
+
+    Returns:
+        float64 [k] summing to 1.
+    """
+    w = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    w = np.clip(w, 0.0, None)
+    mask = np.ones_like(w, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    if not mask.any():
+        raise ValueError("No active domain left to sample from.")
+    w = np.where(mask, w, 0.0)
+    total = w.sum()
+    w = np.where(mask, 1.0, 0.0) / mask.sum() if total <= 0 else w / total
+    if floor > 0:
+        n = int(mask.sum())
+        if floor * n > 1 + 1e-12:
+            raise ValueError(f"min weight {floor} times {n} active domains exceeds 1.")
+        # mix with the uniform distribution just enough to lift the smallest weight to the floor
+        lowest = w[mask].min()
+        if lowest < floor:
+            lam = (floor - lowest) / (1.0 / n - lowest)
+            w = np.where(mask, (1 - lam) * w + lam / n, 0.0)
+    return w / w.sum()
+
+
+class MixingStrategy:
+    """Base class: a rule from signals to domain probabilities.
+
+    Subclasses set `name`, `signals` and `dynamic`, and implement `initial_weights`; dynamic ones also
+    implement `update`. State that must survive a resume goes through `state_dict`/`load_state_dict`.
+    """
+
+    name: ClassVar[str]
+    signals: ClassVar[frozenset[str]] = frozenset()
+    dynamic: ClassVar[bool] = False
+
+    def __init__(self, domain_names: Sequence[str], domain_sizes: Sequence[int], **options: Any):
+        if len(domain_names) != len(domain_sizes):
+            raise ValueError("domain_names and domain_sizes differ in length.")
+        if len(domain_names) == 0:
+            raise ValueError("At least one domain is needed.")
+        self.domain_names = list(domain_names)
+        self.domain_sizes = np.asarray(domain_sizes, dtype=np.int64)
+        self.options = options
+
+    @property
+    def num_domains(self) -> int:
+        return len(self.domain_names)
+
+    def initial_weights(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def update(self, weights: np.ndarray, signals: Mapping[str, Any]) -> np.ndarray:
+        """Return new probabilities from the current ones and the declared signals.
+
+        Static strategies keep their weights.
+        """
+        return np.asarray(weights, dtype=np.float64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        del state
+
+
+class UniformStrategy(MixingStrategy):
+    """Every domain with the same probability 1/k (the paper's "Uniform" baseline)."""
+
+    name = "uniform"
+
+    def initial_weights(self) -> np.ndarray:
+        return np.full(self.num_domains, 1.0 / self.num_domains)
+
+
+class NaturalStrategy(MixingStrategy):
+    """Probabilities proportional to domain sizes (the paper's "Random" baseline)."""
+
+    name = "natural"
+    signals = frozenset({"domain_sizes"})
+
+    def initial_weights(self) -> np.ndarray:
+        return normalise(self.domain_sizes.astype(np.float64))
+
+
+class StaticStrategy(MixingStrategy):
+    """User-given weights, by domain name or in domain order, normalised."""
+
+    name = "static"
+
+    def __init__(self, domain_names: Sequence[str], domain_sizes: Sequence[int], *, weights: Any, **options: Any):
+        super().__init__(domain_names, domain_sizes, **options)
+        self.weights = resolve_static_weights(weights, self.domain_names)
+
+    def initial_weights(self) -> np.ndarray:
+        return self.weights.copy()
+
+
+def resolve_static_weights(weights: Mapping[str, float] | Sequence[float], domain_names: Sequence[str]) -> np.ndarray:
+    """Turn user weights (mapping or list) into a probability vector over `domain_names`.
+
+    Raises:
+        ValueError: naming the missing or unknown domains, or the length mismatch.
+    """
+    names = list(domain_names)
+    if isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(names))
+        missing = [n for n in names if n not in weights]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown domains {unknown}")
+            if missing:
+                parts.append(f"no weight for {missing}")
+            raise ValueError(
+                f"`dids_static_weights` does not match the training domains ({'; '.join(parts)}). "
+                f"The domains are: {names}. Give one weight per domain (0 excludes a domain)."
+            )
+        vec = np.array([float(weights[n]) for n in names])
+    else:
+        vec = np.asarray(list(weights), dtype=np.float64)
+        if vec.shape != (len(names),):
+            raise ValueError(
+                f"`dids_static_weights` has {vec.size} weights but there are {len(names)} domains {names}. "
+                "Give one weight per domain in this order, or a mapping domain -> weight."
+            )
+    if (vec < 0).any() or vec.sum() <= 0:
+        raise ValueError("`dids_static_weights` must be non-negative with a positive total.")
+    return vec / vec.sum()
+
+
+STRATEGY_CLASSES: dict[str, type[MixingStrategy]] = {
+    cls.name: cls for cls in (UniformStrategy, NaturalStrategy, StaticStrategy)
+}
+
+
+def build_strategy(
+    name: str, domain_names: Sequence[str], domain_sizes: Sequence[int], **options: Any
+) -> MixingStrategy:
+    try:
+        cls = STRATEGY_CLASSES[name]
+    except KeyError:
+        raise ValueError(f"Unknown strategy {name!r}; known: {sorted(STRATEGY_CLASSES)}.") from None
+    unknown = set(cls.signals) - KNOWN_SIGNALS
+    if unknown:
+        raise ValueError(f"Strategy {name!r} declares signals nobody provides: {sorted(unknown)}.")
+    return cls(domain_names, domain_sizes, **options)

@@ -1,0 +1,346 @@
+"""The `dids_*` keys of a LLaMA-Factory YAML: one dataclass, parsed and validated before any model loads.
+
+Role: configuration layer (stdlib only). The integration layer pops every `dids_*` key out of the
+arguments LLaMA-Factory would otherwise reject, builds a `DIDSConfig` with `parse_dids_config`, and
+checks the combination with LLaMA-Factory's own arguments in `check_host_arguments`. All problems are
+collected and reported at once, each naming the key, what it expects, what it got and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_PREFIX = "dids_"
+
+# Strategy names the config accepts. The table of classes lives in algorithms.strategies; this tuple is
+# kept here (stdlib only) so validation does not import numpy. A test keeps the two in sync.
+STRATEGIES = ("uniform", "natural", "static")
+EXHAUSTION_POLICIES = ("reshuffle", "drop")
+
+
+class DIDSConfigError(ValueError):
+    """Raised with every problem found in the `dids_*` keys, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Invalid llamafactory-dids configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass
+class DIDSConfig:
+    """Domain-mixing options of one training run (flat `dids_*` keys in the YAML)."""
+
+    dids_strategy: str | None = field(
+        default=None,
+        metadata={
+            "help": "Domain sampling strategy: one of "
+            + ", ".join(STRATEGIES)
+            + ". Unset leaves LLaMA-Factory's own sampling untouched."
+        },
+    )
+    dids_domain_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column holding each row's domain label (what `llamafactory-dids repartition` "
+            "writes). Unset: every entry of `dataset:` is one domain."
+        },
+    )
+    dids_static_weights: dict[str, float] | list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Weights for `dids_strategy: static`: a mapping domain -> weight, or a list in domain "
+            "order. Non-negative, normalised to sum to 1."
+        },
+    )
+    dids_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "Training samples drawn over the whole run (paper: 100k of 939k). Sets the run length: "
+            "one pass of the sampler is the budget and `num_train_epochs` becomes 1. Unset: one epoch draws "
+            "as many samples as the training set has, for `num_train_epochs` epochs."
+        },
+    )
+    dids_update_interval: int | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute the mixture every this many optimizer steps (dynamic strategies). Static "
+            "strategies ignore it unless set, in which case they still log an update record each interval."
+        },
+    )
+    dids_num_updates: int | None = field(
+        default=None,
+        metadata={
+            "help": "Alternative to `dids_update_interval`: this many evenly spaced updates over the run "
+            "(the paper's figures count 25 to 95 updates)."
+        },
+    )
+    dids_on_exhausted: str = field(
+        default="reshuffle",
+        metadata={
+            "help": "What happens when a domain has been fully drawn (sampling is without replacement "
+            "inside a domain): `reshuffle` starts a new pass over that domain in a fresh order; `drop` sets "
+            "its probability to 0 for the rest of the run. Both are logged."
+        },
+    )
+    dids_min_weight: float = field(
+        default=0.0,
+        metadata={"help": "Floor on every domain's probability after each update (against collapse)."},
+    )
+    dids_log_domain_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Log per-domain training loss (computed from the model's own per-token loss, no extra "
+            "forward)."
+        },
+    )
+    dids_trace_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the training-set row ids of every step to `output_dir/dids_trace/rank*.jsonl` "
+            "(audit what the model saw; used by the resume tests)."
+        },
+    )
+    dids_seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed of the sampling stream. Unset: the run's `seed`."},
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.dids_strategy is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def known_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(DIDSConfig)]
+
+
+def split_dids_keys(args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a LLaMA-Factory argument dict into (`dids_*` keys, everything else)."""
+    dids = {k: v for k, v in args.items() if k.startswith(KEY_PREFIX)}
+    rest = {k: v for k, v in args.items() if not k.startswith(KEY_PREFIX)}
+    return dids, rest
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+        return False
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[float] | None:
+    key = "dids_static_weights"
+    if value is None:
+        return None
+    if isinstance(value, str):  # e.g. a CLI override `dids_static_weights=0.5,0.3,0.2`
+        value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, Mapping):
+        out: dict[str, float] = {}
+        for name, w in value.items():
+            f = _as_float(w)
+            if f is None or f < 0:
+                problems.append(
+                    f"`{key}` must map domain names to non-negative numbers, got {name!r}: {w!r}. "
+                    "Fix the weight of that domain."
+                )
+                continue
+            out[str(name)] = f
+        return out
+    if isinstance(value, list | tuple):
+        floats = [_as_float(w) for w in value]
+        if any(f is None or f < 0 for f in floats):
+            problems.append(
+                f"`{key}` must be a list of non-negative numbers (one per domain, in domain order), "
+                f"got {list(value)!r}."
+            )
+            return None
+        return [float(f) for f in floats]  # type: ignore[arg-type]
+    problems.append(
+        f"`{key}` must be a mapping domain -> weight or a list of weights, got {type(value).__name__}: "
+        f"{value!r}."
+    )
+    return None
+
+
+def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
+    """Build a validated `DIDSConfig` from the popped `dids_*` keys.
+
+    Raises:
+        DIDSConfigError: listing every unknown key and every invalid value at once.
+    """
+    problems: list[str] = []
+    known = known_keys()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(f"Unknown key `{key}`. Known `dids_*` keys: {', '.join(known)}.")
+        else:
+            values[key] = value
+
+    cfg = DIDSConfig()
+
+    strategy = values.get("dids_strategy")
+    if strategy is not None:
+        if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
+            problems.append(
+                f"`dids_strategy` must be one of {', '.join(STRATEGIES)}, got {strategy!r}. "
+                "Set e.g. `dids_strategy: uniform`, or remove the key to keep LLaMA-Factory's sampling."
+            )
+        else:
+            cfg.dids_strategy = strategy.lower()
+
+    column = values.get("dids_domain_column")
+    if column is not None:
+        if not isinstance(column, str) or not column.strip():
+            problems.append(f"`dids_domain_column` must be a column name, got {column!r}.")
+        else:
+            cfg.dids_domain_column = column
+
+    if "dids_static_weights" in values:
+        cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
+
+    for key in ("dids_budget", "dids_update_interval", "dids_num_updates"):
+        if values.get(key) is None:
+            continue
+        n = _as_int(values[key])
+        if n is None or n <= 0:
+            problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, n)
+
+    if values.get("dids_seed") is not None:
+        n = _as_int(values["dids_seed"])
+        if n is None or n < 0:
+            problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
+        else:
+            cfg.dids_seed = n
+
+    policy = values.get("dids_on_exhausted")
+    if policy is not None:
+        if not isinstance(policy, str) or policy.lower() not in EXHAUSTION_POLICIES:
+            problems.append(
+                f"`dids_on_exhausted` must be one of {', '.join(EXHAUSTION_POLICIES)}, got {policy!r}."
+            )
+        else:
+            cfg.dids_on_exhausted = policy.lower()
+
+    if values.get("dids_min_weight") is not None:
+        f = _as_float(values["dids_min_weight"])
+        if f is None or not 0.0 <= f < 1.0:
+            problems.append(f"`dids_min_weight` must be in [0, 1), got {values['dids_min_weight']!r}.")
+        else:
+            cfg.dids_min_weight = f
+
+    for key in ("dids_log_domain_loss", "dids_trace_samples"):
+        if values.get(key) is None:
+            continue
+        b = _as_bool(values[key])
+        if b is None:
+            problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, b)
+
+    _check_combinations(cfg, values, problems)
+    if problems:
+        raise DIDSConfigError(problems)
+    return cfg
+
+
+def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
+    set_keys = [k for k, v in values.items() if v is not None and k != "dids_strategy"]
+    if cfg.dids_strategy is None and set_keys and "dids_strategy" not in values:
+        problems.append(
+            f"{', '.join(f'`{k}`' for k in set_keys)} set without `dids_strategy`. "
+            f"Add `dids_strategy: <{'|'.join(STRATEGIES)}>`."
+        )
+    if cfg.dids_strategy == "static" and cfg.dids_static_weights is None and "dids_static_weights" not in values:
+        problems.append("`dids_strategy: static` needs `dids_static_weights` (a mapping domain -> weight).")
+    if cfg.dids_strategy is not None and cfg.dids_strategy != "static" and values.get("dids_static_weights"):
+        problems.append(
+            f"`dids_static_weights` is only used by `dids_strategy: static`, but the strategy is "
+            f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
+        )
+    if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
+        problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")
+    weights = cfg.dids_static_weights
+    if weights is not None:
+        total = sum(weights.values()) if isinstance(weights, Mapping) else sum(weights)
+        if total <= 0:
+            problems.append("`dids_static_weights` must have a positive total; every weight is 0.")
+
+
+def check_host_arguments(cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any) -> None:
+    """Refuse LLaMA-Factory settings that cannot be combined with domain sampling.
+
+    Raises:
+        DIDSConfigError: listing every conflict.
+    """
+    if not cfg.enabled:
+        return
+    problems: list[str] = []
+    stage = getattr(finetuning_args, "stage", None)
+    if stage not in ("sft", "pt"):
+        problems.append(
+            f"`dids_strategy` supports `stage: sft` and `stage: pt`, got `stage: {stage}`. "
+            "Remove the `dids_*` keys for this stage."
+        )
+    if getattr(data_args, "streaming", False):
+        problems.append(
+            "`streaming: true` cannot be sampled by domain (the sampler needs random access to every domain). "
+            "Set `streaming: false` or remove `dids_strategy`."
+        )
+    if getattr(finetuning_args, "disable_shuffling", False):
+        problems.append(
+            "`disable_shuffling: true` conflicts with `dids_strategy`: the domain sampler decides the order. "
+            "Remove `disable_shuffling` or `dids_strategy`."
+        )
+    mix = getattr(data_args, "mix_strategy", "concat")
+    if mix != "concat":
+        problems.append(
+            f"`mix_strategy: {mix}` conflicts with `dids_strategy`: the domain sampler does the mixing. "
+            "Use `mix_strategy: concat` (the default) and set the mixture with `dids_*` keys "
+            "(e.g. `dids_strategy: static` with `dids_static_weights`)."
+        )
+    if cfg.dids_budget is not None and getattr(training_args, "max_steps", -1) > 0:
+        problems.append(
+            f"`dids_budget` sets the run length, so `max_steps: {training_args.max_steps}` conflicts with it. "
+            "Remove one of them."
+        )
+    if problems:
+        raise DIDSConfigError(problems)

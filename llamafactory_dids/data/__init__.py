@@ -1,0 +1,1 @@
+"""Domain-id plumbing and the domain sampler (torch/datasets only)."""

@@ -1,0 +1,1 @@
+"""The only layer importing llamafactory and transformers.Trainer."""

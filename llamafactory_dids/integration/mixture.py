@@ -1,0 +1,314 @@
+"""The mixture of one training run: strategy + sampler + per-domain statistics + history + state.
+
+Role: the schedule step (repartition -> impact -> *schedule* -> sampler) inside a training process.
+The trainer feeds it each micro-batch's domain ids and per-row token losses; at every update it
+gathers the signals the strategy declared, asks the strategy (rank 0) for new probabilities,
+broadcasts them so every rank keeps the identical sample stream, applies them to the sampler and
+appends one record to `history.jsonl`. Its state (sampler schedule, strategy state, counters) is
+saved in every checkpoint and restored on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..algorithms.strategies import MixingStrategy, normalise
+from ..data.sampler import DomainMixtureSampler
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "dids_state.json"
+HISTORY_FILE = "history.jsonl"
+STATE_VERSION = 1
+HISTORY_VERSION = 1
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def broadcast_from_rank0(value: Any) -> Any:
+    """Every rank gets rank 0's value (identity outside torch.distributed)."""
+    rank, world = _world()
+    if world == 1:
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class DomainMixture:
+    """Owns everything domain-mixing for one run; the trainer and the callback call into it."""
+
+    def __init__(
+        self,
+        strategy: MixingStrategy,
+        *,
+        seed: int,
+        on_exhausted: str,
+        min_weight: float,
+        output_dir: str,
+        device: torch.device | str = "cpu",
+    ):
+        self.strategy = strategy
+        self.names = list(strategy.domain_names)
+        self.sizes = np.asarray(strategy.domain_sizes, dtype=np.int64)
+        self.k = len(self.names)
+        self.seed = seed
+        self.on_exhausted = on_exhausted
+        self.min_weight = min_weight
+        self.output_dir = output_dir
+        self.device = torch.device(device)
+        self.sampler: DomainMixtureSampler | None = None
+        self.num_updates = 0
+        self.resumed_state: dict[str, Any] | None = None
+        # window accumulators (this rank, since the last sync), on the training device
+        self._loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        self._tokens = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        self._samples = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        # global totals (all ranks), on CPU
+        self.realised_total = np.zeros(self.k, dtype=np.int64)
+        self.window_samples = np.zeros(self.k, dtype=np.int64)
+        self.window_loss = np.full(self.k, np.nan)
+        self._since_update_loss = np.zeros(self.k)
+        self._since_update_tokens = np.zeros(self.k)
+
+    # ------------------------------------------------------------------------------------ sampler
+    def build_sampler(self, domain_ids: Sequence[int] | np.ndarray, epoch_length: int) -> DomainMixtureSampler:
+        if self.sampler is not None:
+            return self.sampler
+        weights = normalise(self.strategy.initial_weights(), floor=self.min_weight)
+        self.sampler = DomainMixtureSampler(
+            domain_ids,
+            weights,
+            epoch_length=epoch_length,
+            seed=self.seed,
+            on_exhausted=self.on_exhausted,
+            domain_names=self.names,
+        )
+        if self.resumed_state is not None:
+            self._load(self.resumed_state)
+        return self.sampler
+
+    @property
+    def weights(self) -> np.ndarray:
+        if self.sampler is None:
+            return normalise(self.strategy.initial_weights(), floor=self.min_weight)
+        return self.sampler.weights
+
+    # ---------------------------------------------------------------------------------- statistics
+    def record_batch(
+        self, domain_ids: torch.Tensor, row_loss_sum: torch.Tensor | None, row_tokens: torch.Tensor | None
+    ) -> None:
+        """Accumulate one micro-batch (this rank). `domain_ids`: long [B]; losses/tokens: [B] or None."""
+        ids = domain_ids.to(self.device)
+        valid = ids >= 0
+        ids = ids[valid]
+        self._samples.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
+        if row_loss_sum is not None and row_tokens is not None:
+            self._loss_sum.index_add_(0, ids, row_loss_sum.to(self.device, torch.float64)[valid])
+            self._tokens.index_add_(0, ids, row_tokens.to(self.device, torch.float64)[valid])
+
+    def sync(self) -> None:
+        """All-reduce the window accumulators into the global totals (collective: call on every rank)."""
+        packed = torch.stack([self._samples, self._loss_sum, self._tokens])
+        _, world = _world()
+        if world > 1:
+            dist.all_reduce(packed)
+        samples, loss, tokens = packed.cpu().numpy()
+        self._samples.zero_()
+        self._loss_sum.zero_()
+        self._tokens.zero_()
+        counts = np.rint(samples).astype(np.int64)
+        self.realised_total += counts
+        self.window_samples += counts
+        self._since_update_loss += loss
+        self._since_update_tokens += tokens
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.window_loss = np.where(tokens > 0, loss / np.maximum(tokens, 1), np.nan)
+
+    def log_metrics(self) -> dict[str, float]:
+        """Scalars for `Trainer.log`: target and realised fractions and loss per domain."""
+        self.sync()
+        out: dict[str, float] = {}
+        weights = self.weights
+        total = max(int(self.realised_total.sum()), 1)
+        for i, name in enumerate(self.names):
+            out[f"dids/target/{name}"] = round(float(weights[i]), 6)
+            out[f"dids/realised/{name}"] = round(float(self.realised_total[i]) / total, 6)
+            if np.isfinite(self.window_loss[i]):
+                out[f"dids/loss/{name}"] = round(float(self.window_loss[i]), 6)
+        p = weights[weights > 0]
+        out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
+        self.window_samples[:] = 0
+        return out
+
+    # ------------------------------------------------------------------------------------- updates
+    def signals(self, step: int) -> dict[str, Any]:
+        available = {
+            "domain_sizes": lambda: self.sizes.copy(),
+            "realised_counts": lambda: self.realised_total.copy(),
+            "domain_train_loss": self._train_loss_since_update,
+            "step": lambda: step,
+        }
+        return {name: available[name]() for name in self.strategy.signals}
+
+    def _train_loss_since_update(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self._since_update_tokens > 0, self._since_update_loss / np.maximum(self._since_update_tokens, 1), np.nan
+            )
+
+    def update(self, step: int) -> dict[str, Any]:
+        """Recompute the mixture (collective: every rank calls it at the same step)."""
+        start = time.perf_counter()
+        self.sync()
+        before = self.weights
+        signals = self.signals(step)
+        rank, _ = _world()
+        new = None
+        if rank == 0:
+            proposed = self.strategy.update(before, signals)
+            new = normalise(proposed, floor=self.min_weight)
+        new = np.asarray(broadcast_from_rank0(new), dtype=np.float64)
+        if self.strategy.dynamic:
+            self.strategy.load_state_dict(broadcast_from_rank0(self.strategy.state_dict() if rank == 0 else None))
+        position = self.sampler.set_weights(new) if self.sampler is not None else 0
+        self.num_updates += 1
+        record = {
+            "schema": HISTORY_VERSION,
+            "update": self.num_updates,
+            "step": step,
+            "stream_position": position,
+            "strategy": self.strategy.name,
+            "domains": self.names,
+            "weights_before": before.tolist(),
+            "weights": new.tolist(),
+            "realised_counts": self.realised_total.tolist(),
+            "signals": {k: _jsonable(v) for k, v in signals.items()},
+            "seconds": round(time.perf_counter() - start, 6),
+        }
+        self._since_update_loss[:] = 0
+        self._since_update_tokens[:] = 0
+        self.write_history(record)
+        return record
+
+    def initial_record(self, step: int = 0) -> dict[str, Any]:
+        w = self.weights
+        record = {
+            "schema": HISTORY_VERSION,
+            "update": 0,
+            "step": step,
+            "stream_position": 0,
+            "strategy": self.strategy.name,
+            "domains": self.names,
+            "domain_sizes": self.sizes.tolist(),
+            "weights_before": None,
+            "weights": w.tolist(),
+            "realised_counts": self.realised_total.tolist(),
+            "signals": {},
+            "seconds": 0.0,
+        }
+        self.write_history(record)
+        return record
+
+    # ------------------------------------------------------------------------------------- history
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.output_dir, HISTORY_FILE)
+
+    def write_history(self, record: Mapping[str, Any]) -> None:
+        if _world()[0] != 0:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(self.history_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_history(self, last_step: int | None) -> None:
+        """Start a fresh history (`None`) or keep only the records up to `last_step` (resume)."""
+        if _world()[0] != 0 or not os.path.exists(self.history_path):
+            return
+        kept = []
+        if last_step is not None:
+            with open(self.history_path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+        tmp = self.history_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.history_path)
+
+    # --------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        if self.sampler is None:
+            raise RuntimeError("the sampler does not exist yet; nothing to save.")
+        return {
+            "version": STATE_VERSION,
+            "strategy": self.strategy.name,
+            "domains": self.names,
+            "domain_sizes": self.sizes.tolist(),
+            "num_updates": self.num_updates,
+            "realised_total": self.realised_total.tolist(),
+            "since_update_loss": self._since_update_loss.tolist(),
+            "since_update_tokens": self._since_update_tokens.tolist(),
+            "sampler": self.sampler.state_dict(),
+            "strategy_state": self.strategy.state_dict(),
+        }
+
+    def save(self, checkpoint_dir: str) -> None:
+        """Write the state into a checkpoint folder (collective: syncs counters; rank 0 writes)."""
+        self.sync()
+        if _world()[0] != 0:
+            return
+        state = self.state_dict()
+        tmp = os.path.join(checkpoint_dir, STATE_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, os.path.join(checkpoint_dir, STATE_FILE))
+
+    def restore_from(self, checkpoint_dir: str) -> bool:
+        """Read a checkpoint's state; applied when the sampler is built. False if the file is absent."""
+        path = os.path.join(checkpoint_dir, STATE_FILE)
+        if not os.path.isfile(path):
+            return False
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"{path}: state version {state.get('version')!r}, expected {STATE_VERSION}.")
+        if state["domains"] != self.names or state["strategy"] != self.strategy.name:
+            raise ValueError(
+                f"{path} was written for strategy {state['strategy']!r} over domains {state['domains'][:8]}..., "
+                f"but this run has {self.strategy.name!r} over {self.names[:8]}.... Resume with the same data "
+                "and `dids_*` keys, or start a new output_dir."
+            )
+        self.resumed_state = state
+        if self.sampler is not None:
+            self._load(state)
+        return True
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        assert self.sampler is not None
+        self.sampler.load_state_dict(state["sampler"])
+        self.strategy.load_state_dict(state["strategy_state"])
+        self.num_updates = int(state["num_updates"])
+        self.realised_total = np.asarray(state["realised_total"], dtype=np.int64)
+        self._since_update_loss = np.asarray(state["since_update_loss"], dtype=np.float64)
+        self._since_update_tokens = np.asarray(state["since_update_tokens"], dtype=np.float64)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [None if isinstance(x, float) and not np.isfinite(x) else x for x in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,93 @@
+"""`apply()` / `revert()`: rebind the LLaMA-Factory module globals that DIDS hooks into.
+
+Role: the single integration point with the host. It is idempotent, checks the installed
+LLaMA-Factory version first, logs what it replaced, and can be undone. The automatic start-up hook
+(`llamafactory_dids._startup`, run from a `.pth` file in every interpreter, torchrun workers included)
+only calls `apply()` once `llamafactory.train.tuner` has been imported. Python API users call it
+themselves before `llamafactory.train.tuner.run_exp`.
+
+Rebound names (module -> global):
+- llamafactory.train.tuner.get_train_args         pop and validate `dids_*` keys
+- llamafactory.data.loader.get_dataset_list        remember `dataset:` names
+- llamafactory.data.loader.align_dataset           carry domain labels across alignment
+- llamafactory.data.loader._get_dataset_processor  tokenise domain by domain
+- llamafactory.train.{sft,pt}.workflow.get_dataset encode labels as `domain_ids`
+- llamafactory.train.sft.workflow.CustomSeq2SeqTrainer, llamafactory.train.pt.workflow.CustomTrainer
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .. import SUPPORTED_LLAMAFACTORY
+
+logger = logging.getLogger(__name__)
+
+# original objects, keyed by (module, name); non-empty means applied
+_ORIGINALS: dict[tuple[str, str], Any] = {}
+
+
+def _check_version() -> str:
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+
+    installed = version("llamafactory")
+    if installed not in SpecifierSet(SUPPORTED_LLAMAFACTORY):
+        raise RuntimeError(
+            f"llamafactory-dids supports llamafactory{SUPPORTED_LLAMAFACTORY}, but {installed} is installed. "
+            f"Install a supported version (pip install 'llamafactory{SUPPORTED_LLAMAFACTORY}') or set "
+            "LLAMAFACTORY_DIDS_DISABLE=1 to run LLaMA-Factory without the plugin."
+        )
+    return installed
+
+
+def _trainer_factory(base: type) -> type:
+    from .trainer import DIDSTrainerMixin
+
+    return type(f"DIDS{base.__name__}", (DIDSTrainerMixin, base), {"__module__": __name__})
+
+
+def _replacements() -> list[tuple[str, str, Callable[[Any], Any]]]:
+    from .args import wrap_get_train_args
+    from .loader import wrap_align_dataset, wrap_get_dataset, wrap_get_dataset_list, wrap_get_dataset_processor
+
+    return [
+        ("llamafactory.train.tuner", "get_train_args", wrap_get_train_args),
+        ("llamafactory.data.loader", "get_dataset_list", wrap_get_dataset_list),
+        ("llamafactory.data.loader", "align_dataset", wrap_align_dataset),
+        ("llamafactory.data.loader", "_get_dataset_processor", wrap_get_dataset_processor),
+        ("llamafactory.train.sft.workflow", "get_dataset", wrap_get_dataset),
+        ("llamafactory.train.pt.workflow", "get_dataset", wrap_get_dataset),
+        ("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer", _trainer_factory),
+        ("llamafactory.train.pt.workflow", "CustomTrainer", _trainer_factory),
+    ]
+
+
+def is_applied() -> bool:
+    return bool(_ORIGINALS)
+
+
+def apply() -> None:
+    """Hook DIDS into LLaMA-Factory (idempotent). Imports `llamafactory.train.tuner` if needed."""
+    if _ORIGINALS:
+        return
+    installed = _check_version()
+    replaced = []
+    for module_name, attr, make in _replacements():
+        module = importlib.import_module(module_name)
+        original = getattr(module, attr)
+        setattr(module, attr, make(original))
+        _ORIGINALS[(module_name, attr)] = original
+        replaced.append(f"{module_name}.{attr}")
+    logger.debug("llamafactory-dids hooked into llamafactory %s: %s", installed, ", ".join(replaced))
+
+
+def revert() -> None:
+    """Restore every rebound global (idempotent)."""
+    for (module_name, attr), original in list(_ORIGINALS.items()):
+        setattr(importlib.import_module(module_name), attr, original)
+        del _ORIGINALS[(module_name, attr)]

@@ -1,0 +1,241 @@
+"""Thin subclasses of LLaMA-Factory's trainers, and the callback that runs the mixture schedule.
+
+Role: integration layer between the host Trainer and `DomainMixture`. The subclass overrides only what
+the host forces: `_get_train_sampler` (the domain sampler), `compute_loss`/`prediction_step` (pop
+`domain_ids` before the model's forward and record per-domain statistics), `log` (add the mixture's
+scalars so `report_to` shows them) and `train` (restore the mixture on resume, DeepSpeed included).
+Periodic work (updates, saving the state) lives in `MixtureCallback`. The training loop itself is
+never copied.
+
+Per-domain loss costs no extra pass: the causal-LM loss of the innermost `PreTrainedModel` is replaced
+by `RecordingCausalLMLoss`, which computes the same token losses as transformers' `ForCausalLMLoss`
+with `reduction="none"`, returns the identical reduced loss and keeps the per-row sums.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..algorithms.strategies import build_strategy
+from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
+from .loader import dids_config_of
+from .mixture import DomainMixture
+
+logger = logging.getLogger(__name__)
+
+TRACE_DIR = "dids_trace"
+
+
+class RecordingCausalLMLoss:
+    """Drop-in for transformers' `ForCausalLMLoss` that also keeps per-row loss sums and token counts."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.row_loss: torch.Tensor | None = None
+        self.row_tokens: torch.Tensor | None = None
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        vocab_size: int,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        ignore_index: int = -100,
+        shift_labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        logits = logits.float()
+        if shift_labels is None:
+            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
+        rows = shift_labels.shape[0]
+        flat_labels = shift_labels.reshape(-1).to(logits.device)
+        token_loss = F.cross_entropy(
+            logits.view(-1, vocab_size), flat_labels, ignore_index=ignore_index, reduction="none"
+        )
+        mask = flat_labels != ignore_index
+        if self.armed:
+            self.row_loss = token_loss.detach().view(rows, -1).sum(dim=1)
+            self.row_tokens = mask.view(rows, -1).sum(dim=1)
+            self.armed = False
+        if num_items_in_batch is None:
+            return token_loss.sum() / mask.sum()
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(token_loss.device)
+        return token_loss.sum() / num_items_in_batch
+
+    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        out = (self.row_loss, self.row_tokens)
+        self.row_loss = self.row_tokens = None
+        self.armed = False
+        return out
+
+
+def install_loss_recorder(model: torch.nn.Module) -> RecordingCausalLMLoss | None:
+    """Put a `RecordingCausalLMLoss` on the first causal-LM `PreTrainedModel` inside `model`."""
+    from transformers.loss.loss_utils import LOSS_MAPPING
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.loss_function is LOSS_MAPPING["ForCausalLM"]:
+            recorder = RecordingCausalLMLoss()
+            module.loss_function = recorder
+            return recorder
+    return None
+
+
+class DIDSTrainerMixin:
+    """Mixed in front of LLaMA-Factory's `CustomSeq2SeqTrainer` / `CustomTrainer`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.dids_config = dids_config_of(getattr(self, "finetuning_args", None))
+        self.dids_mixture: DomainMixture | None = None
+        self._dids_loss_recorder: RecordingCausalLMLoss | None = None
+        self._dids_trace_file: Any = None
+        if self.dids_config is None or self.train_dataset is None:
+            return
+        cfg = self.dids_config
+        names = list(self.train_dataset.features[DOMAIN_ID_COLUMN].names)
+        sizes = np.bincount(np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), minlength=len(names))
+        options = {"weights": cfg.dids_static_weights} if cfg.dids_strategy == "static" else {}
+        strategy = build_strategy(cfg.dids_strategy, names, sizes, **options)
+        self.dids_mixture = DomainMixture(
+            strategy,
+            seed=int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed),
+            on_exhausted=cfg.dids_on_exhausted,
+            min_weight=cfg.dids_min_weight,
+            output_dir=self.args.output_dir,
+            device=self.args.device,
+        )
+        self.data_collator = DomainCollator(self.data_collator)
+        if cfg.dids_log_domain_loss:
+            self._dids_loss_recorder = install_loss_recorder(self.model)
+            if self._dids_loss_recorder is None:
+                logger.warning("[dids] the model has no causal-LM loss to hook; per-domain loss is not logged.")
+        self.add_callback(MixtureCallback(self.dids_mixture, cfg))
+        logger.info("[dids] strategy %r over %d domains, initial weights %s", cfg.dids_strategy, len(names),
+                    np.round(self.dids_mixture.weights, 4).tolist())
+
+    # ------------------------------------------------------------------------------ host overrides
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if self.dids_mixture is not None:
+            path = resume_from_checkpoint
+            if isinstance(path, bool):
+                path = get_last_checkpoint(self.args.output_dir) if path else None
+            if path:
+                if not self.dids_mixture.restore_from(path):
+                    logger.warning("[dids] %s holds no DIDS state: the mixture starts from its initial weights.", path)
+                step = _checkpoint_step(path)
+                self.dids_mixture.truncate_history(step)
+                self._truncate_trace(step)
+            else:
+                self.dids_mixture.truncate_history(None)
+                self._truncate_trace(None)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.dids_mixture is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        budget = self.dids_config.dids_budget
+        return self.dids_mixture.build_sampler(dataset[DOMAIN_ID_COLUMN], budget or len(dataset))
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
+        domain_ids = inputs.pop(DOMAIN_ID_COLUMN, None)
+        row_ids = inputs.pop(ROW_ID_COLUMN, None)
+        if self.dids_mixture is None or domain_ids is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if row_ids is not None:
+            self._write_trace(row_ids, domain_ids)
+        if self._dids_loss_recorder is not None:
+            self._dids_loss_recorder.armed = True
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        row_loss, row_tokens = (None, None)
+        if self._dids_loss_recorder is not None:
+            row_loss, row_tokens = self._dids_loss_recorder.take()
+        self.dids_mixture.record_batch(domain_ids, row_loss, row_tokens)
+        return result
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any):
+        inputs.pop(DOMAIN_ID_COLUMN, None)
+        inputs.pop(ROW_ID_COLUMN, None)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.dids_mixture is not None and "loss" in logs:
+            logs = {**logs, **self.dids_mixture.log_metrics()}
+        super().log(logs, *args, **kwargs)
+
+    # -------------------------------------------------------------------------------------- trace
+    def _trace_path(self) -> str:
+        return os.path.join(self.args.output_dir, TRACE_DIR, f"rank{self.args.process_index}.jsonl")
+
+    def _write_trace(self, row_ids: torch.Tensor, domain_ids: torch.Tensor) -> None:
+        if self._dids_trace_file is None:
+            os.makedirs(os.path.dirname(self._trace_path()), exist_ok=True)
+            self._dids_trace_file = open(self._trace_path(), "a", encoding="utf-8")  # noqa: SIM115
+        record = {"step": int(self.state.global_step), "rows": row_ids.tolist(), "domains": domain_ids.tolist()}
+        self._dids_trace_file.write(json.dumps(record) + "\n")
+        self._dids_trace_file.flush()
+
+    def _truncate_trace(self, last_step: int | None) -> None:
+        path = self._trace_path()
+        if not self.dids_config.dids_trace_samples or not os.path.exists(path):
+            return
+        kept = []
+        if last_step is not None:
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] < last_step]
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+
+def _checkpoint_step(path: str) -> int | None:
+    state = os.path.join(path, "trainer_state.json")
+    if os.path.isfile(state):
+        with open(state, encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    return None
+
+
+class MixtureCallback(TrainerCallback):
+    """Runs the schedule: initial record, updates every interval, state into every checkpoint."""
+
+    def __init__(self, mixture: DomainMixture, config: Any):
+        self.mixture = mixture
+        self.config = config
+        self.interval: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        cfg = self.config
+        if cfg.dids_update_interval is not None:
+            self.interval = cfg.dids_update_interval
+        elif cfg.dids_num_updates is not None:
+            self.interval = max(1, state.max_steps // cfg.dids_num_updates)
+        elif self.mixture.strategy.dynamic:
+            raise ValueError(
+                f"`dids_strategy: {self.mixture.strategy.name}` updates the mixture during training: set "
+                "`dids_update_interval` (optimizer steps) or `dids_num_updates`."
+            )
+        if self.mixture.resumed_state is None and state.global_step == 0:
+            self.mixture.initial_record()
+        if self.interval is not None:
+            logger.info("[dids] mixture updates every %d optimizer steps (%d steps in all)", self.interval, state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interval is not None and state.global_step % self.interval == 0:
+            record = self.mixture.update(state.global_step)
+            logger.info("[dids] update %d at step %d: %s", record["update"], record["step"],
+                        np.round(record["weights"], 4).tolist())
+
+    def on_save(self, args, state, control, **kwargs):
+        # collective (counters are all-reduced) on every rank; rank 0 writes into the checkpoint folder
+        self.mixture.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
