@@ -289,7 +289,11 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"{', '.join(f'`{k}`' for k in set_keys)} set without `dids_strategy`. "
             f"Add `dids_strategy: <{'|'.join(STRATEGIES)}>`."
         )
-    if cfg.dids_strategy == "static" and cfg.dids_static_weights is None and "dids_static_weights" not in values:
+    if (
+        cfg.dids_strategy == "static"
+        and cfg.dids_static_weights is None
+        and "dids_static_weights" not in values
+    ):
         problems.append("`dids_strategy: static` needs `dids_static_weights` (a mapping domain -> weight).")
     if cfg.dids_strategy is not None and cfg.dids_strategy != "static" and values.get("dids_static_weights"):
         problems.append(
@@ -305,7 +309,9 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             problems.append("`dids_static_weights` must have a positive total; every weight is 0.")
 
 
-def check_host_arguments(cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any) -> None:
+def check_host_arguments(
+    cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any
+) -> None:
     """Refuse LLaMA-Factory settings that cannot be combined with domain sampling.
 
     Raises:

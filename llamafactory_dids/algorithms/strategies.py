@@ -122,7 +122,9 @@ class StaticStrategy(MixingStrategy):
 
     name = "static"
 
-    def __init__(self, domain_names: Sequence[str], domain_sizes: Sequence[int], *, weights: Any, **options: Any):
+    def __init__(
+        self, domain_names: Sequence[str], domain_sizes: Sequence[int], *, weights: Any, **options: Any
+    ):
         super().__init__(domain_names, domain_sizes, **options)
         self.weights = resolve_static_weights(weights, self.domain_names)
 
@@ -130,7 +132,9 @@ class StaticStrategy(MixingStrategy):
         return self.weights.copy()
 
 
-def resolve_static_weights(weights: Mapping[str, float] | Sequence[float], domain_names: Sequence[str]) -> np.ndarray:
+def resolve_static_weights(
+    weights: Mapping[str, float] | Sequence[float], domain_names: Sequence[str]
+) -> np.ndarray:
     """Turn user weights (mapping or list) into a probability vector over `domain_names`.
 
     Raises:

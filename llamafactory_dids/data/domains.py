@@ -80,7 +80,9 @@ class DomainAwareProcessor:
             n = len(next(iter(result.values()))) if result else 0
             for key, values in result.items():
                 if len(values) != n:
-                    raise RuntimeError(f"processor output column {key!r} has {len(values)} rows, expected {n}.")
+                    raise RuntimeError(
+                        f"processor output column {key!r} has {len(values)} rows, expected {n}."
+                    )
                 out.setdefault(key, []).extend(values)
             produced_labels.extend([label] * n)
         out[DOMAIN_LABEL_COLUMN] = produced_labels
@@ -111,12 +113,16 @@ def encode_domain_labels(dataset: Any, vocabulary: Sequence[str], *, unknown: st
     labels = dataset[DOMAIN_LABEL_COLUMN]
     missing = sorted(set(labels) - set(index))
     if missing and unknown == "error":
-        raise ValueError(f"Domain labels {missing[:10]} are not among the training domains {list(vocabulary)}.")
+        raise ValueError(
+            f"Domain labels {missing[:10]} are not among the training domains {list(vocabulary)}."
+        )
     ids = [index.get(label, -1) for label in labels]
     dataset = dataset.remove_columns(DOMAIN_LABEL_COLUMN)
     if missing:  # evaluation rows from a domain absent in training: keep them, id -1 (no domain)
         return dataset.add_column(DOMAIN_ID_COLUMN, ids)
-    return dataset.add_column(DOMAIN_ID_COLUMN, ids).cast_column(DOMAIN_ID_COLUMN, ClassLabel(names=list(vocabulary)))
+    return dataset.add_column(DOMAIN_ID_COLUMN, ids).cast_column(
+        DOMAIN_ID_COLUMN, ClassLabel(names=list(vocabulary))
+    )
 
 
 class DomainCollator:
@@ -142,4 +148,6 @@ class DomainCollator:
         return batch
 
     def __getattr__(self, name: str) -> Any:  # LLaMA-Factory and transformers read collator attributes
+        if name == "inner":  # not set yet (unpickling in a dataloader worker): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)

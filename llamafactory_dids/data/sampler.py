@@ -57,14 +57,18 @@ class DomainMixtureSampler(torch.utils.data.Sampler[int]):
         if ids.size == 0:
             raise ValueError("The training set is empty: nothing to sample.")
         if ids.min() < 0 or ids.max() >= self.num_domains:
-            raise ValueError(f"domain ids must lie in [0, {self.num_domains}), got [{ids.min()}, {ids.max()}].")
+            raise ValueError(
+                f"domain ids must lie in [0, {self.num_domains}), got [{ids.min()}, {ids.max()}]."
+            )
         if on_exhausted not in ("reshuffle", "drop"):
             raise ValueError(f"on_exhausted must be 'reshuffle' or 'drop', got {on_exhausted!r}.")
         if epoch_length <= 0:
             raise ValueError(f"epoch_length must be positive, got {epoch_length}.")
         self.pools = [np.flatnonzero(ids == d) for d in range(self.num_domains)]
         empty = [d for d, p in enumerate(self.pools) if p.size == 0]
-        self.domain_names = list(domain_names) if domain_names is not None else [str(d) for d in range(self.num_domains)]
+        self.domain_names = (
+            list(domain_names) if domain_names is not None else [str(d) for d in range(self.num_domains)]
+        )
         if empty:
             raise ValueError(
                 "Domains with no training rows: "
@@ -121,7 +125,9 @@ class DomainMixtureSampler(torch.utils.data.Sampler[int]):
         return rng.permutation(self.pools[domain])
 
     def _record(self, event: dict[str, Any]) -> None:
-        if not any(e["position"] == event["position"] and e["domain"] == event["domain"] for e in self.events):
+        if not any(
+            e["position"] == event["position"] and e["domain"] == event["domain"] for e in self.events
+        ):
             self.events.append(event)
             logger.info(
                 "[dids] domain %r exhausted at stream position %d: %s",
@@ -170,7 +176,7 @@ class DomainMixtureSampler(torch.utils.data.Sampler[int]):
                     cdf = np.cumsum(np.where(alive, self.schedule[entry][1], 0.0))
                     self._record({"position": pos, "domain": d, "action": "dropped"})
                 else:
-                    action = "reshuffled (pass %d)" % (passes[d] + 1)
+                    action = f"reshuffled (pass {passes[d] + 1})"
                     if self.on_exhausted == "drop":
                         action += ", last domain left"
                     self._record({"position": pos, "domain": d, "action": action})
@@ -196,7 +202,9 @@ class DomainMixtureSampler(torch.utils.data.Sampler[int]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != SAMPLER_STATE_VERSION:
-            raise ValueError(f"sampler state version {state.get('version')!r} is not {SAMPLER_STATE_VERSION}.")
+            raise ValueError(
+                f"sampler state version {state.get('version')!r} is not {SAMPLER_STATE_VERSION}."
+            )
         for key in ("seed", "epoch_length", "num_domains", "on_exhausted"):
             if state[key] != getattr(self, key):
                 raise ValueError(

@@ -19,7 +19,9 @@ from ..config import KEY_PREFIX, DIDSConfig, check_host_arguments, parse_dids_co
 logger = logging.getLogger(__name__)
 
 
-def pop_dids_keys(args: dict[str, Any] | list[str] | None) -> tuple[dict[str, Any], dict[str, Any] | list[str] | None]:
+def pop_dids_keys(
+    args: dict[str, Any] | list[str] | None,
+) -> tuple[dict[str, Any], dict[str, Any] | list[str] | None]:
     """Separate `dids_*` keys from LLaMA-Factory arguments (a dict from YAML, or an argv-style list)."""
     if args is None:
         return {}, None

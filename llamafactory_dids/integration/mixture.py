@@ -85,7 +85,9 @@ class DomainMixture:
         self._since_update_tokens = np.zeros(self.k)
 
     # ------------------------------------------------------------------------------------ sampler
-    def build_sampler(self, domain_ids: Sequence[int] | np.ndarray, epoch_length: int) -> DomainMixtureSampler:
+    def build_sampler(
+        self, domain_ids: Sequence[int] | np.ndarray, epoch_length: int
+    ) -> DomainMixtureSampler:
         if self.sampler is not None:
             return self.sampler
         weights = normalise(self.strategy.initial_weights(), floor=self.min_weight)
@@ -167,7 +169,9 @@ class DomainMixture:
     def _train_loss_since_update(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(
-                self._since_update_tokens > 0, self._since_update_loss / np.maximum(self._since_update_tokens, 1), np.nan
+                self._since_update_tokens > 0,
+                self._since_update_loss / np.maximum(self._since_update_tokens, 1),
+                np.nan,
             )
 
     def update(self, step: int) -> dict[str, Any]:
@@ -183,7 +187,9 @@ class DomainMixture:
             new = normalise(proposed, floor=self.min_weight)
         new = np.asarray(broadcast_from_rank0(new), dtype=np.float64)
         if self.strategy.dynamic:
-            self.strategy.load_state_dict(broadcast_from_rank0(self.strategy.state_dict() if rank == 0 else None))
+            self.strategy.load_state_dict(
+                broadcast_from_rank0(self.strategy.state_dict() if rank == 0 else None)
+            )
         position = self.sampler.set_weights(new) if self.sampler is not None else 0
         self.num_updates += 1
         record = {

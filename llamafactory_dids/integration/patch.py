@@ -53,7 +53,12 @@ def _trainer_factory(base: type) -> type:
 
 def _replacements() -> list[tuple[str, str, Callable[[Any], Any]]]:
     from .args import wrap_get_train_args
-    from .loader import wrap_align_dataset, wrap_get_dataset, wrap_get_dataset_list, wrap_get_dataset_processor
+    from .loader import (
+        wrap_align_dataset,
+        wrap_get_dataset,
+        wrap_get_dataset_list,
+        wrap_get_dataset_processor,
+    )
 
     return [
         ("llamafactory.train.tuner", "get_train_args", wrap_get_train_args),
@@ -76,9 +81,15 @@ def apply() -> None:
     if _ORIGINALS:
         return
     installed = _check_version()
+    replacements = _replacements()
+    # Importing the host modules can fire the start-up hook, which calls apply() itself: import first,
+    # then check again, so the globals are never wrapped twice.
+    modules = {name: importlib.import_module(name) for name, _, _ in replacements}
+    if _ORIGINALS:
+        return
     replaced = []
-    for module_name, attr, make in _replacements():
-        module = importlib.import_module(module_name)
+    for module_name, attr, make in replacements:
+        module = modules[module_name]
         original = getattr(module, attr)
         setattr(module, attr, make(original))
         _ORIGINALS[(module_name, attr)] = original

@@ -119,10 +119,16 @@ class DIDSTrainerMixin:
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
             if self._dids_loss_recorder is None:
-                logger.warning("[dids] the model has no causal-LM loss to hook; per-domain loss is not logged.")
+                logger.warning(
+                    "[dids] the model has no causal-LM loss to hook; per-domain loss is not logged."
+                )
         self.add_callback(MixtureCallback(self.dids_mixture, cfg))
-        logger.info("[dids] strategy %r over %d domains, initial weights %s", cfg.dids_strategy, len(names),
-                    np.round(self.dids_mixture.weights, 4).tolist())
+        logger.info(
+            "[dids] strategy %r over %d domains, initial weights %s",
+            cfg.dids_strategy,
+            len(names),
+            np.round(self.dids_mixture.weights, 4).tolist(),
+        )
 
     # ------------------------------------------------------------------------------ host overrides
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
@@ -132,7 +138,9 @@ class DIDSTrainerMixin:
                 path = get_last_checkpoint(self.args.output_dir) if path else None
             if path:
                 if not self.dids_mixture.restore_from(path):
-                    logger.warning("[dids] %s holds no DIDS state: the mixture starts from its initial weights.", path)
+                    logger.warning(
+                        "[dids] %s holds no DIDS state: the mixture starts from its initial weights.", path
+                    )
                 step = _checkpoint_step(path)
                 self.dids_mixture.truncate_history(step)
                 self._truncate_trace(step)
@@ -140,6 +148,29 @@ class DIDSTrainerMixin:
                 self.dids_mixture.truncate_history(None)
                 self._truncate_trace(None)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # transformers 5.6 restores the optimizer of a multi-process run with map_location=args.device,
+        # which is "cpu:<rank>" for CPU (gloo) runs and which torch.load cannot map. Map to plain "cpu".
+        if (
+            checkpoint is None
+            or self.dids_mixture is None
+            or self.args.device.type != "cpu"
+            or self.args.world_size == 1
+        ):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        original = torch.load
+
+        def load_on_cpu(*args: Any, map_location: Any = None, **kwargs: Any) -> Any:
+            if map_location is not None and torch.device(map_location).type == "cpu":
+                map_location = "cpu"
+            return original(*args, map_location=map_location, **kwargs)
+
+        torch.load = load_on_cpu
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = original
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.dids_mixture is None:
@@ -182,7 +213,11 @@ class DIDSTrainerMixin:
         if self._dids_trace_file is None:
             os.makedirs(os.path.dirname(self._trace_path()), exist_ok=True)
             self._dids_trace_file = open(self._trace_path(), "a", encoding="utf-8")  # noqa: SIM115
-        record = {"step": int(self.state.global_step), "rows": row_ids.tolist(), "domains": domain_ids.tolist()}
+        record = {
+            "step": int(self.state.global_step),
+            "rows": row_ids.tolist(),
+            "domains": domain_ids.tolist(),
+        }
         self._dids_trace_file.write(json.dumps(record) + "\n")
         self._dids_trace_file.flush()
 
@@ -228,13 +263,21 @@ class MixtureCallback(TrainerCallback):
         if self.mixture.resumed_state is None and state.global_step == 0:
             self.mixture.initial_record()
         if self.interval is not None:
-            logger.info("[dids] mixture updates every %d optimizer steps (%d steps in all)", self.interval, state.max_steps)
+            logger.info(
+                "[dids] mixture updates every %d optimizer steps (%d steps in all)",
+                self.interval,
+                state.max_steps,
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.interval is not None and state.global_step % self.interval == 0:
             record = self.mixture.update(state.global_step)
-            logger.info("[dids] update %d at step %d: %s", record["update"], record["step"],
-                        np.round(record["weights"], 4).tolist())
+            logger.info(
+                "[dids] update %d at step %d: %s",
+                record["update"],
+                record["step"],
+                np.round(record["weights"], 4).tolist(),
+            )
 
     def on_save(self, args, state, control, **kwargs):
         # collective (counters are all-reduced) on every rank; rank 0 writes into the checkpoint folder

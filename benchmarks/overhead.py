@@ -1,0 +1,512 @@
+#!/usr/bin/env python
+"""What llamafactory-dids costs: training wall time, and interpreter start-up time.
+
+Run it from the environment that has the plugin installed (the interpreter running this script is
+the one measured):
+
+    python benchmarks/overhead.py                      # defaults: 120 steps, 3 repeats, ~5 min on 2 cores
+    python benchmarks/overhead.py --json overhead.json --check
+
+Everything runs offline in a temporary work directory (or `--workdir`): the tiny Llama, tokenizer and the
+three demo datasets come from `llamafactory_dids.demo.build_demo_assets`.
+
+A. Training wall time, plugin vs stock LLaMA-Factory
+----------------------------------------------------
+The same tiny SFT run (datasets demo_code, demo_docs, demo_comments; full fine-tuning; cutoff_len 256;
+per-device batch 8; `report_to: none`; `save_strategy: no`; `logging_steps: 10`) in three variants:
+
+- `stock`:  `LLAMAFACTORY_DIDS_DISABLE=1` (the start-up hook installs nothing, LLaMA-Factory is not
+  patched), no `dids_*` keys, `max_steps: STEPS`;
+- `plugin`: hook active, `dids_strategy: uniform`, `dids_budget: STEPS * 8` and no `max_steps`, which
+  gives the same number of optimizer steps; per-domain loss logging on (the default);
+- `plugin_noloss`: as `plugin` with `dids_log_domain_loss: false`, to show what the per-domain loss costs.
+
+The runs are interleaved (stock, plugin, plugin_noloss, stock, plugin, ...) `--repeats` times so that
+slow phases of a shared machine hit every variant alike, after one short untimed warm-up run. Each run
+is its own process (`python overhead.py --worker CONFIG`, which calls LLaMA-Factory's own
+`llamafactory.train.tuner.run_exp` exactly as `llamafactory-cli train CONFIG` does, plus one passive
+step-timing callback). Per run the script records:
+
+- `train_runtime` from `output_dir/train_results.json`: the Trainer's own timer around the training
+  loop, i.e. no interpreter start-up, model or data loading, tokenisation or final save. This is the
+  figure the target applies to: ratio of the medians, plugin / stock <= 1.02.
+- the total process wall time (start-up, imports, data loading and saving included), for reference;
+- the median time between consecutive optimizer steps (first step excluded), from the callback. Much
+  less sensitive than the total to bursts of CPU steal on a shared machine; pooled over repeats;
+- `total_flos` from `train_results.json`: the Trainer counts every input id, padding included, so the
+  plugin/stock ratio of this figure says whether both variants did the same amount of work (the
+  samplers pick different rows, so padded batch lengths differ a little), and the runtime ratio
+  normalised by it is printed too.
+
+`--packing` adds `packing: true` (every batch is then ~8 x 256 tokens in both variants, so the work is
+equal by construction); the default is the unpacked run described above.
+
+B. Start-up time the hook adds to `python -c pass`
+--------------------------------------------------
+Installing the plugin adds `llamafactory_dids.pth` to site-packages; `site.py` executes its line
+`import llamafactory_dids._startup` in every interpreter (`LLAMAFACTORY_DIDS_DISABLE=1` does not skip
+that import, it only makes the hook install nothing). Two measurements, each over `--startup-runs` runs:
+
+1. `python -X importtime -c pass`: the cumulative time of the `llamafactory_dids._startup` row, which
+   includes everything that import pulls in (the `llamafactory_dids` package `__init__` and, through
+   it, `__future__`). That is exactly the work the `.pth` line adds, minus site.py reading a 1-line
+   file. Median over the runs. Target: < 2 ms.
+2. A direct wall-time A/B of whole `python -c ...` processes, alternating the two arms. Both arms run
+   `python -S -c CODE` where CODE imports `site`, wraps `site.addpackage` to skip one file name, and
+   then calls `site.main()` -- the very function site.py runs at start-up without `-S`. The baseline
+   arm skips `llamafactory_dids.pth`; the other arm skips a name that does not exist. So the two arms
+   differ only in whether our `.pth` line runs; everything else (every other `.pth`, the venv,
+   sitecustomize, the wrapper itself) is identical. Reported: median of each arm and the median of the
+   paired differences (informational: a few hundred microseconds are within process-start noise).
+
+Both measurements are taken twice: in the environment as it is, and with a bytecode cache
+(`PYTHONPYCACHEPREFIX=WORKDIR/pycache`, `PYTHONDONTWRITEBYTECODE` unset; the cache lives in the work
+directory, nothing is written next to the sources). Without a cache (e.g. `PYTHONDONTWRITEBYTECODE=1`
+with an editable install) every start compiles `llamafactory_dids/__init__.py` and `_startup.py` from
+source; a regular wheel install ships with byte-compiled files, so the cached figure is the one users
+normally see. The target is checked on both.
+
+Output: a table (figure, value, target, pass/fail). The exit code is 0 (it is a measurement) unless
+`--check` is given and a target is missed (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 8
+TRAIN_RATIO_TARGET = 1.02
+STARTUP_TARGET_MS = 2.0
+PTH_NAME = "llamafactory_dids.pth"
+STARTUP_MODULE = "llamafactory_dids._startup"
+VARIANTS = ("stock", "plugin", "plugin_noloss")
+
+# --------------------------------------------------------------------------------- worker process
+
+
+def _worker(config_path: str, timings_path: str) -> None:
+    """Run one training exactly like `llamafactory-cli train CONFIG`, recording optimizer-step times."""
+    import yaml
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+
+        def _mark(self) -> None:
+            self.wall.append(time.perf_counter())
+            self.cpu.append(time.process_time())
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._mark()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._mark()
+
+    from llamafactory.train.tuner import run_exp  # imported here: the start-up hook patches it now
+
+    timer = StepTimer()
+    with open(config_path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    run_exp(config, callbacks=[timer])
+    from llamafactory_dids.integration.patch import is_applied
+
+    with open(timings_path, "w", encoding="utf-8") as f:
+        json.dump({"wall": timer.wall, "cpu": timer.cpu, "plugin_applied": is_applied()}, f)
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _clean_env(**extra: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+# ------------------------------------------------------------------------------- A. training time
+
+
+def train_config(assets: Any, output_dir: Path, variant: str, steps: int, packing: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model_name_or_path": str(assets.model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "demo_code,demo_docs,demo_comments",
+        "dataset_dir": str(assets.dataset_dir),
+        "template": "default",
+        "cutoff_len": 256,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(output_dir),
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "per_device_train_batch_size": BATCH,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1.0e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.05,
+        "seed": 42,
+    }
+    if packing:
+        config["packing"] = True
+    if variant == "stock":
+        config["max_steps"] = steps
+    else:
+        config["dids_strategy"] = "uniform"
+        config["dids_budget"] = steps * BATCH
+        if variant == "plugin_noloss":
+            config["dids_log_domain_loss"] = False
+    return config
+
+
+def run_training(
+    workdir: Path, assets: Any, variant: str, steps: int, packing: bool, threads: int, tag: str
+) -> dict[str, Any]:
+    import yaml
+
+    run_dir = workdir / "runs" / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    output_dir = run_dir / "output"
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(train_config(assets, output_dir, variant, steps, packing)), encoding="utf-8")
+    timings_path = run_dir / "timings.json"
+    env = _clean_env(LLAMAFACTORY_DIDS_DISABLE="1" if variant == "stock" else None)
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(config_path), str(timings_path)]
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"training run {tag} failed (exit {proc.returncode}); log tail:\n{tail}")
+    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
+    timings = json.loads(timings_path.read_text(encoding="utf-8"))
+    marks_wall, marks_cpu = timings["wall"], timings["cpu"]
+    step_wall = [b - a for a, b in zip(marks_wall, marks_wall[1:], strict=False)]
+    step_cpu = [b - a for a, b in zip(marks_cpu, marks_cpu[1:], strict=False)]
+    expected_applied = variant != "stock"
+    if timings["plugin_applied"] != expected_applied:
+        raise RuntimeError(f"run {tag}: plugin applied = {timings['plugin_applied']}, expected {expected_applied}.")
+    return {
+        "variant": variant,
+        "tag": tag,
+        "train_runtime_s": float(results["train_runtime"]),
+        "process_wall_s": round(wall, 4),
+        "total_flos": float(results["total_flos"]),
+        "train_loss": float(results["train_loss"]),
+        "steps": len(step_wall),
+        "step_ms": [round(1000 * s, 3) for s in step_wall[1:]],  # first step (warm-up) excluded
+        "step_cpu_ms": [round(1000 * s, 3) for s in step_cpu[1:]],
+    }
+
+
+def measure_training(
+    workdir: Path, assets: Any, steps: int, repeats: int, packing: bool, threads: int, warmup: bool
+) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    if warmup:
+        print(f"[train] warm-up run (stock, {min(steps, 10)} steps, not counted)", flush=True)
+        run_training(workdir, assets, "stock", min(steps, 10), packing, threads, "warmup")
+    for r in range(repeats):
+        for variant in VARIANTS:
+            run = run_training(workdir, assets, variant, steps, packing, threads, f"{variant}-{r}")
+            run["repeat"] = r
+            runs.append(run)
+            print(
+                f"[train] repeat {r} {variant:<14} train_runtime {run['train_runtime_s']:7.3f} s   "
+                f"process {run['process_wall_s']:6.1f} s   median step {_median(run['step_ms']):6.1f} ms   "
+                f"steps {run['steps']}   flos {run['total_flos']:.4g}",
+                flush=True,
+            )
+    summary: dict[str, Any] = {}
+    for variant in VARIANTS:
+        mine = [r for r in runs if r["variant"] == variant]
+        steps_seen = {r["steps"] for r in mine}
+        if len(steps_seen) != 1:
+            raise RuntimeError(f"{variant}: runs disagree on the number of steps: {sorted(steps_seen)}")
+        summary[variant] = {
+            "steps": steps_seen.pop(),
+            "train_runtime_s": _median([r["train_runtime_s"] for r in mine]),
+            "process_wall_s": _median([r["process_wall_s"] for r in mine]),
+            "step_ms": _median([s for r in mine for s in r["step_ms"]]),
+            "step_cpu_ms": _median([s for r in mine for s in r["step_cpu_ms"]]),
+            "total_flos": _median([r["total_flos"] for r in mine]),
+        }
+    if summary["stock"]["steps"] != summary["plugin"]["steps"]:
+        raise RuntimeError(
+            f"stock ran {summary['stock']['steps']} steps but the plugin {summary['plugin']['steps']}: "
+            "the comparison is not like for like."
+        )
+    return {"runs": runs, "summary": summary}
+
+
+# -------------------------------------------------------------------------------- B. start-up time
+
+_IMPORTTIME = re.compile(r"^import time:\s*(\d+)\s*\|\s*(\d+)\s*\|(\s*)(\S+)\s*$")
+
+_AB_CODE = (
+    "import site\n"
+    "_add = site.addpackage\n"
+    "def _addpackage(sitedir, name, known_paths, _skip={skip!r}):\n"
+    "    return known_paths if name == _skip else _add(sitedir, name, known_paths)\n"
+    "site.addpackage = _addpackage\n"
+    "site.main()\n"
+)
+
+
+def find_pth() -> Path | None:
+    import site
+
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    for d in dirs:
+        candidate = Path(d) / PTH_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def importtime_us(env: dict[str, str]) -> int | None:
+    """Cumulative microseconds of the `llamafactory_dids._startup` row of one `python -X importtime -c pass`."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True, check=True
+    )
+    for line in proc.stderr.splitlines():
+        m = _IMPORTTIME.match(line)
+        if m and m.group(4) == STARTUP_MODULE:
+            return int(m.group(2))
+    return None
+
+
+def _time_process(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
+    pth = find_pth()
+    out: dict[str, Any] = {"pth": str(pth) if pth else None, "runs": runs}
+    if pth is None:
+        print(f"[startup] {PTH_NAME} is not installed in this environment: nothing to measure", flush=True)
+        return out
+    modes = {
+        "as_is": _clean_env(),
+        "bytecode_cache": _clean_env(PYTHONPYCACHEPREFIX=str(workdir / "pycache"), PYTHONDONTWRITEBYTECODE=None),
+    }
+    # the hook must be active in the measured interpreters (the plugin's own switch stays off)
+    for mode, env in modes.items():
+        for _ in range(3):  # warm the page cache (and, in bytecode_cache mode, fill the cache)
+            importtime_us(env)
+        samples = [importtime_us(env) for _ in range(runs)]
+        if any(s is None for s in samples):
+            raise RuntimeError(f"no `{STARTUP_MODULE}` row in `python -X importtime -c pass` ({mode}).")
+        with_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip="<no such file>.pth")]
+        without_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip=PTH_NAME)]
+        plain_cmd = [sys.executable, "-c", "pass"]
+        with_s: list[float] = []
+        without_s: list[float] = []
+        plain_s: list[float] = []
+        for i in range(runs):
+            # alternate which arm goes first, so drifts in machine speed cancel
+            if i % 2 == 0:
+                without_s.append(_time_process(without_cmd, env))
+                with_s.append(_time_process(with_cmd, env))
+            else:
+                with_s.append(_time_process(with_cmd, env))
+                without_s.append(_time_process(without_cmd, env))
+            plain_s.append(_time_process(plain_cmd, env))
+        diffs = [a - b for a, b in zip(with_s, without_s, strict=True)]
+        out[mode] = {
+            "importtime_ms": _median(samples) / 1000,
+            "importtime_ms_p10_p90": [
+                statistics.quantiles(samples, n=10)[0] / 1000,
+                statistics.quantiles(samples, n=10)[-1] / 1000,
+            ],
+            "wall_plain_ms": 1000 * _median(plain_s),
+            "wall_with_pth_ms": 1000 * _median(with_s),
+            "wall_without_pth_ms": 1000 * _median(without_s),
+            "wall_paired_diff_ms": 1000 * _median(diffs),
+        }
+        r = out[mode]
+        print(
+            f"[startup] {mode:<14} importtime {STARTUP_MODULE}: median {r['importtime_ms']:.3f} ms; "
+            f"wall python -c pass {r['wall_plain_ms']:.1f} ms; A/B with .pth {r['wall_with_pth_ms']:.2f} ms, "
+            f"without {r['wall_without_pth_ms']:.2f} ms, paired diff {r['wall_paired_diff_ms']:+.3f} ms",
+            flush=True,
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def build_table(training: dict[str, Any] | None, startup: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(figure: str, value: float, fmt: str, target: str = "", ok: bool | None = None) -> None:
+        rows.append({"figure": figure, "value": value, "text": fmt.format(value), "target": target, "ok": ok})
+
+    if training is not None:
+        s = training["summary"]
+        stock, plugin, noloss = s["stock"], s["plugin"], s["plugin_noloss"]
+        ratio = plugin["train_runtime_s"] / stock["train_runtime_s"]
+        row("train_runtime median, stock (s)", stock["train_runtime_s"], "{:.3f}")
+        row("train_runtime median, plugin (s)", plugin["train_runtime_s"], "{:.3f}")
+        row("train_runtime median, plugin, no domain loss (s)", noloss["train_runtime_s"], "{:.3f}")
+        row(
+            "training time ratio plugin/stock (train_runtime)",
+            ratio,
+            "{:.4f}",
+            f"<= {TRAIN_RATIO_TARGET}",
+            ratio <= TRAIN_RATIO_TARGET,
+        )
+        row("  same, plugin without domain loss / stock", noloss["train_runtime_s"] / stock["train_runtime_s"], "{:.4f}")
+        row("  domain-loss cost: plugin / plugin without it", plugin["train_runtime_s"] / noloss["train_runtime_s"], "{:.4f}")
+        step_ratio = plugin["step_ms"] / stock["step_ms"]
+        row("median step time ratio plugin/stock", step_ratio, "{:.4f}", f"<= {TRAIN_RATIO_TARGET}", step_ratio <= TRAIN_RATIO_TARGET)
+        row("  median step: stock / plugin / no domain loss (ms)", stock["step_ms"], "{:.2f}")
+        rows[-1]["text"] = f"{stock['step_ms']:.2f} / {plugin['step_ms']:.2f} / {noloss['step_ms']:.2f}"
+        flos_ratio = plugin["total_flos"] / stock["total_flos"]
+        row("work ratio plugin/stock (total_flos, padding incl.)", flos_ratio, "{:.4f}")
+        row("  train_runtime ratio per unit of work", ratio / flos_ratio, "{:.4f}")
+        row("process wall time median stock / plugin (s)", stock["process_wall_s"], "{:.1f}")
+        rows[-1]["text"] = f"{stock['process_wall_s']:.1f} / {plugin['process_wall_s']:.1f}"
+    if startup is not None:
+        for mode, label in (("as_is", "environment as is"), ("bytecode_cache", "with bytecode cache")):
+            if mode not in startup:
+                continue
+            m = startup[mode]
+            ms = m["importtime_ms"]
+            row(
+                f"start-up added by the hook, importtime ({label}) (ms)",
+                ms,
+                "{:.3f}",
+                f"< {STARTUP_TARGET_MS}",
+                ms < STARTUP_TARGET_MS,
+            )
+            row(f"  wall A/B paired diff, with - without .pth ({label}) (ms)", m["wall_paired_diff_ms"], "{:+.3f}")
+            row(f"  wall python -c pass ({label}) (ms)", m["wall_plain_ms"], "{:.1f}")
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max(len(r["figure"]) for r in rows)
+    print()
+    print(f"{'figure':<{width}}  {'value':>22}  {'target':>8}  result")
+    print("-" * (width + 44))
+    for r in rows:
+        result = "" if r["ok"] is None else ("PASS" if r["ok"] else "FAIL")
+        print(f"{r['figure']:<{width}}  {r['text']:>22}  {r['target']:>8}  {result}")
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per training run (default 120)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the training variants (default 3)")
+    parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: a temporary one, removed)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure to this JSON file")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument("--startup-runs", type=int, default=200, help="runs per arm for the start-up figures (default 200)")
+    parser.add_argument("--examples-per-domain", type=int, default=200, help="demo dataset size per domain (default 200)")
+    parser.add_argument("--packing", action="store_true", help="train with `packing: true` (equal work per batch)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OMP/MKL threads of each training process (default 1; 0 leaves torch's default)",
+    )
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up run")
+    parser.add_argument("--skip-training", action="store_true", help="only measure start-up")
+    parser.add_argument("--skip-startup", action="store_true", help="only measure training")
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "TIMINGS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        _worker(*args.worker)
+        return 0
+
+    cleanup = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="dids-overhead-")) if cleanup else args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        training = startup = None
+        if not args.skip_startup:
+            startup = measure_startup(workdir, args.startup_runs)
+        if not args.skip_training:
+            from llamafactory_dids.demo import build_demo_assets
+
+            assets = build_demo_assets(workdir / "assets", examples_per_domain=args.examples_per_domain)
+            training = measure_training(
+                workdir, assets, args.steps, args.repeats, args.packing, args.threads, args.warmup
+            )
+        rows = build_table(training, startup)
+        print_table(rows)
+        elapsed = time.perf_counter() - started
+        print(f"\n({elapsed:.0f} s in all; python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+        if args.json is not None:
+            payload = {
+                "settings": {
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                    "batch": BATCH,
+                    "packing": args.packing,
+                    "threads": args.threads,
+                    "examples_per_domain": args.examples_per_domain,
+                    "startup_runs": args.startup_runs,
+                    "python": sys.executable,
+                },
+                "table": rows,
+                "training": training,
+                "startup": startup,
+                "seconds": round(elapsed, 1),
+            }
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    finally:
+        if cleanup:
+            shutil.rmtree(workdir, ignore_errors=True)
+    missed = [r["figure"] for r in rows if r["ok"] is False]
+    if args.check and missed:
+        print(f"missed: {'; '.join(missed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

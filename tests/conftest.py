@@ -1,0 +1,111 @@
+"""Shared fixtures: the embedded tiny model and data, and a helper that runs `llamafactory-cli train`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamafactory_dids.demo import DemoAssets, build_demo_assets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> DemoAssets:
+    """A small build of the demo assets (60 rows per domain), shared by the whole session."""
+    return build_demo_assets(tmp_path_factory.mktemp("assets"), examples_per_domain=60, seed=0)
+
+
+def base_config(assets: DemoAssets, output_dir: Path, **overrides) -> dict:
+    """An ordinary LLaMA-Factory SFT YAML over the three demo domains, with overrides."""
+    config = {
+        "model_name_or_path": str(assets.model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "demo_code,demo_docs,demo_comments",
+        "dataset_dir": str(assets.dataset_dir),
+        "template": "default",
+        "cutoff_len": 128,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(output_dir),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1.0e-3,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 7,
+    }
+    config.update(overrides)
+    return {k: v for k, v in config.items() if v is not None}
+
+
+BIN = Path(sys.executable).parent
+CLI = (
+    shutil.which("llamafactory-cli", path=str(BIN)) or shutil.which("llamafactory-cli") or "llamafactory-cli"
+)
+
+
+def train_env(nproc: int = 1, extra: dict | None = None) -> dict:
+    """Environment for a training subprocess: this interpreter's bin first (torchrun), plugin on."""
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
+    env.update(extra or {})
+    if nproc > 1:
+        env.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(nproc)})
+    return env
+
+
+def run_train(
+    config: dict,
+    workdir: Path,
+    *,
+    nproc: int = 1,
+    args: tuple[str, ...] = (),
+    env: dict | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run the unchanged `llamafactory-cli train` on `config` written as YAML into `workdir`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = subprocess.run(
+        [CLI, "train", str(path), *args],
+        env=train_env(nproc, env),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=workdir,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"llamafactory-cli failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_trace(output_dir: Path) -> dict[int, list[int]]:
+    """step -> row ids trained at that step, over all ranks (rank order)."""
+    steps: dict[int, list[int]] = {}
+    for path in sorted((output_dir / "dids_trace").glob("rank*.jsonl")):
+        for record in read_jsonl(path):
+            steps.setdefault(record["step"], []).extend(record["rows"])
+    return steps

@@ -1,0 +1,101 @@
+"""apply/revert swap the host globals idempotently; the .pth start-up hook reaches fresh interpreters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import llamafactory_dids
+from llamafactory_dids.integration import patch
+
+PATCHED = [
+    ("llamafactory.train.tuner", "get_train_args"),
+    ("llamafactory.data.loader", "get_dataset_list"),
+    ("llamafactory.data.loader", "align_dataset"),
+    ("llamafactory.data.loader", "_get_dataset_processor"),
+    ("llamafactory.train.sft.workflow", "get_dataset"),
+    ("llamafactory.train.pt.workflow", "get_dataset"),
+    ("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer"),
+    ("llamafactory.train.pt.workflow", "CustomTrainer"),
+]
+
+
+def _current():
+    import importlib
+
+    return {(m, a): getattr(importlib.import_module(m), a) for m, a in PATCHED}
+
+
+def test_apply_revert_idempotent():
+    llamafactory_dids.apply()  # the start-up hook may already have applied it
+    applied = _current()
+    llamafactory_dids.apply()
+    assert _current() == applied  # second apply changes nothing
+    llamafactory_dids.revert()
+    stock = _current()
+    assert not patch.is_applied()
+    for key in PATCHED:
+        assert stock[key] is not applied[key]
+        assert getattr(applied[key], "__wrapped__", None) is stock[key] or issubclass(
+            applied[key], stock[key]
+        )
+    llamafactory_dids.revert()
+    assert _current() == stock
+    llamafactory_dids.apply()
+    again = _current()
+    from llamafactory.train.sft.trainer import CustomSeq2SeqTrainer
+
+    assert (
+        again[("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer")].__mro__[2] is CustomSeq2SeqTrainer
+    )
+
+
+def test_version_check_names_the_range(monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.9.9")
+    with pytest.raises(RuntimeError, match=r"supports llamafactory>=0.9.5,<0.9.6, but 0.9.9 is installed"):
+        patch._check_version()
+
+
+PROBE = (
+    "import sys; import llamafactory_dids.integration.patch as p; "
+    "import llamafactory.train.tuner as t; "
+    "print(p.is_applied(), getattr(t.get_train_args, '__module__', ''))"
+)
+
+
+def _probe(env_extra):
+    env = {**os.environ, **env_extra}
+    env.pop("LLAMAFACTORY_DIDS_DISABLE", None) if "LLAMAFACTORY_DIDS_DISABLE" not in env_extra else None
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_startup_hook_patches_a_fresh_interpreter():
+    assert _probe({}) == "True llamafactory_dids.integration.args"
+
+
+def test_startup_hook_can_be_switched_off():
+    assert _probe({"LLAMAFACTORY_DIDS_DISABLE": "1"}) == "False llamafactory.hparams.parser"
+
+
+def test_startup_hook_imports_nothing_heavy():
+    code = "import sys; print(sorted(m for m in ('torch', 'numpy', 'llamafactory', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+    hooks = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; print(sum(type(f).__name__ == '_TunerImportHook' for f in sys.meta_path))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert hooks.stdout.strip() == "1"  # the .pth file installed exactly one hook

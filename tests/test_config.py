@@ -1,0 +1,169 @@
+"""`dids_*` keys: parsing, defaults and every validation branch."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from llamafactory_dids.algorithms.strategies import STRATEGY_CLASSES
+from llamafactory_dids.config import (
+    STRATEGIES,
+    DIDSConfig,
+    DIDSConfigError,
+    check_host_arguments,
+    known_keys,
+    parse_dids_config,
+    split_dids_keys,
+)
+
+
+def test_strategy_names_match_the_strategy_table():
+    assert set(STRATEGIES) == set(STRATEGY_CLASSES)
+
+
+def test_empty_config_is_disabled():
+    cfg = parse_dids_config({})
+    assert cfg == DIDSConfig()
+    assert not cfg.enabled
+
+
+def test_valid_config_parses_and_coerces_cli_strings():
+    cfg = parse_dids_config(
+        {
+            "dids_strategy": "Static",
+            "dids_static_weights": "0.5,0.25,0.25",
+            "dids_budget": "1000",
+            "dids_update_interval": 10.0,
+            "dids_on_exhausted": "drop",
+            "dids_min_weight": "0.01",
+            "dids_log_domain_loss": "false",
+            "dids_trace_samples": True,
+            "dids_domain_column": "domain",
+            "dids_seed": 3,
+        }
+    )
+    assert cfg.dids_strategy == "static"
+    assert cfg.dids_static_weights == [0.5, 0.25, 0.25]
+    assert cfg.dids_budget == 1000 and cfg.dids_update_interval == 10
+    assert cfg.dids_on_exhausted == "drop" and cfg.dids_min_weight == 0.01
+    assert cfg.dids_log_domain_loss is False and cfg.dids_trace_samples is True
+    assert cfg.dids_domain_column == "domain" and cfg.dids_seed == 3
+
+
+def test_mapping_weights_are_kept_by_name():
+    cfg = parse_dids_config({"dids_strategy": "static", "dids_static_weights": {"a": 1, "b": 3}})
+    assert cfg.dids_static_weights == {"a": 1.0, "b": 3.0}
+
+
+def test_split_keys():
+    dids, rest = split_dids_keys({"dids_strategy": "uniform", "stage": "sft"})
+    assert dids == {"dids_strategy": "uniform"} and rest == {"stage": "sft"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (
+            {"dids_strategy": "uniform", "dids_bogus": 1},
+            r"Unknown key `dids_bogus`\. Known `dids_\*` keys: dids_strategy",
+        ),
+        ({"dids_strategy": "magic"}, r"`dids_strategy` must be one of uniform, natural, static, got 'magic'"),
+        (
+            {"dids_strategy": "uniform", "dids_domain_column": ""},
+            r"`dids_domain_column` must be a column name",
+        ),
+        ({"dids_strategy": "uniform", "dids_budget": 0}, r"`dids_budget` must be a positive integer, got 0"),
+        ({"dids_strategy": "uniform", "dids_budget": "many"}, r"`dids_budget` must be a positive integer"),
+        (
+            {"dids_strategy": "uniform", "dids_update_interval": -1},
+            r"`dids_update_interval` must be a positive",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_num_updates": 1.5},
+            r"`dids_num_updates` must be a positive integer",
+        ),
+        ({"dids_strategy": "uniform", "dids_seed": -2}, r"`dids_seed` must be a non-negative integer"),
+        (
+            {"dids_strategy": "uniform", "dids_on_exhausted": "crash"},
+            r"`dids_on_exhausted` must be one of reshuffle, drop",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_min_weight": 1.5},
+            r"`dids_min_weight` must be in \[0, 1\), got 1.5",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_log_domain_loss": "maybe"},
+            r"`dids_log_domain_loss` must be true or false",
+        ),
+        ({"dids_strategy": "static", "dids_static_weights": {"a": -1}}, r"non-negative numbers, got 'a': -1"),
+        (
+            {"dids_strategy": "static", "dids_static_weights": [1, "x"]},
+            r"must be a list of non-negative numbers",
+        ),
+        (
+            {"dids_strategy": "static", "dids_static_weights": 3},
+            r"must be a mapping domain -> weight or a list",
+        ),
+        ({"dids_strategy": "static", "dids_static_weights": [0, 0]}, r"positive total"),
+        ({"dids_strategy": "static"}, r"`dids_strategy: static` needs `dids_static_weights`"),
+        (
+            {"dids_strategy": "uniform", "dids_static_weights": [1, 2]},
+            r"only used by `dids_strategy: static`",
+        ),
+        ({"dids_budget": 10}, r"`dids_budget` set without `dids_strategy`"),
+        (
+            {"dids_strategy": "uniform", "dids_update_interval": 5, "dids_num_updates": 3},
+            r"either `dids_update_interval` \(steps\) or `dids_num_updates`",
+        ),
+    ],
+)
+def test_invalid_values_name_the_key(raw, match):
+    with pytest.raises(DIDSConfigError, match=match):
+        parse_dids_config(raw)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(DIDSConfigError) as info:
+        parse_dids_config({"dids_strategy": "magic", "dids_budget": -1, "dids_x": 1})
+    assert len(info.value.problems) == 3
+    assert "3 problem(s)" in str(info.value)
+
+
+def _host(**kw):
+    data = SimpleNamespace(streaming=False, mix_strategy="concat", tokenized_path=None)
+    training = SimpleNamespace(max_steps=-1)
+    finetuning = SimpleNamespace(stage="sft", disable_shuffling=False)
+    for key, value in kw.items():
+        for ns in (data, training, finetuning):
+            if hasattr(ns, key):
+                setattr(ns, key, value)
+    return {"data_args": data, "training_args": training, "finetuning_args": finetuning}
+
+
+@pytest.mark.parametrize(
+    ("host", "match"),
+    [
+        ({"streaming": True}, r"`streaming: true` cannot be sampled by domain"),
+        ({"disable_shuffling": True}, r"`disable_shuffling: true` conflicts with `dids_strategy`"),
+        ({"mix_strategy": "interleave_under"}, r"`mix_strategy: interleave_under` conflicts"),
+        ({"stage": "dpo"}, r"supports `stage: sft` and `stage: pt`, got `stage: dpo`"),
+        ({"max_steps": 100}, r"`dids_budget` sets the run length, so `max_steps: 100` conflicts"),
+    ],
+)
+def test_host_conflicts(host, match):
+    cfg = parse_dids_config({"dids_strategy": "uniform", "dids_budget": 64})
+    with pytest.raises(DIDSConfigError, match=match):
+        check_host_arguments(cfg, **_host(**host))
+
+
+def test_host_check_passes_and_ignores_disabled_config():
+    check_host_arguments(parse_dids_config({"dids_strategy": "uniform"}), **_host())
+    check_host_arguments(DIDSConfig(), **_host(streaming=True))
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    assert all(f.metadata.get("help") for f in dataclasses.fields(DIDSConfig))
+    assert all(k.startswith("dids_") for k in known_keys())
