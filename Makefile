@@ -1,0 +1,34 @@
+# Every target installs what it needs into .venv first (a fresh machine needs only python3 >= 3.10).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test test-fast lint bench demo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check llamafactory_dids tests benchmarks
+	$(BIN)/ruff format --check llamafactory_dids tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/resume.py
+
+demo: install
+	$(BIN)/llamafactory-dids demo
+
+clean:
+	rm -rf dids_demo .pytest_cache .ruff_cache

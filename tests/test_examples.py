@@ -1,0 +1,30 @@
+"""Every shipped example YAML parses: `dids_*` keys validate and the rest is accepted by LLaMA-Factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from llamafactory_dids.config import parse_dids_config, split_dids_keys
+
+EXAMPLES = sorted((REPO / "examples" / "yaml").glob("*.yaml"))
+
+
+def test_there_are_examples():
+    assert {p.name for p in EXAMPLES} >= {"demo_sft.yaml", "sft_natural_lora.yaml", "pt_uniform_packing.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_parses(path: Path):
+    from transformers import HfArgumentParser
+
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+
+    config = yaml.safe_load(path.read_text())
+    dids, rest = split_dids_keys(config)
+    assert parse_dids_config(dids).enabled
+    # LLaMA-Factory's own parser accepts every other key (raises on unknown keys)
+    HfArgumentParser(_TRAIN_ARGS).parse_dict(rest, allow_extra_keys=False)
