@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
 from llamafactory_dids.config import parse_dids_config, split_dids_keys
+
+from conftest import REPO
 
 EXAMPLES = sorted((REPO / "examples" / "yaml").glob("*.yaml"))
 
@@ -19,9 +20,8 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_parses(path: Path):
-    from transformers import HfArgumentParser
-
     from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
 
     config = yaml.safe_load(path.read_text())
     dids, rest = split_dids_keys(config)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CLI, REPO, base_config, read_jsonl, read_trace, run_train, train_env
 from safetensors.torch import load_file
+
+from conftest import CLI, REPO, base_config, read_jsonl, read_trace, run_train, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -111,9 +112,10 @@ def _example(name: str, assets, out: Path) -> dict:
 
 def test_lora_with_domain_column_and_val_size(demo_assets, tmp_path):
     out = tmp_path / "out"
-    run_train(
-        _example("sft_natural_lora.yaml", demo_assets, out) | {"dids_budget": 96, "save_steps": 100}, tmp_path
-    )
+    extra = {"dids_budget": 96, "save_steps": 100, "eval_strategy": "steps", "eval_steps": 12}
+    run_train(_example("sft_natural_lora.yaml", demo_assets, out) | extra, tmp_path)
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("eval_loss" in log for log in logs)  # evaluation batches carry domain ids too
     history = read_jsonl(out / "history.jsonl")
     assert history[0]["domains"] == ["code", "comments", "docs"]
     sizes = np.array(history[0]["domain_sizes"])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import base_config
 
 from llamafactory_dids.config import DIDSConfigError
 from llamafactory_dids.integration.args import pop_dids_keys
+
+from conftest import base_config
 
 
 def get_train_args(config):

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import base_config
 from datasets import ClassLabel
+
+from conftest import base_config
 
 DOMAINS = ["demo_code", "demo_docs", "demo_comments"]
 
