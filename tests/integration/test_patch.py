@@ -92,7 +92,7 @@ def test_startup_hook_imports_nothing_heavy():
         [
             sys.executable,
             "-c",
-            "import sys; print(sum(type(f).__name__ == '_TunerImportHook' for f in sys.meta_path))",
+            "import sys; print(sum(type(f).__name__ == 'LlamaFactoryDIDSHook' for f in sys.meta_path))",
         ],
         capture_output=True,
         text=True,
