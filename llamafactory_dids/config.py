@@ -18,7 +18,9 @@ KEY_PREFIX = "dids_"
 
 # Strategy names the config accepts. The table of classes lives in algorithms.strategies; this tuple is
 # kept here (stdlib only) so validation does not import numpy. A test keeps the two in sync.
-STRATEGIES = ("uniform", "natural", "static")
+STRATEGIES = ("uniform", "natural", "static", "dids")
+NORMALISERS = ("softmax", "clamp")
+IMPACT_METRICS = ("fim", "inner_product")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
@@ -104,6 +106,57 @@ class DIDSConfig:
             "help": "Write the training-set row ids of every step to `output_dir/dids_trace/rank*.jsonl` "
             "(audit what the model saw; used by the resume tests)."
         },
+    )
+    dids_target_datasets: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Downstream tasks for `dids_strategy: dids`: LLaMA-Factory dataset names (in `dataset_dir`), "
+            "one per task, e.g. held-out slices of each task's validation data; processed with the run's "
+            "template and cutoff. One name = the paper's single-task mode."
+        },
+    )
+    dids_target_samples: int = field(
+        default=200,
+        metadata={"help": "Observation samples per task whose loss forms the trajectory (paper: 200)."},
+    )
+    dids_probe_samples: int = field(
+        default=16,
+        metadata={"help": "Rows per domain and per task whose mean loss gradient enters the impact (eq. 12)."},
+    )
+    dids_fisher_batch_size: int = field(
+        default=1,
+        metadata={
+            "help": "Micro-batch size of the gradient probe; the diagonal empirical Fisher is the mean of "
+            "squared micro-batch gradients, so 1 is the exact per-example Fisher."
+        },
+    )
+    dids_impact_metric: str = field(
+        default="fim",
+        metadata={"help": "`fim` (eq. 12) or `inner_product` (the DIDS-FIM ablation: DGA's eq. 6)."},
+    )
+    dids_use_trajectory: bool = field(
+        default=True,
+        metadata={"help": "Use the fitted loss-trajectory potential l_p (eq. 14-15); false is DIDS-LT."},
+    )
+    dids_ema_beta: float = field(
+        default=0.1,
+        metadata={"help": "EMA weight of the previous probabilities (eq. 16; paper 0.1, App. F 0.1-0.3)."},
+    )
+    dids_normaliser: str = field(
+        default="softmax",
+        metadata={"help": "`softmax` (Algorithm 1) or `clamp` (the reference code: negatives to 0, divide by sum)."},
+    )
+    dids_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Softmax temperature of the utilities."},
+    )
+    dids_probe_layers_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Probe the trainable matrices of this last fraction of transformer blocks (paper: 10%)."},
+    )
+    dids_probe_include_lm_head: bool = field(
+        default=False,
+        metadata={"help": "Also probe `lm_head` (large: vocabulary x hidden)."},
     )
     dids_seed: int | None = field(
         default=None,
@@ -267,7 +320,7 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_min_weight = f
 
-    for key in ("dids_log_domain_loss", "dids_trace_samples"):
+    for key in ("dids_log_domain_loss", "dids_trace_samples", "dids_use_trajectory", "dids_probe_include_lm_head"):
         if values.get(key) is None:
             continue
         b = _as_bool(values[key])
@@ -275,6 +328,48 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
         else:
             setattr(cfg, key, b)
+
+    targets = values.get("dids_target_datasets")
+    if targets is not None:
+        names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets
+        if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            problems.append(
+                f"`dids_target_datasets` must be a list of dataset names (or a comma-separated string), got {targets!r}."
+            )
+        else:
+            cfg.dids_target_datasets = [n.strip() for n in names]
+
+    for key in ("dids_target_samples", "dids_probe_samples", "dids_fisher_batch_size"):
+        if values.get(key) is None:
+            continue
+        n = _as_int(values[key])
+        if n is None or n <= 0:
+            problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, n)
+
+    for key, allowed in (("dids_impact_metric", IMPACT_METRICS), ("dids_normaliser", NORMALISERS)):
+        if values.get(key) is None:
+            continue
+        if not isinstance(values[key], str) or values[key].lower() not in allowed:
+            problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, values[key].lower())
+
+    for key, low, high, closed_high in (
+        ("dids_ema_beta", 0.0, 1.0, False),
+        ("dids_temperature", 0.0, math.inf, False),
+        ("dids_probe_layers_fraction", 0.0, 1.0, True),
+    ):
+        if values.get(key) is None:
+            continue
+        f = _as_float(values[key])
+        ok = f is not None and (f >= low if key == "dids_ema_beta" else f > low) and (f <= high if closed_high else f < high)
+        if not ok:
+            bounds = {"dids_ema_beta": "[0, 1)", "dids_temperature": "(0, inf)", "dids_probe_layers_fraction": "(0, 1]"}
+            problems.append(f"`{key}` must be in {bounds[key]}, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, f)
 
     _check_combinations(cfg, values, problems)
     if problems:
@@ -299,6 +394,21 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
         problems.append(
             f"`dids_static_weights` is only used by `dids_strategy: static`, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
+        )
+    if cfg.dids_strategy == "dids":
+        if not cfg.dids_target_datasets:
+            problems.append(
+                "`dids_strategy: dids` needs `dids_target_datasets`: the LLaMA-Factory datasets of the downstream "
+                "tasks (e.g. `dids_target_datasets: [gsm8k_obs, mmlu_obs]`)."
+            )
+        if cfg.dids_update_interval is None and cfg.dids_num_updates is None:
+            problems.append(
+                "`dids_strategy: dids` updates the mixture during training: set `dids_update_interval` "
+                "(optimizer steps) or `dids_num_updates` (updates over the run; the paper used 25 to 95)."
+            )
+    elif cfg.dids_target_datasets:
+        problems.append(
+            f"`dids_target_datasets` is only used by `dids_strategy: dids`, but the strategy is {cfg.dids_strategy!r}."
         )
     if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
         problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")

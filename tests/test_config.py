@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from llamafactory_dids.algorithms.strategies import STRATEGY_CLASSES
+from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
 from llamafactory_dids.config import (
     STRATEGIES,
     DIDSConfig,
@@ -68,7 +68,7 @@ def test_split_keys():
             {"dids_strategy": "uniform", "dids_bogus": 1},
             r"Unknown key `dids_bogus`\. Known `dids_\*` keys: dids_strategy",
         ),
-        ({"dids_strategy": "magic"}, r"`dids_strategy` must be one of uniform, natural, static, got 'magic'"),
+        ({"dids_strategy": "magic"}, r"`dids_strategy` must be one of uniform, natural, static, dids, got 'magic'"),
         (
             {"dids_strategy": "uniform", "dids_domain_column": ""},
             r"`dids_domain_column` must be a column name",

@@ -23,7 +23,11 @@ import numpy as np
 #   domain_train_loss float64 [k]  mean token loss per domain since the last update (NaN if unseen)
 #   realised_counts   int64 [k]    samples trained per domain since the start of the run
 #   step              int          optimizer step of this update
-KNOWN_SIGNALS = frozenset({"domain_sizes", "domain_train_loss", "realised_counts", "step"})
+#   impact            float64 [k, m] eq. 12 distances (or inner products) of domains to tasks
+#   task_loss_history float64 [t+1, m] task losses at the start and at every update so far
+KNOWN_SIGNALS = frozenset(
+    {"domain_sizes", "domain_train_loss", "realised_counts", "step", "impact", "task_loss_history"}
+)
 
 
 def normalise(weights: np.ndarray, *, floor: float = 0.0, active: np.ndarray | None = None) -> np.ndarray:
@@ -165,21 +169,3 @@ def resolve_static_weights(
     if (vec < 0).any() or vec.sum() <= 0:
         raise ValueError("`dids_static_weights` must be non-negative with a positive total.")
     return vec / vec.sum()
-
-
-STRATEGY_CLASSES: dict[str, type[MixingStrategy]] = {
-    cls.name: cls for cls in (UniformStrategy, NaturalStrategy, StaticStrategy)
-}
-
-
-def build_strategy(
-    name: str, domain_names: Sequence[str], domain_sizes: Sequence[int], **options: Any
-) -> MixingStrategy:
-    try:
-        cls = STRATEGY_CLASSES[name]
-    except KeyError:
-        raise ValueError(f"Unknown strategy {name!r}; known: {sorted(STRATEGY_CLASSES)}.") from None
-    unknown = set(cls.signals) - KNOWN_SIGNALS
-    if unknown:
-        raise ValueError(f"Strategy {name!r} declares signals nobody provides: {sorted(unknown)}.")
-    return cls(domain_names, domain_sizes, **options)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..algorithms.strategies import build_strategy
+from ..algorithms.registry import build_strategy
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from .loader import dids_config_of
 from .mixture import DomainMixture

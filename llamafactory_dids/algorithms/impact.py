@@ -1,0 +1,101 @@
+"""FIM-guided domain impact (paper section 4.2, eq. 11-12) from streamed gradients.
+
+Role: the impact step (repartition -> *impact* -> schedule -> sampler). For training domain D_i and
+downstream task S_j with mean loss gradients g_D, g_S over a parameter subset and the diagonal
+empirical Fisher F:
+
+    I(D_i, S_j) = 1/2 (g_S - g_D)^T diag(F) (g_S - g_D)
+                = 1/2 (sum F g_S^2 - 2 sum F g_S g_D + sum F g_D^2)
+
+Every term is a coordinate-wise sum, so `ImpactAccumulator` adds them parameter block by parameter block
+(a sharded model adds its local shards and all-reduces the scalars) and streams domains one at a time:
+it never holds more than the task gradients, F and one domain gradient. `inner_product` gives the
+DIDS-FIM ablation (paper Table 2: DGA's eq. 6 similarity, no Fisher).
+
+The quadratic form is a distance (a KL divergence): smaller means the domain moves the model the way
+the task would. `normalise_impacts` turns distances into non-negative impacts that sum to 1 per task:
+(max_i I_ij - I_ij) / sum_i (max_i I_ij - I_ij), the normalisation of the paper's reference code,
+which is correct for a distance; similarities are shifted by their minimum instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class ImpactAccumulator:
+    """Accumulate the scalar terms of eq. 12 for k domains x m tasks, block by block.
+
+    Usage per update: `add_task_block` for every parameter block (all tasks at once, with F), then for
+    each domain `add_domain_block` for every block; `distances()` returns the [k, m] matrix.
+    """
+
+    def __init__(self, num_domains: int, num_tasks: int, *, metric: str = "fim"):
+        if metric not in ("fim", "inner_product"):
+            raise ValueError(f"metric must be 'fim' or 'inner_product', got {metric!r}.")
+        self.metric = metric
+        self.k, self.m = num_domains, num_tasks
+        self.task_sq = torch.zeros(num_tasks, dtype=torch.float64)  # sum F g_S^2
+        self.cross = torch.zeros(num_domains, num_tasks, dtype=torch.float64)  # sum F g_S g_D
+        self.domain_sq = torch.zeros(num_domains, dtype=torch.float64)  # sum F g_D^2
+
+    def add_task_block(self, task_grads: torch.Tensor, fisher: torch.Tensor) -> None:
+        """task_grads: [m, n] one parameter block of every task's mean gradient; fisher: [n]."""
+        if self.metric == "fim":
+            self.task_sq += (fisher.double() * task_grads.double().pow(2)).sum(dim=1).cpu()
+
+    def add_domain_block(
+        self, domain: int, domain_grad: torch.Tensor, task_grads: torch.Tensor, fisher: torch.Tensor
+    ) -> None:
+        """domain_grad: [n]; task_grads: [m, n]; fisher: [n] (the same block)."""
+        g = domain_grad.double()
+        weighted = g * fisher.double() if self.metric == "fim" else g
+        self.cross[domain] += (task_grads.double() @ weighted).cpu()
+        if self.metric == "fim":
+            self.domain_sq[domain] += (weighted * g).sum().cpu()
+
+    def all_reduce(self) -> None:
+        """Sum the partial terms over ranks (each rank added its shards or its domains)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            packed = torch.cat([self.task_sq, self.cross.flatten(), self.domain_sq])
+            backend = dist.get_backend()
+            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            packed = packed.to(device)
+            dist.all_reduce(packed)
+            packed = packed.cpu()
+            self.task_sq = packed[: self.m]
+            self.cross = packed[self.m : self.m + self.k * self.m].view(self.k, self.m)
+            self.domain_sq = packed[self.m + self.k * self.m :]
+
+    def distances(self) -> np.ndarray:
+        """[k, m]: eq. 12 distances for `fim`; for `inner_product`, the similarities g_D . g_S."""
+        if self.metric == "inner_product":
+            return self.cross.numpy().copy()
+        out = 0.5 * (self.task_sq[None, :] + self.domain_sq[:, None] - 2.0 * self.cross)
+        return out.clamp_min(0.0).numpy()
+
+
+def normalise_impacts(values: np.ndarray, *, kind: str = "distance") -> np.ndarray:
+    """Per task (column), map [k, m] distances or similarities to impacts >= 0 summing to 1 over domains.
+
+    A column whose values are all equal (no information) becomes uniform.
+    """
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if kind == "distance":
+        score = v.max(axis=0, keepdims=True) - v
+    elif kind == "similarity":
+        score = v - v.min(axis=0, keepdims=True)
+    else:
+        raise ValueError(f"kind must be 'distance' or 'similarity', got {kind!r}.")
+    total = score.sum(axis=0, keepdims=True)
+    uniform = np.full_like(score, 1.0 / score.shape[0])
+    return np.where(total > 0, score / np.where(total > 0, total, 1.0), uniform)
+
+
+def exact_impact(domain_grads: np.ndarray, task_grads: np.ndarray, fisher: np.ndarray) -> np.ndarray:
+    """Reference: the [k, m] matrix of eq. 12 with every gradient in memory (tests, small models)."""
+    diff = task_grads[None, :, :] - domain_grads[:, None, :]
+    return 0.5 * np.einsum("kmn,n,kmn->km", diff, fisher, diff)
