@@ -32,7 +32,8 @@ __all__ = ["DOMAINS", "DemoAssets", "build_demo_assets"]
 #: Domain names, in the order used for every derived file.
 DOMAINS: tuple[str, ...] = ("code", "docs", "comments")
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+TARGET_ROWS = 40  # held-out rows per domain in each `demo_target_<domain>` observation set
 _MARKER = ".complete"
 _MAX_CHARS = 600
 _MIN_DOC_CHARS = 80
@@ -310,6 +311,10 @@ def _build_domains(examples_per_domain: int, seed: int) -> dict[str, list[dict[s
             )
         # String seeds hash with SHA-512: stable across runs and PYTHONHASHSEED values.
         domains[name] = random.Random(f"{seed}:{name}").sample(pool, examples_per_domain)
+        # held-out observation rows of the same domain (downstream targets), disjoint from training
+        chosen = {row["output"] for row in domains[name]}
+        rest = [row for row in pool if row["output"] not in chosen]
+        domains[f"target_{name}"] = random.Random(f"{seed}:target:{name}").sample(rest, min(TARGET_ROWS, len(rest)))
         logger.debug("Domain %s: %d of %d candidates", name, examples_per_domain, len(pool))
     return domains
 
@@ -329,6 +334,14 @@ def _write_datasets(dataset_dir: Path, domains: dict[str, list[dict[str, str]]],
         _dump_json(dataset_dir / f"demo_{name}.json", domains[name])
         info[f"demo_{name}"] = {
             "file_name": f"demo_{name}.json",
+            "formatting": "alpaca",
+            "columns": dict(_ALPACA_COLUMNS),
+        }
+
+    for name in DOMAINS:  # downstream observation sets: held-out rows of each domain
+        _dump_json(dataset_dir / f"demo_target_{name}.json", domains[f"target_{name}"])
+        info[f"demo_target_{name}"] = {
+            "file_name": f"demo_target_{name}.json",
             "formatting": "alpaca",
             "columns": dict(_ALPACA_COLUMNS),
         }

@@ -55,8 +55,10 @@ def wrap_align_dataset(original: Callable[..., Any]) -> Callable[..., Any]:
         if cfg is None:
             return original(dataset, dataset_attr, data_args, training_args)
         name = getattr(dataset_attr, _NAME_ATTR, None) or dataset_attr.dataset_name
-        if cfg.dids_domain_column is not None:
-            labels = read_label_column(dataset, cfg.dids_domain_column, name)
+        column = cfg.dids_domain_column
+        # training sets must carry the column; other sets (e.g. downstream targets) may, else use the name
+        if column is not None and (name in (data_args.dataset or []) or column in dataset.column_names):
+            labels = read_label_column(dataset, column, name)
         else:
             labels = [name] * len(dataset)
         aligned = original(dataset, dataset_attr, data_args, training_args)
@@ -109,6 +111,8 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
             module["eval_dataset"] = {k: _encode_eval(v, vocabulary) for k, v in eval_data.items()}
         elif eval_data is not None:
             module["eval_dataset"] = _encode_eval(eval_data, vocabulary)
+        if cfg.dids_target_datasets:
+            cfg.target_sets = load_target_sets(cfg, template, model_args, data_args, training_args, stage, **kwargs)
         sizes = _count(train[DOMAIN_ID_COLUMN], len(vocabulary))
         logger.info(
             "[dids] %d training rows in %d domains: %s",
@@ -120,6 +124,28 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
 
     get_dataset.__wrapped__ = original  # type: ignore[attr-defined]
     return get_dataset
+
+
+def load_target_sets(cfg, template, model_args, data_args, training_args, stage, tokenizer, processor=None, **_):
+    """Each downstream task's observation rows: processed like training data, a seeded fixed subset."""
+    import numpy as np
+    from llamafactory.data import loader
+
+    sets = {}
+    for name in cfg.dids_target_datasets:
+        raw = loader._get_merged_dataset([name], model_args, data_args, training_args, stage)
+        processed = loader._get_preprocessed_dataset(
+            raw, data_args, training_args, stage, template, tokenizer, processor, is_eval=True
+        )
+        if DOMAIN_LABEL_COLUMN in processed.column_names:
+            processed = processed.remove_columns(DOMAIN_LABEL_COLUMN)
+        if len(processed) == 0:
+            raise ValueError(f"Target dataset {name!r} has no usable rows after preprocessing (check cutoff_len).")
+        keep = min(cfg.dids_target_samples, len(processed))
+        rng = np.random.default_rng([int(cfg.dids_seed or 0), 3])
+        sets[name] = processed.select(np.sort(rng.permutation(len(processed))[:keep]).tolist())
+        logger.info("[dids] target %r: %d observation rows (of %d)", name, keep, len(processed))
+    return sets
 
 
 def _encode_eval(dataset: Any, vocabulary: list[str]) -> Any:

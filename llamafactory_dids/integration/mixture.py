@@ -72,6 +72,9 @@ class DomainMixture:
         self.device = torch.device(device)
         self.sampler: DomainMixtureSampler | None = None
         self.num_updates = 0
+        self.probe: Any = None  # integration.probe.GradientProbe for strategies that need gradients
+        self.task_names: list[str] = []
+        self.task_loss_history: list[list[float]] = []
         self.resumed_state: dict[str, Any] | None = None
         # window accumulators (this rank, since the last sync), on the training device
         self._loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -151,6 +154,9 @@ class DomainMixture:
             out[f"dids/realised/{name}"] = round(float(self.realised_total[i]) / total, 6)
             if np.isfinite(self.window_loss[i]):
                 out[f"dids/loss/{name}"] = round(float(self.window_loss[i]), 6)
+        if self.task_loss_history:
+            for name, value in zip(self.task_names, self.task_loss_history[-1], strict=True):
+                out[f"dids/task_loss/{name}"] = round(float(value), 6)
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
         self.window_samples[:] = 0
@@ -163,8 +169,21 @@ class DomainMixture:
             "realised_counts": lambda: self.realised_total.copy(),
             "domain_train_loss": self._train_loss_since_update,
             "step": lambda: step,
+            "impact": lambda: self.probe.impact(self.num_updates + 1),
+            "task_loss_history": self._measure_task_losses,
         }
-        return {name: available[name]() for name in self.strategy.signals}
+        # sorted: some signals are collective, and every rank must run them in the same order
+        return {name: available[name]() for name in sorted(self.strategy.signals)}
+
+    def _measure_task_losses(self) -> np.ndarray:
+        """Append the current task losses to the history; return the whole history [t+1, m]."""
+        self.task_loss_history.append(self.probe.task_losses().tolist())
+        return np.asarray(self.task_loss_history, dtype=np.float64)
+
+    def observe_initial_task_losses(self) -> None:
+        """L_0, before any training step (collective); skipped when resumed with a history."""
+        if self.probe is not None and not self.task_loss_history:
+            self._measure_task_losses()
 
     def _train_loss_since_update(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -202,7 +221,10 @@ class DomainMixture:
             "weights_before": before.tolist(),
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
-            "signals": {k: _jsonable(v) for k, v in signals.items()},
+            "signals": {k: _jsonable(v) for k, v in signals.items() if k not in ("impact", "task_loss_history")},
+            "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
+            "tasks": self.task_names,
+            "terms": getattr(self.strategy, "last_terms", {}),
             "seconds": round(time.perf_counter() - start, 6),
         }
         self._since_update_loss[:] = 0
@@ -224,6 +246,8 @@ class DomainMixture:
             "weights": w.tolist(),
             "realised_counts": self.realised_total.tolist(),
             "signals": {},
+            "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
+            "tasks": self.task_names,
             "seconds": 0.0,
         }
         self.write_history(record)
@@ -267,6 +291,7 @@ class DomainMixture:
             "realised_total": self.realised_total.tolist(),
             "since_update_loss": self._since_update_loss.tolist(),
             "since_update_tokens": self._since_update_tokens.tolist(),
+            "task_loss_history": self.task_loss_history,
             "sampler": self.sampler.state_dict(),
             "strategy_state": self.strategy.state_dict(),
         }
@@ -310,6 +335,7 @@ class DomainMixture:
         self.realised_total = np.asarray(state["realised_total"], dtype=np.int64)
         self._since_update_loss = np.asarray(state["since_update_loss"], dtype=np.float64)
         self._since_update_tokens = np.asarray(state["since_update_tokens"], dtype=np.float64)
+        self.task_loss_history = [list(map(float, row)) for row in state.get("task_loss_history", [])]
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +95,30 @@ def apply() -> None:
         setattr(module, attr, make(original))
         _ORIGINALS[(module_name, attr)] = original
         replaced.append(f"{module_name}.{attr}")
+    _share_host_logging()
     logger.debug("llamafactory-dids hooked into llamafactory %s: %s", installed, ", ".join(replaced))
+
+
+class _MainProcessInfo(logging.Filter):
+    """Below WARNING, only the main process speaks (like LLaMA-Factory's `info_rank0`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or os.environ.get("RANK", "0") == "0"
+
+
+def _share_host_logging() -> None:
+    """Print the plugin's `[dids]` messages through LLaMA-Factory's handler and level."""
+    host = logging.getLogger("llamafactory")
+    ours = logging.getLogger("llamafactory_dids")
+    if ours.handlers or not host.handlers:
+        return
+    for host_handler in host.handlers:
+        handler = logging.StreamHandler(getattr(host_handler, "stream", None))
+        handler.setFormatter(host_handler.formatter)
+        handler.addFilter(_MainProcessInfo())  # a handler filter also sees records of child loggers
+        ours.addHandler(handler)
+    ours.setLevel(host.getEffectiveLevel())
+    ours.propagate = False
 
 
 def revert() -> None:

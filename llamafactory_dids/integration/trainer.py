@@ -29,6 +29,7 @@ from ..algorithms.registry import build_strategy
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from .loader import dids_config_of
 from .mixture import DomainMixture
+from .probe import GradientProbe
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ class DIDSTrainerMixin:
         cfg = self.dids_config
         names = list(self.train_dataset.features[DOMAIN_ID_COLUMN].names)
         sizes = np.bincount(np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), minlength=len(names))
-        options = {"weights": cfg.dids_static_weights} if cfg.dids_strategy == "static" else {}
-        strategy = build_strategy(cfg.dids_strategy, names, sizes, **options)
+        strategy = build_strategy(cfg.dids_strategy, names, sizes, **_strategy_options(cfg))
         self.dids_mixture = DomainMixture(
             strategy,
             seed=int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed),
@@ -116,6 +116,9 @@ class DIDSTrainerMixin:
             device=self.args.device,
         )
         self.data_collator = DomainCollator(self.data_collator)
+        if "impact" in strategy.signals:
+            self.dids_mixture.probe = self._build_probe(np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), len(names))
+            self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
             if self._dids_loss_recorder is None:
@@ -128,6 +131,28 @@ class DIDSTrainerMixin:
             cfg.dids_strategy,
             len(names),
             np.round(self.dids_mixture.weights, 4).tolist(),
+        )
+
+    def _build_probe(self, domain_ids: np.ndarray, num_domains: int) -> GradientProbe:
+        cfg = self.dids_config
+        targets = getattr(cfg, "target_sets", None)
+        if not targets:
+            raise ValueError("`dids_strategy: dids` needs `dids_target_datasets`; no target set was loaded.")
+        train = self.train_dataset
+        return GradientProbe(
+            self.model,
+            self.data_collator,
+            lambda indices: [train[int(i)] for i in indices],
+            [np.flatnonzero(domain_ids == d) for d in range(num_domains)],
+            [[rows[i] for i in range(len(rows))] for rows in targets.values()],
+            device=self.args.device,
+            probe_samples=cfg.dids_probe_samples,
+            fisher_batch_size=cfg.dids_fisher_batch_size,
+            eval_batch_size=self.args.per_device_eval_batch_size,
+            metric=cfg.dids_impact_metric,
+            layers_fraction=cfg.dids_probe_layers_fraction,
+            include_lm_head=cfg.dids_probe_include_lm_head,
+            seed=int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed),
         )
 
     # ------------------------------------------------------------------------------ host overrides
@@ -233,6 +258,20 @@ class DIDSTrainerMixin:
             f.writelines(kept)
 
 
+def _strategy_options(cfg: Any) -> dict[str, Any]:
+    if cfg.dids_strategy == "static":
+        return {"weights": cfg.dids_static_weights}
+    if cfg.dids_strategy == "dids":
+        return {
+            "beta": cfg.dids_ema_beta,
+            "normaliser": cfg.dids_normaliser,
+            "temperature": cfg.dids_temperature,
+            "use_trajectory": cfg.dids_use_trajectory,
+            "impact_kind": "similarity" if cfg.dids_impact_metric == "inner_product" else "distance",
+        }
+    return {}
+
+
 def _checkpoint_step(path: str) -> int | None:
     state = os.path.join(path, "trainer_state.json")
     if os.path.isfile(state):
@@ -261,6 +300,7 @@ class MixtureCallback(TrainerCallback):
                 "`dids_update_interval` (optimizer steps) or `dids_num_updates`."
             )
         if self.mixture.resumed_state is None and state.global_step == 0:
+            self.mixture.observe_initial_task_losses()
             self.mixture.initial_record()
         if self.interval is not None:
             logger.info(

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES, build_strategy
-from llamafactory_dids.algorithms.strategies import KNOWN_SIGNALS, MixingStrategy, normalise, resolve_static_weights
+from llamafactory_dids.algorithms.strategies import (
+    KNOWN_SIGNALS,
+    MixingStrategy,
+    normalise,
+    resolve_static_weights,
+)
 
 NAMES = ["code", "math", "chat"]
 SIZES = [600, 300, 100]

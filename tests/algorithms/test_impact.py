@@ -1,0 +1,66 @@
+"""FIM-guided impact: streamed accumulation vs the exact quadratic form, and the KL it approximates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llamafactory_dids.algorithms.impact import ImpactAccumulator, exact_impact, normalise_impacts
+
+
+def _random_problem(seed=0, k=5, m=3, n=40):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(k, n)), rng.normal(size=(m, n)), rng.exponential(size=n)
+
+
+def test_streamed_blocks_equal_the_exact_form():
+    domains, tasks, fisher = _random_problem()
+    acc = ImpactAccumulator(5, 3)
+    blocks = [slice(0, 7), slice(7, 25), slice(25, 40)]  # parameter tensors of unequal size
+    for b in blocks:
+        acc.add_task_block(torch.tensor(tasks[:, b]), torch.tensor(fisher[b]))
+    for d in range(5):  # one domain at a time
+        for b in blocks:
+            acc.add_domain_block(
+                d, torch.tensor(domains[d, b]), torch.tensor(tasks[:, b]), torch.tensor(fisher[b])
+            )
+    np.testing.assert_allclose(acc.distances(), exact_impact(domains, tasks, fisher), rtol=1e-10)
+
+
+def test_inner_product_metric_is_dga():
+    domains, tasks, fisher = _random_problem(1)
+    acc = ImpactAccumulator(5, 3, metric="inner_product")
+    acc.add_task_block(torch.tensor(tasks), torch.tensor(fisher))
+    for d in range(5):
+        acc.add_domain_block(d, torch.tensor(domains[d]), torch.tensor(tasks), torch.tensor(fisher))
+    np.testing.assert_allclose(acc.distances(), domains @ tasks.T, rtol=1e-10)
+
+
+def test_quadratic_form_approximates_the_kl_of_small_updates():
+    """For a softmax model p(y|theta), 1/2 d^T F d matches KL[p(theta + u) || p(theta + v)] as steps shrink."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, dtype=torch.float64)
+    p = torch.softmax(logits, 0)
+    fisher_full = torch.diag(p) - torch.outer(p, p)  # exact Fisher of a categorical in logit space
+    u, v = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    for eps in (1e-2, 1e-3):
+        kl = torch.sum(
+            torch.softmax(logits + eps * u, 0)
+            * (torch.log_softmax(logits + eps * u, 0) - torch.log_softmax(logits + eps * v, 0))
+        )
+        d = eps * (v - u)
+        approx = 0.5 * d @ fisher_full @ d
+        assert approx.item() == pytest.approx(kl.item(), rel=5 * eps)
+
+
+def test_normalise_distances_and_similarities():
+    dist = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]])
+    imp = normalise_impacts(dist)
+    np.testing.assert_allclose(imp[:, 0], [2 / 3, 0, 1 / 3])  # closest domain gets the most
+    np.testing.assert_allclose(imp[:, 1], [1 / 3] * 3)  # no information: uniform
+    sim = normalise_impacts(np.array([[1.0], [3.0], [2.0]]), kind="similarity")
+    np.testing.assert_allclose(sim[:, 0], [0, 2 / 3, 1 / 3])  # most aligned domain gets the most
+    assert (imp >= 0).all() and np.allclose(imp.sum(axis=0), 1)
+    with pytest.raises(ValueError, match="kind must be"):
+        normalise_impacts(dist, kind="other")
