@@ -68,7 +68,10 @@ def test_split_keys():
             {"dids_strategy": "uniform", "dids_bogus": 1},
             r"Unknown key `dids_bogus`\. Known `dids_\*` keys: dids_strategy",
         ),
-        ({"dids_strategy": "magic"}, r"`dids_strategy` must be one of uniform, natural, static, dids, got 'magic'"),
+        (
+            {"dids_strategy": "magic"},
+            r"`dids_strategy` must be one of uniform, natural, static, dids, got 'magic'",
+        ),
         (
             {"dids_strategy": "uniform", "dids_domain_column": ""},
             r"`dids_domain_column` must be a column name",
