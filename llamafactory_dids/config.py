@@ -121,7 +121,9 @@ class DIDSConfig:
     )
     dids_probe_samples: int = field(
         default=16,
-        metadata={"help": "Rows per domain and per task whose mean loss gradient enters the impact (eq. 12)."},
+        metadata={
+            "help": "Rows per domain and per task whose mean loss gradient enters the impact (eq. 12)."
+        },
     )
     dids_fisher_batch_size: int = field(
         default=1,
@@ -144,7 +146,9 @@ class DIDSConfig:
     )
     dids_normaliser: str = field(
         default="softmax",
-        metadata={"help": "`softmax` (Algorithm 1) or `clamp` (the reference code: negatives to 0, divide by sum)."},
+        metadata={
+            "help": "`softmax` (Algorithm 1) or `clamp` (the reference code: negatives to 0, divide by sum)."
+        },
     )
     dids_temperature: float = field(
         default=1.0,
@@ -152,7 +156,9 @@ class DIDSConfig:
     )
     dids_probe_layers_fraction: float = field(
         default=0.1,
-        metadata={"help": "Probe the trainable matrices of this last fraction of transformer blocks (paper: 10%)."},
+        metadata={
+            "help": "Probe the trainable matrices of this last fraction of transformer blocks (paper: 10%)."
+        },
     )
     dids_probe_include_lm_head: bool = field(
         default=False,
@@ -320,7 +326,12 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_min_weight = f
 
-    for key in ("dids_log_domain_loss", "dids_trace_samples", "dids_use_trajectory", "dids_probe_include_lm_head"):
+    for key in (
+        "dids_log_domain_loss",
+        "dids_trace_samples",
+        "dids_use_trajectory",
+        "dids_probe_include_lm_head",
+    ):
         if values.get(key) is None:
             continue
         b = _as_bool(values[key])
@@ -332,7 +343,11 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     targets = values.get("dids_target_datasets")
     if targets is not None:
         names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets
-        if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        if (
+            not isinstance(names, list | tuple)
+            or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)
+        ):
             problems.append(
                 f"`dids_target_datasets` must be a list of dataset names (or a comma-separated string), got {targets!r}."
             )
@@ -364,9 +379,17 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         if values.get(key) is None:
             continue
         f = _as_float(values[key])
-        ok = f is not None and (f >= low if key == "dids_ema_beta" else f > low) and (f <= high if closed_high else f < high)
+        ok = (
+            f is not None
+            and (f >= low if key == "dids_ema_beta" else f > low)
+            and (f <= high if closed_high else f < high)
+        )
         if not ok:
-            bounds = {"dids_ema_beta": "[0, 1)", "dids_temperature": "(0, inf)", "dids_probe_layers_fraction": "(0, 1]"}
+            bounds = {
+                "dids_ema_beta": "[0, 1)",
+                "dids_temperature": "(0, inf)",
+                "dids_probe_layers_fraction": "(0, 1]",
+            }
             problems.append(f"`{key}` must be in {bounds[key]}, got {values[key]!r}.")
         else:
             setattr(cfg, key, f)
@@ -452,6 +475,11 @@ def check_host_arguments(
             f"`mix_strategy: {mix}` conflicts with `dids_strategy`: the domain sampler does the mixing. "
             "Use `mix_strategy: concat` (the default) and set the mixture with `dids_*` keys "
             "(e.g. `dids_strategy: static` with `dids_static_weights`)."
+        )
+    if cfg.dids_strategy == "dids" and getattr(training_args, "deepspeed", None):
+        problems.append(
+            "`dids_strategy: dids` does not support DeepSpeed yet (its gradient probe needs unpartitioned "
+            "parameters). Use torchrun DDP, or a static strategy (uniform, natural, static) under DeepSpeed."
         )
     if cfg.dids_budget is not None and getattr(training_args, "max_steps", -1) > 0:
         problems.append(

@@ -314,7 +314,9 @@ def _build_domains(examples_per_domain: int, seed: int) -> dict[str, list[dict[s
         # held-out observation rows of the same domain (downstream targets), disjoint from training
         chosen = {row["output"] for row in domains[name]}
         rest = [row for row in pool if row["output"] not in chosen]
-        domains[f"target_{name}"] = random.Random(f"{seed}:target:{name}").sample(rest, min(TARGET_ROWS, len(rest)))
+        domains[f"target_{name}"] = random.Random(f"{seed}:target:{name}").sample(
+            rest, min(TARGET_ROWS, len(rest))
+        )
         logger.debug("Domain %s: %d of %d candidates", name, examples_per_domain, len(pool))
     return domains
 

@@ -135,7 +135,7 @@ def test_all_problems_are_reported_at_once():
 
 def _host(**kw):
     data = SimpleNamespace(streaming=False, mix_strategy="concat", tokenized_path=None)
-    training = SimpleNamespace(max_steps=-1)
+    training = SimpleNamespace(max_steps=-1, deepspeed=None)
     finetuning = SimpleNamespace(stage="sft", disable_shuffling=False)
     for key, value in kw.items():
         for ns in (data, training, finetuning):
@@ -158,6 +158,54 @@ def test_host_conflicts(host, match):
     cfg = parse_dids_config({"dids_strategy": "uniform", "dids_budget": 64})
     with pytest.raises(DIDSConfigError, match=match):
         check_host_arguments(cfg, **_host(**host))
+
+
+def test_dids_refuses_deepspeed_for_now():
+    cfg = parse_dids_config({"dids_strategy": "dids", "dids_target_datasets": "t", "dids_update_interval": 5})
+    with pytest.raises(DIDSConfigError, match=r"does not support DeepSpeed yet"):
+        check_host_arguments(cfg, **_host(deepspeed="ds_z3.json"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"dids_strategy": "dids", "dids_update_interval": 5}, r"needs `dids_target_datasets`"),
+        ({"dids_strategy": "dids", "dids_target_datasets": ["t"]}, r"set `dids_update_interval`"),
+        ({"dids_strategy": "uniform", "dids_target_datasets": "t"}, r"only used by `dids_strategy: dids`"),
+        (
+            {"dids_strategy": "dids", "dids_target_datasets": [], "dids_num_updates": 3},
+            r"must be a list of dataset",
+        ),
+        ({"dids_strategy": "uniform", "dids_ema_beta": 1.0}, r"`dids_ema_beta` must be in \[0, 1\)"),
+        ({"dids_strategy": "uniform", "dids_temperature": 0}, r"`dids_temperature` must be in \(0, inf\)"),
+        ({"dids_strategy": "uniform", "dids_probe_layers_fraction": 0}, r"must be in \(0, 1\]"),
+        (
+            {"dids_strategy": "uniform", "dids_normaliser": "max"},
+            r"`dids_normaliser` must be one of softmax, clamp",
+        ),
+        ({"dids_strategy": "uniform", "dids_impact_metric": "cos"}, r"must be one of fim, inner_product"),
+        ({"dids_strategy": "uniform", "dids_probe_samples": 0}, r"`dids_probe_samples` must be a positive"),
+    ],
+)
+def test_dids_keys_validation(raw, match):
+    with pytest.raises(DIDSConfigError, match=match):
+        parse_dids_config(raw)
+
+
+def test_dids_keys_parse():
+    cfg = parse_dids_config(
+        {
+            "dids_strategy": "dids",
+            "dids_target_datasets": "gsm, mmlu",
+            "dids_num_updates": 25,
+            "dids_ema_beta": 0.2,
+            "dids_impact_metric": "inner_product",
+            "dids_use_trajectory": "false",
+        }
+    )
+    assert cfg.dids_target_datasets == ["gsm", "mmlu"] and cfg.dids_num_updates == 25
+    assert cfg.dids_ema_beta == 0.2 and cfg.dids_impact_metric == "inner_product"
+    assert cfg.dids_use_trajectory is False
 
 
 def test_host_check_passes_and_ignores_disabled_config():

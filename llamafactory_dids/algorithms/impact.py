@@ -62,7 +62,11 @@ class ImpactAccumulator:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             packed = torch.cat([self.task_sq, self.cross.flatten(), self.domain_sq])
             backend = dist.get_backend()
-            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if backend == "nccl"
+                else torch.device("cpu")
+            )
             packed = packed.to(device)
             dist.all_reduce(packed)
             packed = packed.cpu()

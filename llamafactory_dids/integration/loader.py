@@ -112,7 +112,9 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
         elif eval_data is not None:
             module["eval_dataset"] = _encode_eval(eval_data, vocabulary)
         if cfg.dids_target_datasets:
-            cfg.target_sets = load_target_sets(cfg, template, model_args, data_args, training_args, stage, **kwargs)
+            cfg.target_sets = load_target_sets(
+                cfg, template, model_args, data_args, training_args, stage, **kwargs
+            )
         sizes = _count(train[DOMAIN_ID_COLUMN], len(vocabulary))
         logger.info(
             "[dids] %d training rows in %d domains: %s",
@@ -126,7 +128,9 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
     return get_dataset
 
 
-def load_target_sets(cfg, template, model_args, data_args, training_args, stage, tokenizer, processor=None, **_):
+def load_target_sets(
+    cfg, template, model_args, data_args, training_args, stage, tokenizer, processor=None, **_
+):
     """Each downstream task's observation rows: processed like training data, a seeded fixed subset."""
     import numpy as np
     from llamafactory.data import loader
@@ -140,7 +144,9 @@ def load_target_sets(cfg, template, model_args, data_args, training_args, stage,
         if DOMAIN_LABEL_COLUMN in processed.column_names:
             processed = processed.remove_columns(DOMAIN_LABEL_COLUMN)
         if len(processed) == 0:
-            raise ValueError(f"Target dataset {name!r} has no usable rows after preprocessing (check cutoff_len).")
+            raise ValueError(
+                f"Target dataset {name!r} has no usable rows after preprocessing (check cutoff_len)."
+            )
         keep = min(cfg.dids_target_samples, len(processed))
         rng = np.random.default_rng([int(cfg.dids_seed or 0), 3])
         sets[name] = processed.select(np.sort(rng.permutation(len(processed))[:keep]).tolist())

@@ -221,7 +221,9 @@ class DomainMixture:
             "weights_before": before.tolist(),
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
-            "signals": {k: _jsonable(v) for k, v in signals.items() if k not in ("impact", "task_loss_history")},
+            "signals": {
+                k: _jsonable(v) for k, v in signals.items() if k not in ("impact", "task_loss_history")
+            },
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,
             "terms": getattr(self.strategy, "last_terms", {}),

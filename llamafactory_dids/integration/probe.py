@@ -74,7 +74,9 @@ def select_probe_parameters(
     count = max(1, math.ceil(layers_fraction * len(blocks)))
     chosen_ids = {id(p) for block in blocks[-count:] for p in block.parameters()}
     selected = [
-        (name, p) for name, p in model.named_parameters() if id(p) in chosen_ids and p.requires_grad and p.ndim >= 2
+        (name, p)
+        for name, p in model.named_parameters()
+        if id(p) in chosen_ids and p.requires_grad and p.ndim >= 2
     ]
     if include_lm_head:
         head = getattr(model, "get_output_embeddings", lambda: None)()
@@ -119,7 +121,9 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
-        self.params = select_probe_parameters(model, layers_fraction=layers_fraction, include_lm_head=include_lm_head)
+        self.params = select_probe_parameters(
+            model, layers_fraction=layers_fraction, include_lm_head=include_lm_head
+        )
         self.num_probe_parameters = sum(p.numel() for _, p in self.params)
         logger.info(
             "[dids] impact probe over %d tensors (%d parameters): %s%s",
@@ -169,11 +173,13 @@ class GradientProbe:
         return sums[0::2] / np.maximum(sums[1::2], 1)
 
     # ---------------------------------------------------------------------------------- gradients
-    def _grad_sums(self, rows: list[dict[str, Any]]) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-        """Sum of micro-batch mean gradients, sum of their squares, and the number of micro-batches."""
+    def _grad_sums(
+        self, rows: list[dict[str, Any]], *, squares: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
+        """Sum of micro-batch mean gradients, sum of their squares (if asked), number of micro-batches."""
         params = [p for _, p in self.params]
         sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        squares = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        sq = [torch.zeros_like(p, dtype=torch.float32) for p in params] if squares else None
         count = 0
         for start in range(0, len(rows), self.fisher_batch_size):
             batch = self._batch(rows[start : start + self.fisher_batch_size])
@@ -182,13 +188,14 @@ class GradientProbe:
             with torch.enable_grad():
                 loss = self.model(**batch).loss
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for s, q, g in zip(sums, squares, grads, strict=True):
+            for i, g in enumerate(grads):
                 if g is not None:
                     g = g.float()
-                    s.add_(g)
-                    q.add_(g * g)
+                    sums[i].add_(g)
+                    if sq is not None:
+                        sq[i].add_(g * g)
             count += 1
-        return sums, squares, count
+        return sums, sq, count
 
     def impact(self, update_index: int) -> np.ndarray:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""
@@ -198,7 +205,7 @@ class GradientProbe:
             # task gradients and Fisher: every rank takes a share of every task's rows, then all-reduce
             task_sums, fisher, counts = [], None, []
             for rows in self.task_rows:
-                sums, squares, count = self._grad_sums(rows[: self.probe_samples][rank::world])
+                sums, squares, count = self._grad_sums(rows[: self.probe_samples][rank::world], squares=True)
                 task_sums.append(sums)
                 fisher = squares if fisher is None else [f + q for f, q in zip(fisher, squares, strict=True)]
                 counts.append(count)
@@ -221,7 +228,7 @@ class GradientProbe:
                 pool = self.domain_pools[d]
                 rng = np.random.default_rng([self.seed, 2, update_index, d])
                 chosen = np.sort(rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False))
-                sums, _, count = self._grad_sums(self.train_rows(chosen.tolist()))
+                sums, _, count = self._grad_sums(self.train_rows(chosen.tolist()), squares=False)
                 for b, (task_block, fisher_block) in enumerate(blocks):
                     acc.add_domain_block(d, sums[b].flatten() / max(count, 1), task_block, fisher_block)
                 del sums

@@ -117,7 +117,9 @@ class DIDSTrainerMixin:
         )
         self.data_collator = DomainCollator(self.data_collator)
         if "impact" in strategy.signals:
-            self.dids_mixture.probe = self._build_probe(np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), len(names))
+            self.dids_mixture.probe = self._build_probe(
+                np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), len(names)
+            )
             self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
