@@ -4,7 +4,7 @@
 Run it from the environment that has the plugin installed (the interpreter running this script is
 the one measured):
 
-    python benchmarks/overhead.py                      # defaults: 120 steps, 3 repeats, ~5 min on 2 cores
+    python benchmarks/overhead.py                      # defaults: 200 steps, 3 repeats, ~5 min on 2 cores
     python benchmarks/overhead.py --json overhead.json --check
 
 Everything runs offline in a temporary work directory (or `--workdir`): the tiny Llama, tokenizer and the
@@ -21,50 +21,61 @@ per-device batch 8; `report_to: none`; `save_strategy: no`; `logging_steps: 10`)
   gives the same number of optimizer steps; per-domain loss logging on (the default);
 - `plugin_noloss`: as `plugin` with `dids_log_domain_loss: false`, to show what the per-domain loss costs.
 
-The runs are interleaved (stock, plugin, plugin_noloss, stock, plugin, ...) `--repeats` times so that
-slow phases of a shared machine hit every variant alike, after one short untimed warm-up run. Each run
-is its own process (`python overhead.py --worker CONFIG`, which calls LLaMA-Factory's own
+The runs are interleaved `--repeats` times (round 0: stock, plugin, plugin_noloss; round 1 starts
+with plugin, round 2 with plugin_noloss, ...) so that slow phases of a shared machine hit every variant
+alike and no variant always runs first; one short untimed warm-up run comes before. Each run is its
+own process (`python overhead.py --worker CONFIG TIMINGS`, which calls LLaMA-Factory's own
 `llamafactory.train.tuner.run_exp` exactly as `llamafactory-cli train CONFIG` does, plus one passive
-step-timing callback). Per run the script records:
+step-timing callback). Each training process gets `OMP_NUM_THREADS=MKL_NUM_THREADS=--threads`
+(default 1): on a small shared machine two OpenMP threads stall on each other whenever a neighbour
+takes a core, and run times then swing by 3x between identical runs, which buries a 2 % effect.
+
+Per run the script records:
 
 - `train_runtime` from `output_dir/train_results.json`: the Trainer's own timer around the training
-  loop, i.e. no interpreter start-up, model or data loading, tokenisation or final save. This is the
-  figure the target applies to: ratio of the medians, plugin / stock <= 1.02.
+  loop, i.e. no interpreter start-up, model or data loading, tokenisation or final save. The target
+  applies to the ratio of the medians, plugin / stock <= 1.02. Also printed: the per-round ratios and
+  the run-to-run spread of the stock runs, which is the resolution of the verdict;
 - the total process wall time (start-up, imports, data loading and saving included), for reference;
-- the median time between consecutive optimizer steps (first step excluded), from the callback. Much
-  less sensitive than the total to bursts of CPU steal on a shared machine; pooled over repeats;
+- the median time between consecutive optimizer steps (first step excluded, pooled over the repeats),
+  from the callback: less sensitive to short bursts of noise than the total (informational);
 - `total_flos` from `train_results.json`: the Trainer counts every input id, padding included, so the
-  plugin/stock ratio of this figure says whether both variants did the same amount of work (the
-  samplers pick different rows, so padded batch lengths differ a little), and the runtime ratio
-  normalised by it is printed too.
+  plugin/stock ratio of this figure says whether both variants did the same work. They do not quite:
+  the two samplers pick different rows, so the padded batch lengths differ by a few percent at
+  60 steps and about 1 % at 200. The runtime ratio divided by the work ratio is printed too
+  (informational: step time is not purely proportional to tokens).
 
 `--packing` adds `packing: true` (every batch is then ~8 x 256 tokens in both variants, so the work is
 equal by construction); the default is the unpacked run described above.
 
 B. Start-up time the hook adds to `python -c pass`
 --------------------------------------------------
-Installing the plugin adds `llamafactory_dids.pth` to site-packages; `site.py` executes its line
-`import llamafactory_dids._startup` in every interpreter (`LLAMAFACTORY_DIDS_DISABLE=1` does not skip
-that import, it only makes the hook install nothing). Two measurements, each over `--startup-runs` runs:
+Installing the plugin adds `llamafactory_dids.pth` to site-packages, and site.py runs its line in every
+interpreter (`LLAMAFACTORY_DIDS_DISABLE=1` is checked by that line, so it does not make the .pth free).
+What the line does is the plugin's business (an earlier version imported `llamafactory_dids._startup`;
+the current one installs a meta-path finder with inline stdlib code and imports nothing), so the
+measurement does not depend on it. Over `--startup-runs` runs per arm (default 200):
 
-1. `python -X importtime -c pass`: the cumulative time of the `llamafactory_dids._startup` row, which
-   includes everything that import pulls in (the `llamafactory_dids` package `__init__` and, through
-   it, `__future__`). That is exactly the work the `.pth` line adds, minus site.py reading a 1-line
-   file. Median over the runs. Target: < 2 ms.
-2. A direct wall-time A/B of whole `python -c ...` processes, alternating the two arms. Both arms run
-   `python -S -c CODE` where CODE imports `site`, wraps `site.addpackage` to skip one file name, and
-   then calls `site.main()` -- the very function site.py runs at start-up without `-S`. The baseline
-   arm skips `llamafactory_dids.pth`; the other arm skips a name that does not exist. So the two arms
-   differ only in whether our `.pth` line runs; everything else (every other `.pth`, the venv,
-   sitecustomize, the wrapper itself) is identical. Reported: median of each arm and the median of the
-   paired differences (informational: a few hundred microseconds are within process-start noise).
+1. Target figure: the time site.py spends on our .pth, measured inside the interpreter. Each run is
+   `python -S -c CODE` where CODE imports `site`, wraps `site.addpackage` and calls `site.main()` -- the
+   very function site.py runs at start-up without `-S` (venv, every .pth, sitecustomize). The wrapper
+   times the `addpackage` call for `llamafactory_dids.pth` with `time.perf_counter_ns` (reading the file,
+   executing its line, anything that line imports) and prints it. Median. Target: < 2 ms.
+2. `python -X importtime -c pass`: the cumulative time of the outermost `llamafactory_dids*` rows, i.e.
+   the plugin modules imported at start-up (0 when the .pth imports none). Median (informational).
+3. A wall-time A/B of whole processes, alternating the arms: the same `python -S -c CODE`, where the
+   baseline arm's wrapper skips `llamafactory_dids.pth` and the other arm skips nothing. The arms differ
+   only in whether our .pth runs. Median of the paired differences (informational: process start-up
+   varies by more than the effect; it cross-checks 1.). `python -c pass` itself is timed too.
+4. The finder the hook leaves at the front of `sys.meta_path` is asked first about every later import.
+   Its cost per import (ns, `timeit` in a fresh interpreter, with a non-target module name) times the
+   number of modules `import llamafactory.train.tuner` imports (informational).
 
-Both measurements are taken twice: in the environment as it is, and with a bytecode cache
+1. to 3. are taken twice: in the environment as it is, and with a bytecode cache
 (`PYTHONPYCACHEPREFIX=WORKDIR/pycache`, `PYTHONDONTWRITEBYTECODE` unset; the cache lives in the work
-directory, nothing is written next to the sources). Without a cache (e.g. `PYTHONDONTWRITEBYTECODE=1`
-with an editable install) every start compiles `llamafactory_dids/__init__.py` and `_startup.py` from
-source; a regular wheel install ships with byte-compiled files, so the cached figure is the one users
-normally see. The target is checked on both.
+directory, nothing is written next to the sources). This matters when the .pth imports plugin modules:
+without a cache (e.g. `PYTHONDONTWRITEBYTECODE=1` with an editable install) they are compiled from
+source at every start, whereas pip byte-compiles a regular install. The target is checked on both.
 
 Output: a table (figure, value, target, pass/fail). The exit code is 0 (it is a measurement) unless
 `--check` is given and a target is missed (exit 1).
@@ -89,7 +100,6 @@ BATCH = 8
 TRAIN_RATIO_TARGET = 1.02
 STARTUP_TARGET_MS = 2.0
 PTH_NAME = "llamafactory_dids.pth"
-STARTUP_MODULE = "llamafactory_dids._startup"
 VARIANTS = ("stock", "plugin", "plugin_noloss")
 
 # --------------------------------------------------------------------------------- worker process
@@ -121,10 +131,13 @@ def _worker(config_path: str, timings_path: str) -> None:
     with open(config_path, encoding="utf-8") as f:
         config = yaml.safe_load(f)
     run_exp(config, callbacks=[timer])
+    import llamafactory_dids
     from llamafactory_dids.integration.patch import is_applied
 
+    timings = {"wall": timer.wall, "cpu": timer.cpu, "plugin_applied": is_applied()}
+    timings["plugin_source"] = os.path.dirname(llamafactory_dids.__file__)
     with open(timings_path, "w", encoding="utf-8") as f:
-        json.dump({"wall": timer.wall, "cpu": timer.cpu, "plugin_applied": is_applied()}, f)
+        json.dump(timings, f)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -229,6 +242,7 @@ def run_training(
         "total_flos": float(results["total_flos"]),
         "train_loss": float(results["train_loss"]),
         "steps": len(step_wall),
+        "plugin_source": timings["plugin_source"],
         "step_ms": [round(1000 * s, 3) for s in step_wall[1:]],  # first step (warm-up) excluded
         "step_cpu_ms": [round(1000 * s, 3) for s in step_cpu[1:]],
     }
@@ -269,9 +283,12 @@ def measure_training(
         }
     by_round = {(r["variant"], r["repeat"]): r["train_runtime_s"] for r in runs}
     for variant in ("plugin", "plugin_noloss"):
-        summary[variant]["paired_ratio"] = _median(
-            [by_round[(variant, r)] / by_round[("stock", r)] for r in range(repeats)]
-        )
+        summary[variant]["paired_ratios"] = [
+            by_round[(variant, r)] / by_round[("stock", r)] for r in range(repeats)
+        ]
+    for variant in VARIANTS:
+        times = [r["train_runtime_s"] for r in runs if r["variant"] == variant]
+        summary[variant]["spread"] = (max(times) - min(times)) / _median(times)
     if summary["stock"]["steps"] != summary["plugin"]["steps"]:
         raise RuntimeError(
             f"stock ran {summary['stock']['steps']} steps but the plugin {summary['plugin']['steps']}: "
@@ -284,14 +301,38 @@ def measure_training(
 
 _IMPORTTIME = re.compile(r"^import time:\s*(\d+)\s*\|\s*(\d+)\s*\|(\s*)(\S+)\s*$")
 
+# Run as `python -S -c CODE`: reproduces site.py's start-up (`site.main()`), skipping the .pth file named
+# SKIP and timing, in-process, how long site.py takes to process our .pth (read it, run its line, and
+# whatever that line imports). Prints that time in ns (-1 in the arm that skips it).
 _AB_CODE = (
-    "import site\n"
-    "_add = site.addpackage\n"
-    "def _addpackage(sitedir, name, known_paths, _skip={skip!r}):\n"
-    "    return known_paths if name == _skip else _add(sitedir, name, known_paths)\n"
+    "import site, time\n"
+    "_add, _ns = site.addpackage, []\n"
+    "def _addpackage(sitedir, name, known_paths, _skip={skip!r}, _ours={ours!r}):\n"
+    "    if name == _skip:\n"
+    "        return known_paths\n"
+    "    if name != _ours:\n"
+    "        return _add(sitedir, name, known_paths)\n"
+    "    t0 = time.perf_counter_ns()\n"
+    "    out = _add(sitedir, name, known_paths)\n"
+    "    _ns.append(time.perf_counter_ns() - t0)\n"
+    "    return out\n"
     "site.addpackage = _addpackage\n"
     "site.main()\n"
+    "print(_ns[0] if _ns else -1)\n"
 )
+
+# The meta-path finder the hook leaves in sys.meta_path is asked first about every later import.
+_FINDER_CODE = (
+    "import sys, timeit\n"
+    "hooks = [f for f in sys.meta_path if 'dids' in (type(f).__name__ + type(f).__module__).lower()]\n"
+    "if not hooks:\n"
+    "    print(-1)\n"
+    "else:\n"
+    "    n = 200000\n"
+    "    t = min(timeit.repeat(lambda: hooks[0].find_spec('json.decoder', None, None), number=n, repeat=5))\n"
+    "    print(1e9 * t / n)\n"
+)
+_COUNT_CODE = "import sys; n = len(sys.modules); import llamafactory.train.tuner; print(len(sys.modules) - n)"
 
 
 def find_pth() -> Path | None:
@@ -307,8 +348,12 @@ def find_pth() -> Path | None:
     return None
 
 
-def importtime_us(env: dict[str, str]) -> int | None:
-    """Cumulative microseconds of the `llamafactory_dids._startup` row of one `python -X importtime -c pass`."""
+def importtime_us(env: dict[str, str]) -> int:
+    """Microseconds of the plugin's modules imported at start-up by one `python -X importtime -c pass`.
+
+    Sums the cumulative column of the outermost `llamafactory_dids*` rows (nested rows are already
+    included in their parent's cumulative time); 0 when the .pth imports no module of the plugin.
+    """
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "pass"],
         env=env,
@@ -316,17 +361,23 @@ def importtime_us(env: dict[str, str]) -> int | None:
         text=True,
         check=True,
     )
+    rows = []
     for line in proc.stderr.splitlines():
         m = _IMPORTTIME.match(line)
-        if m and m.group(4) == STARTUP_MODULE:
-            return int(m.group(2))
-    return None
+        if m and m.group(4).split(".")[0] == "llamafactory_dids":
+            rows.append((len(m.group(3)), int(m.group(2))))
+    if not rows:
+        return 0
+    top = min(depth for depth, _ in rows)
+    return sum(us for depth, us in rows if depth == top)
 
 
-def _time_process(cmd: list[str], env: dict[str, str]) -> float:
+def _run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    proc = subprocess.run(
+        cmd, env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    return time.perf_counter() - start, proc.stdout.strip()
 
 
 def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
@@ -335,41 +386,39 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
     if pth is None:
         print(f"[startup] {PTH_NAME} is not installed in this environment: nothing to measure", flush=True)
         return out
+    out["pth_text"] = pth.read_text(encoding="utf-8")
     modes = {
         "as_is": _clean_env(),
         "bytecode_cache": _clean_env(
             PYTHONPYCACHEPREFIX=str(workdir / "pycache"), PYTHONDONTWRITEBYTECODE=None
         ),
     }
-    # the hook must be active in the measured interpreters (the plugin's own switch stays off)
-    for mode, env in modes.items():
+    with_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip="<no such file>.pth", ours=PTH_NAME)]
+    without_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip=PTH_NAME, ours=PTH_NAME)]
+    plain_cmd = [sys.executable, "-c", "pass"]
+    for mode, env in modes.items():  # the hook stays active: _clean_env drops LLAMAFACTORY_DIDS_DISABLE
         for _ in range(3):  # warm the page cache (and, in bytecode_cache mode, fill the cache)
             importtime_us(env)
-        samples = [importtime_us(env) for _ in range(runs)]
-        if any(s is None for s in samples):
-            raise RuntimeError(f"no `{STARTUP_MODULE}` row in `python -X importtime -c pass` ({mode}).")
-        with_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip="<no such file>.pth")]
-        without_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip=PTH_NAME)]
-        plain_cmd = [sys.executable, "-c", "pass"]
-        with_s: list[float] = []
-        without_s: list[float] = []
-        plain_s: list[float] = []
+            _run_timed(with_cmd, env)
+        imports = [importtime_us(env) for _ in range(runs)]
+        with_s, without_s, plain_s, pth_ns = [], [], [], []
         for i in range(runs):
             # alternate which arm goes first, so drifts in machine speed cancel
-            if i % 2 == 0:
-                without_s.append(_time_process(without_cmd, env))
-                with_s.append(_time_process(with_cmd, env))
-            else:
-                with_s.append(_time_process(with_cmd, env))
-                without_s.append(_time_process(without_cmd, env))
-            plain_s.append(_time_process(plain_cmd, env))
+            for arm in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                if arm == "with":
+                    seconds, printed = _run_timed(with_cmd, env)
+                    with_s.append(seconds)
+                    pth_ns.append(int(printed))
+                else:
+                    without_s.append(_run_timed(without_cmd, env)[0])
+            plain_s.append(_run_timed(plain_cmd, env)[0])
+        if min(pth_ns) < 0:
+            raise RuntimeError(f"site.py did not process {pth} in the timed arm ({mode}).")
         diffs = [a - b for a, b in zip(with_s, without_s, strict=True)]
         out[mode] = {
-            "importtime_ms": _median(samples) / 1000,
-            "importtime_ms_p10_p90": [
-                statistics.quantiles(samples, n=10)[0] / 1000,
-                statistics.quantiles(samples, n=10)[-1] / 1000,
-            ],
+            "pth_ms": _median(pth_ns) / 1e6,
+            "pth_ms_p90": statistics.quantiles(pth_ns, n=10)[-1] / 1e6,
+            "importtime_ms": _median(imports) / 1000,
             "wall_plain_ms": 1000 * _median(plain_s),
             "wall_with_pth_ms": 1000 * _median(with_s),
             "wall_without_pth_ms": 1000 * _median(without_s),
@@ -377,9 +426,26 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
         }
         r = out[mode]
         print(
-            f"[startup] {mode:<14} importtime {STARTUP_MODULE}: median {r['importtime_ms']:.3f} ms; "
-            f"wall python -c pass {r['wall_plain_ms']:.1f} ms; A/B with .pth {r['wall_with_pth_ms']:.2f} ms, "
-            f"without {r['wall_without_pth_ms']:.2f} ms, paired diff {r['wall_paired_diff_ms']:+.3f} ms",
+            f"[startup] {mode:<14} .pth processing {r['pth_ms']:.3f} ms (p90 {r['pth_ms_p90']:.3f}); "
+            f"importtime of plugin modules {r['importtime_ms']:.3f} ms; python -c pass {r['wall_plain_ms']:.1f} ms; "
+            f"A/B with {r['wall_with_pth_ms']:.2f} / without {r['wall_without_pth_ms']:.2f} ms, "
+            f"paired diff {r['wall_paired_diff_ms']:+.3f} ms",
+            flush=True,
+        )
+    env = _clean_env()
+    out["finder_ns_per_import"] = float(_run_timed([sys.executable, "-c", _FINDER_CODE], env)[1])
+    count_env = _clean_env(LLAMAFACTORY_DIDS_DISABLE="1")  # count only: do not patch
+    out["modules_imported_by_tuner"] = int(
+        _run_timed([sys.executable, "-c", _COUNT_CODE], count_env)[1].split()[-1]
+    )
+    if out["finder_ns_per_import"] >= 0:
+        out["finder_ms_for_tuner_import"] = (
+            out["finder_ns_per_import"] * out["modules_imported_by_tuner"] / 1e6
+        )
+        print(
+            f"[startup] meta-path finder: {out['finder_ns_per_import']:.0f} ns per later import; "
+            f"`import llamafactory.train.tuner` imports {out['modules_imported_by_tuner']} modules "
+            f"-> {out['finder_ms_for_tuner_import']:.2f} ms",
             flush=True,
         )
     return out
@@ -391,26 +457,42 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
 def build_table(training: dict[str, Any] | None, startup: dict[str, Any] | None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
-    def row(figure: str, value: float, fmt: str, target: str = "", ok: bool | None = None) -> None:
-        rows.append({"figure": figure, "value": value, "text": fmt.format(value), "target": target, "ok": ok})
+    def row(figure: str, value: float, text: str, target: str = "", ok: bool | None = None) -> None:
+        """`text` is a format string for `value` (e.g. "{:.3f}") or the finished text."""
+        rows.append(
+            {"figure": figure, "value": value, "text": text.format(value), "target": target, "ok": ok}
+        )
 
     if training is not None:
         s = training["summary"]
         stock, plugin, noloss = s["stock"], s["plugin"], s["plugin_noloss"]
         ratio = plugin["train_runtime_s"] / stock["train_runtime_s"]
-        row("train_runtime median, stock (s)", stock["train_runtime_s"], "{:.3f}")
-        row("train_runtime median, plugin (s)", plugin["train_runtime_s"], "{:.3f}")
-        row("train_runtime median, plugin, no domain loss (s)", noloss["train_runtime_s"], "{:.3f}")
+        flos_ratio = plugin["total_flos"] / stock["total_flos"]
         row(
-            "training time ratio plugin/stock (train_runtime)",
+            "train_runtime median: stock / plugin / plugin no domain loss (s)",
+            stock["train_runtime_s"],
+            f"{stock['train_runtime_s']:.3f} / {plugin['train_runtime_s']:.3f} / {noloss['train_runtime_s']:.3f}",
+        )
+        row(
+            "training time ratio plugin/stock (train_runtime medians)",
             ratio,
-            "{:.4f}",
+            f"{ratio:.4f}",
             f"<= {TRAIN_RATIO_TARGET}",
             ratio <= TRAIN_RATIO_TARGET,
         )
-        row("  median of per-round ratios plugin/stock", plugin["paired_ratio"], "{:.4f}")
+        pr = plugin["paired_ratios"]
         row(
-            "  same, plugin without domain loss / stock",
+            "  per-round ratios plugin/stock: min / median / max",
+            _median(pr),
+            " / ".join(f"{x:.3f}" for x in (min(pr), _median(pr), max(pr))),
+        )
+        row(
+            "  run-to-run spread of stock train_runtime (max-min)/median",
+            stock["spread"],
+            f"{100 * stock['spread']:.1f} %",
+        )
+        row(
+            "  plugin without domain loss / stock",
             noloss["train_runtime_s"] / stock["train_runtime_s"],
             "{:.4f}",
         )
@@ -419,44 +501,51 @@ def build_table(training: dict[str, Any] | None, startup: dict[str, Any] | None)
             plugin["train_runtime_s"] / noloss["train_runtime_s"],
             "{:.4f}",
         )
-        step_ratio = plugin["step_ms"] / stock["step_ms"]
-        row(
-            "median step time ratio plugin/stock",
-            step_ratio,
-            "{:.4f}",
-            f"<= {TRAIN_RATIO_TARGET}",
-            step_ratio <= TRAIN_RATIO_TARGET,
-        )
-        row("  median step: stock / plugin / no domain loss (ms)", stock["step_ms"], "{:.2f}")
-        rows[-1]["text"] = f"{stock['step_ms']:.2f} / {plugin['step_ms']:.2f} / {noloss['step_ms']:.2f}"
-        flos_ratio = plugin["total_flos"] / stock["total_flos"]
-        row("work ratio plugin/stock (total_flos, padding incl.)", flos_ratio, "{:.4f}")
+        row("  work ratio plugin/stock (total_flos, padding included)", flos_ratio, "{:.4f}")
         row("  train_runtime ratio per unit of work", ratio / flos_ratio, "{:.4f}")
-        row("process wall time median stock / plugin (s)", stock["process_wall_s"], "{:.1f}")
-        rows[-1]["text"] = f"{stock['process_wall_s']:.1f} / {plugin['process_wall_s']:.1f}"
+        row(
+            "  median step time: stock / plugin / no domain loss (ms)",
+            stock["step_ms"],
+            f"{stock['step_ms']:.2f} / {plugin['step_ms']:.2f} / {noloss['step_ms']:.2f}",
+        )
+        row("  median step time ratio plugin/stock", plugin["step_ms"] / stock["step_ms"], "{:.4f}")
+        row(
+            "  process wall time median: stock / plugin (s)",
+            stock["process_wall_s"],
+            f"{stock['process_wall_s']:.1f} / {plugin['process_wall_s']:.1f}",
+        )
     if startup is not None:
         for mode, label in (("as_is", "environment as is"), ("bytecode_cache", "with bytecode cache")):
             if mode not in startup:
                 continue
             m = startup[mode]
-            ms = m["importtime_ms"]
+            ms = m["pth_ms"]
             row(
-                f"start-up added by the hook, importtime ({label}) (ms)",
+                f"start-up added by the hook: site.py on our .pth ({label}) (ms)",
                 ms,
                 "{:.3f}",
                 f"< {STARTUP_TARGET_MS}",
                 ms < STARTUP_TARGET_MS,
             )
+            row(f"  importtime of plugin modules at start-up ({label}) (ms)", m["importtime_ms"], "{:.3f}")
             row(
                 f"  wall A/B paired diff, with - without .pth ({label}) (ms)",
                 m["wall_paired_diff_ms"],
                 "{:+.3f}",
             )
             row(f"  wall python -c pass ({label}) (ms)", m["wall_plain_ms"], "{:.1f}")
+        if "finder_ms_for_tuner_import" in startup:
+            row(
+                "meta-path finder, per later import (ns) / over `import llamafactory.train.tuner` (ms)",
+                startup["finder_ns_per_import"],
+                f"{startup['finder_ns_per_import']:.0f} / {startup['finder_ms_for_tuner_import']:.2f}",
+            )
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
     width = max(len(r["figure"]) for r in rows)
     print()
     print(f"{'figure':<{width}}  {'value':>22}  {'target':>8}  result")
@@ -472,7 +561,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--steps", type=int, default=120, help="optimizer steps per training run (default 120)"
+        "--steps", type=int, default=200, help="optimizer steps per training run (default 200)"
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved rounds of the training variants (default 3)"
