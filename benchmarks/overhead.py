@@ -164,29 +164,16 @@ def _clean_env(**extra: str | None) -> dict[str, str]:
 
 
 def train_config(assets: Any, output_dir: Path, variant: str, steps: int, packing: bool) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "model_name_or_path": str(assets.model_dir),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "dataset": "demo_code,demo_docs,demo_comments",
-        "dataset_dir": str(assets.dataset_dir),
-        "template": "default",
-        "cutoff_len": 256,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "output_dir": str(output_dir),
-        "logging_steps": 10,
-        "save_strategy": "no",
-        "overwrite_output_dir": True,
-        "report_to": "none",
-        "per_device_train_batch_size": BATCH,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": 1.0e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.05,
-        "seed": 42,
-    }
+    from llamafactory_dids.demo import demo_training_config
+
+    config = demo_training_config(
+        assets,
+        output_dir,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+    )
     if packing:
         config["packing"] = True
     if variant == "stock":

@@ -60,35 +60,25 @@ def find_cli() -> str:
 
 
 def train_config(assets: Any, output_dir: Path, args: argparse.Namespace, save_steps: int) -> dict[str, Any]:
-    return {
-        "model_name_or_path": str(assets.model_dir),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "dataset": ",".join(DOMAINS),
-        "dataset_dir": str(assets.dataset_dir),
-        "template": "default",
-        "cutoff_len": 256,
-        "overwrite_cache": True,
-        "preprocessing_num_workers": 1,
-        "dids_strategy": "static",
-        "dids_static_weights": dict(zip(DOMAINS, args.weights, strict=True)),
-        "dids_budget": args.budget,
-        "dids_on_exhausted": "reshuffle",
-        "dids_trace_samples": True,
-        "output_dir": str(output_dir),
-        "logging_steps": 1,
-        "save_strategy": "steps",
-        "save_steps": save_steps,
-        "overwrite_output_dir": True,
-        "report_to": "none",
-        "per_device_train_batch_size": args.batch,
-        "gradient_accumulation_steps": 1,
-        "learning_rate": 1.0e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.05,
-        "seed": 42,
-    }
+    from llamafactory_dids.demo import demo_training_config
+
+    return demo_training_config(
+        assets,
+        output_dir,
+        dataset=",".join(DOMAINS),
+        dids_strategy="static",
+        dids_static_weights=dict(zip(DOMAINS, args.weights, strict=True)),
+        dids_budget=args.budget,
+        dids_on_exhausted="reshuffle",
+        dids_trace_samples=True,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        per_device_train_batch_size=args.batch,
+        gradient_accumulation_steps=1,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+    )
 
 
 def run_cli(cli: str, config: dict[str, Any], run_dir: Path, nproc: int) -> float:

@@ -55,6 +55,35 @@ class DemoAssets:
     dataset_dir: Path  # root / "data": LLaMA-Factory dataset_dir (with dataset_info.json)
 
 
+def demo_training_config(assets: DemoAssets, output_dir: str | Path, **overrides: Any) -> dict[str, Any]:
+    """A tiny SFT run over the three demo domains as a LLaMA-Factory config dict.
+
+    The one base config of the tests and the benchmarks; `overrides` replace keys, `None` removes one.
+    """
+    config: dict[str, Any] = {
+        "model_name_or_path": str(assets.model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": ",".join(f"demo_{name}" for name in DOMAINS),
+        "dataset_dir": str(assets.dataset_dir),
+        "template": "default",
+        "cutoff_len": 256,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(output_dir),
+        "overwrite_output_dir": True,
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1.0e-3,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 42,
+    }
+    config.update(overrides)
+    return {k: v for k, v in config.items() if v is not None}
+
+
 def build_demo_assets(
     workdir: str | Path, *, examples_per_domain: int = 400, seed: int = 0, force: bool = False
 ) -> DemoAssets:
