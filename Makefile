@@ -26,6 +26,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/resume.py
+	$(BIN)/python benchmarks/dids_update.py
 
 demo: install
 	$(BIN)/llamafactory-dids demo

@@ -1,0 +1,748 @@
+#!/usr/bin/env python
+"""What one `dids_strategy: dids` mixture update costs, against a uniform run and against its floor.
+
+    python benchmarks/dids_update.py                          # 25 updates, 2 rounds: ~2.5 min on 2 busy cores
+    python benchmarks/dids_update.py --quick                  # 10 updates, 1 round, k in (72, 256): ~1 min
+    python benchmarks/dids_update.py --json dids_update.json --workdir /tmp/dids-bench
+
+Everything runs offline in a temporary work directory (or `--workdir`): the tiny Llama (2 blocks,
+hidden 64), its tokenizer and the demo datasets come from `llamafactory_dids.demo.build_demo_assets`.
+Every training process and the in-process timings use `--threads` threads (default 1; on a small shared
+machine two OpenMP threads stall on each other whenever a neighbour takes a core).
+
+The training setup (figures 1 and 2): `llamafactory-cli train` on an ordinary SFT YAML, full
+fine-tuning, datasets demo_code, demo_docs, demo_comments (k = 3 domains), template `default`,
+`cutoff_len: 256`, batch 8 (train and eval), `report_to: none`, `save_strategy: no`,
+`dids_budget: 32 x updates` samples (800 = 100 optimizer steps by default).
+
+1. Per-update seconds (`dids`)
+   The run adds `dids_strategy: dids`, `dids_target_datasets: demo_target_code` (m = 1 task),
+   `dids_target_samples: 24`, `dids_probe_samples: 8`, `dids_num_updates: --updates` (25: one update
+   every 4 steps), `dids_normaliser: clamp`, `dids_ema_beta: 0.3`. Each record of
+   `output_dir/history.jsonl` with `update > 0` carries `seconds`: the wall time of
+   `DomainMixture.update`, i.e. the task losses, the impact probe (task gradients, Fisher, streamed
+   domain gradients), the eq. 13-16 update and the broadcast. Median and maximum over all updates of all
+   repeats (the first update of a run pays some warm-up, hence the maximum).
+
+2. Whole-run wall time, `dids` / `uniform`
+   The same run with `dids_strategy: uniform` and none of the dids-only keys (same budget, hence the
+   same number of optimizer steps). `train_runtime` from `output_dir/train_results.json` (the Trainer's
+   timer around the training loop: no start-up, data loading or final save). The runs are interleaved
+   `--repeats` times, the order alternating per round; the table gives the median of each and the ratio
+   of the medians (per-round ratios in the log and the JSON), plus the share of the dids run spent
+   inside updates (sum of `seconds` / `train_runtime`) and the rest of the dids run (train_runtime minus
+   the updates) over the uniform run, next to the ratio of `total_flos` (the Trainer counts every input
+   id: the two mixtures draw different rows, so the training work itself differs a little).
+
+3. The floor: the forward and backward passes an update cannot avoid
+   Counted from the config, per update: ceil(target_samples / per_device_eval_batch_size) batched
+   forward passes (no grad) for the task losses; m x probe_samples single-row forward + backward passes
+   for the task gradients and Fisher (`dids_fisher_batch_size: 1`); k x probe_samples single-row
+   forward + backward passes for the domain gradients. They are timed directly, in this process, on the
+   same model (loaded from the built assets with transformers, eval mode, `use_cache` off) and on rows
+   built like LLaMA-Factory builds them (alpaca rows through the `default` template, truncated at cutoff
+   256 with LLaMA-Factory's `infer_seqlen`, prompt masked, padded to a multiple of 8): the 24 target
+   rows the loader's seeded subset picks, and probe_samples rows of each domain drawn afresh at every
+   repetition. A pass is `model(**batch).loss` followed by `torch.autograd.grad` over exactly the
+   parameters `select_probe_parameters(model, layers_fraction=0.1)` picks. Floor = median over
+   `--floor-reps` repetitions per round, each round measured between that round's training runs.
+   Reported: floor seconds per update and measured median / floor (what the update spends beyond the
+   passes: collation, arrow row access, accumulation, the update itself).
+
+4. Peak memory and time of the impact computation for k = 72, 256, 1152 domains
+   In a fresh subprocess per k: the demo tiny Llama, `GradientProbe` constructed directly (as in
+   tests/integration/test_probe.py) with k domain pools of 2 synthetic rows each (64 tokens, first 16
+   masked), m = 3 tasks of 8 synthetic rows, `probe_samples: 2`, `fisher_batch_size: 1`, a trivial
+   collate. A warm-up `impact` on a 2-domain probe over the same model comes first (allocator and
+   autograd warm-up, identical for every k); then `probe.impact` is called MEMORY_CALLS (2) times while
+   a thread samples, every millisecond, the process RSS (psutil) and the bytes glibc malloc has handed
+   out (`mallinfo2`: uordblks + hblkhd; torch CPU tensors are malloc'ed, so this follows live tensor
+   memory without RSS's noise from pages the allocator keeps or touches for the first time). Peak
+   growth of a call = max sample - value just before the call; the table gives the largest over the
+   calls, heap first (RSS when mallinfo2 is missing), with RSS and the `ru_maxrss` growth over all
+   calls as cross-checks (RSS moves by a few MB either way from one call to the next, whatever k;
+   ru_maxrss growth is 0 when the calls set no new high-water mark above start-up's).
+   For contrast: the size of all k domain gradients (k x probed parameters x 4 bytes), what an
+   implementation holding them all would need. The point: the growth stays flat in k (only the k x m
+   scalars grow). Also: seconds per domain (median wall time of a call / k).
+
+Output: one table (figure, value, target; a target only where one was set, see TARGETS) and, with
+`--json`, every raw figure. The exit code is 0: it is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 8
+DOMAINS = ("demo_code", "demo_docs", "demo_comments")
+TARGET = "demo_target_code"
+TARGET_SAMPLES = 24
+PROBE_SAMPLES = 8
+CUTOFF = 256
+STEPS_PER_UPDATE = 4
+SEED = 42
+EXAMPLES_PER_DOMAIN = 300
+MEMORY_KS = (72, 256, 1152)
+MEMORY_KS_QUICK = (72, 256)
+MEMORY_TASKS = 3
+MEMORY_ROWS_PER_DOMAIN = 2
+MEMORY_PROBE_SAMPLES = 2
+MEMORY_ROW_LENGTH = 64
+MEMORY_CALLS = 2  # impact calls per k (the table gives the largest peak)
+
+# Targets printed in the table's third column, keyed by figure name; blank where none is set.
+TARGETS: dict[str, str] = {
+    "impact peak memory growth, largest k / smallest k": "~1: flat in k (README)",
+}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _clean_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _cli() -> str:
+    bindir = str(Path(sys.executable).parent)
+    return (
+        shutil.which("llamafactory-cli", path=bindir)
+        or shutil.which("llamafactory-cli")
+        or "llamafactory-cli"
+    )
+
+
+# ------------------------------------------------------------------------ 1, 2. training runs
+
+
+def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, budget: int) -> dict[str, Any]:
+    from llamafactory_dids.demo import demo_training_config
+
+    config = demo_training_config(
+        assets,
+        output_dir,
+        dataset=",".join(DOMAINS),
+        cutoff_len=CUTOFF,
+        per_device_train_batch_size=BATCH,
+        per_device_eval_batch_size=BATCH,
+        seed=SEED,
+        dids_strategy=strategy,
+        dids_budget=budget,
+    )
+    if strategy == "dids":
+        config.update(
+            {
+                "dids_target_datasets": TARGET,
+                "dids_target_samples": TARGET_SAMPLES,
+                "dids_probe_samples": PROBE_SAMPLES,
+                "dids_num_updates": updates,
+                "dids_normaliser": "clamp",
+                "dids_ema_beta": 0.3,
+            }
+        )
+    return config
+
+
+def run_training(
+    workdir: Path, assets: Any, strategy: str, updates: int, budget: int, threads: int, tag: str
+) -> dict[str, Any]:
+    import yaml
+
+    run_dir = workdir / "runs" / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    output_dir = run_dir / "output"
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(
+        yaml.safe_dump(train_config(assets, output_dir, strategy, updates, budget)), encoding="utf-8"
+    )
+    start = time.perf_counter()
+    with open(run_dir / "train.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(
+            [_cli(), "train", str(config_path)],
+            env=_clean_env(threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+        )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise RuntimeError(f"training run {tag} failed (exit {proc.returncode}); log tail:\n{tail}")
+    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
+    state = json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    run: dict[str, Any] = {
+        "strategy": strategy,
+        "tag": tag,
+        "train_runtime_s": float(results["train_runtime"]),
+        "process_wall_s": round(wall, 3),
+        "steps": int(state["global_step"]),
+        "total_flos": float(results.get("total_flos", float("nan"))),
+    }
+    history = output_dir / "history.jsonl"
+    records = []
+    if history.exists():
+        with open(history, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    updates_seen = [r for r in records if r["update"] > 0]
+    run["update_seconds"] = [float(r["seconds"]) for r in updates_seen]
+    run["update_steps"] = [int(r["step"]) for r in updates_seen]
+    if strategy == "dids":
+        if not updates_seen:
+            raise RuntimeError(f"run {tag}: no DIDS update in {history}")
+        last = updates_seen[-1]
+        run["final_weights"] = [round(w, 4) for w in last["weights"]]
+        run["num_domains"] = len(last["domains"])
+        run["num_tasks"] = len(last.get("tasks") or [])
+    return run
+
+
+# --------------------------------------------------------------------------------- 3. the floor
+
+
+def _encode_rows(assets: Any, tokenizer: Any, rows: list[dict[str, str]]) -> list[dict[str, list[int]]]:
+    """Alpaca rows -> input_ids/labels the way LLaMA-Factory's supervised processor builds them."""
+    from llamafactory.data.processor.processor_utils import infer_seqlen
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="default", cutoff_len=CUTOFF))
+    out = []
+    for row in rows:
+        prompt = row["instruction"] + (("\n" + row["input"]) if row.get("input") else "")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+        source, target = template.encode_oneturn(tokenizer, messages)
+        total = 1 if template.efficient_eos else 0
+        source_len, target_len = infer_seqlen(len(source), len(target), CUTOFF - total)
+        source, target = source[:source_len], target[:target_len]
+        input_ids = source + target
+        labels = [-100] * len(source) + target
+        if template.efficient_eos:
+            input_ids = input_ids + [tokenizer.eos_token_id]
+            labels = labels + [tokenizer.eos_token_id]
+        out.append({"input_ids": input_ids, "labels": labels})
+    return out
+
+
+def _collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    width = -(-width // 8) * 8  # LLaMA-Factory's SFT collator pads to a multiple of 8 when training
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class Floor:
+    """The passes of one update, timed on the demo model in this process."""
+
+    def __init__(self, assets: Any, threads: int):
+        import numpy as np
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from llamafactory_dids.integration.probe import select_probe_parameters
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(assets.model_dir)
+        self.model.config.use_cache = False
+        self.model.eval()
+        self.params = [p for _, p in select_probe_parameters(self.model, layers_fraction=0.1)]
+        self.num_probe_parameters = sum(p.numel() for p in self.params)
+        self.pad_id = self.tokenizer.pad_token_id
+
+        def load(name: str) -> list[dict[str, str]]:
+            return json.loads((assets.dataset_dir / f"{name}.json").read_text(encoding="utf-8"))
+
+        target = self._usable(_encode_rows(assets, self.tokenizer, load(TARGET)))
+        # the loader's seeded subset (`load_target_sets`: dids_seed unset -> 0)
+        rng = np.random.default_rng([0, 3])
+        keep = min(TARGET_SAMPLES, len(target))
+        self.target_rows = [target[i] for i in np.sort(rng.permutation(len(target))[:keep])]
+        self.domain_rows = [self._usable(_encode_rows(assets, self.tokenizer, load(d))) for d in DOMAINS]
+        self.rng = np.random.default_rng(1)
+        self.passes = {
+            "task_loss_forwards": math.ceil(len(self.target_rows) / BATCH),
+            "task_grad_passes": 1 * min(PROBE_SAMPLES, len(self.target_rows)),
+            "domain_grad_passes": len(DOMAINS) * PROBE_SAMPLES,
+        }
+
+    @staticmethod
+    def _usable(rows: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+        return [r for r in rows if any(x != -100 for x in r["labels"][1:])]
+
+    def _grad_pass(self, row: dict[str, list[int]]) -> None:
+        import torch
+
+        batch = _collate([row], self.pad_id)
+        with torch.enable_grad():
+            loss = self.model(**batch).loss
+            torch.autograd.grad(loss, self.params, allow_unused=True)
+
+    def once(self) -> dict[str, float]:
+        """One update's passes: task losses, task gradients (m = 1), domain gradients (k = 3)."""
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(self.target_rows), BATCH):
+                self.model(**_collate(self.target_rows[start : start + BATCH], self.pad_id))
+        t1 = time.perf_counter()
+        for row in self.target_rows[:PROBE_SAMPLES]:
+            self._grad_pass(row)
+        t2 = time.perf_counter()
+        for rows in self.domain_rows:
+            for i in self.rng.choice(len(rows), size=min(PROBE_SAMPLES, len(rows)), replace=False):
+                self._grad_pass(rows[int(i)])
+        t3 = time.perf_counter()
+        return {"task_loss": t1 - t0, "task_grads": t2 - t1, "domain_grads": t3 - t2, "total": t3 - t0}
+
+
+# ------------------------------------------------------------------------- 4. memory and k
+
+
+def _heap_in_use() -> Any:
+    """A function returning the bytes glibc malloc has handed out (mallinfo2: uordblks + hblkhd), or -1.
+
+    Torch's CPU tensors are malloc'ed, so this follows live tensor memory without RSS's noise (pages the
+    allocator keeps, first touches); absent outside glibc >= 2.33.
+    """
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return lambda: -1
+    fn.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+def _memory_worker(model_dir: str, k: int, threads: int) -> None:
+    """Fresh process: peak RSS growth and wall time of `GradientProbe.impact` with k domains."""
+    import gc
+    import resource
+    import threading
+
+    import numpy as np
+    import psutil
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from llamafactory_dids.integration.probe import GradientProbe
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.use_cache = False
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+
+    def rows(n: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            ids = torch.randint(4, vocab, (MEMORY_ROW_LENGTH,), generator=g).tolist()
+            labels = [-100] * (MEMORY_ROW_LENGTH // 4) + ids[MEMORY_ROW_LENGTH // 4 :]
+            out.append({"input_ids": ids, "attention_mask": [1] * MEMORY_ROW_LENGTH, "labels": labels})
+        return out
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            key: torch.tensor([r[key] for r in batch]) for key in ("input_ids", "attention_mask", "labels")
+        }
+
+    train = rows(k * MEMORY_ROWS_PER_DOMAIN)
+    tasks = [rows(8) for _ in range(MEMORY_TASKS)]
+
+    def probe_for(num_domains: int) -> GradientProbe:
+        pools = [
+            np.arange(d * MEMORY_ROWS_PER_DOMAIN, (d + 1) * MEMORY_ROWS_PER_DOMAIN)
+            for d in range(num_domains)
+        ]
+        return GradientProbe(
+            model,
+            collate,
+            lambda idx: [train[int(i)] for i in idx],
+            pools,
+            tasks,
+            device=torch.device("cpu"),
+            probe_samples=MEMORY_PROBE_SAMPLES,
+            fisher_batch_size=1,
+            eval_batch_size=8,
+            metric="fim",
+            layers_fraction=0.1,
+            include_lm_head=False,
+            seed=0,
+        )
+
+    probe_for(2).impact(0)  # warm-up, identical for every k
+    probe = probe_for(k)
+    process = psutil.Process()
+    heap = _heap_in_use()
+    calls = []
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    for call in range(MEMORY_CALLS):
+        gc.collect()
+        rss_before, heap_before = process.memory_info().rss, heap()
+        peak = {"rss": rss_before, "heap": heap_before, "samples": 0}
+        done = threading.Event()
+
+        def sample(peak: dict[str, int] = peak, done: threading.Event = done) -> None:
+            while not done.is_set():
+                peak["rss"] = max(peak["rss"], process.memory_info().rss)
+                peak["heap"] = max(peak["heap"], heap())
+                peak["samples"] += 1
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        impact = probe.impact(call + 1)
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        peak["rss"] = max(peak["rss"], process.memory_info().rss)
+        peak["heap"] = max(peak["heap"], heap())
+        calls.append(
+            {
+                "seconds": seconds,
+                "rss_before_mb": rss_before / 2**20,
+                "rss_peak_growth_mb": (peak["rss"] - rss_before) / 2**20,
+                "heap_peak_growth_mb": (peak["heap"] - heap_before) / 2**20 if heap_before >= 0 else None,
+                "samples": peak["samples"],
+                "impact_finite": bool(np.isfinite(impact).all()),
+                "impact_shape": list(impact.shape),
+            }
+        )
+    maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    heaps = [c["heap_peak_growth_mb"] for c in calls if c["heap_peak_growth_mb"] is not None]
+    result = {
+        "k": k,
+        "m": MEMORY_TASKS,
+        "calls": calls,
+        "seconds": _median([c["seconds"] for c in calls]),
+        "seconds_per_domain": _median([c["seconds"] for c in calls]) / k,
+        "rss_peak_growth_mb": max(c["rss_peak_growth_mb"] for c in calls),
+        "heap_peak_growth_mb": max(heaps) if heaps else None,
+        "maxrss_growth_mb": (maxrss_after - maxrss_before) / 2**20,
+        "probe_parameters": probe.num_probe_parameters,
+        "all_domain_gradients_mb": k * probe.num_probe_parameters * 4 / 2**20,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def measure_memory(assets: Any, k: int, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", str(assets.model_dir), str(k)]
+    cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, env=_clean_env(threads), capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"memory worker k={k} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: temporary)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure here")
+    parser.add_argument("--updates", type=int, default=None, help="dids_num_updates (default 25; --quick 10)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"dids_budget in samples (default {STEPS_PER_UPDATE * BATCH} x updates)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="dids/uniform rounds (default 2; --quick 1)"
+    )
+    parser.add_argument("--floor-reps", type=int, default=5, help="floor repetitions per round (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads everywhere (default 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller run: 10 updates, 1 round, k in (72, 256)"
+    )
+    parser.add_argument("--memory-worker", nargs=2, metavar=("MODEL_DIR", "K"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_worker:
+        _memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)
+        return 0
+
+    updates = args.updates or (10 if args.quick else 25)
+    budget = args.budget or STEPS_PER_UPDATE * BATCH * updates
+    repeats = args.repeats or (1 if args.quick else 2)
+    ks = MEMORY_KS_QUICK if args.quick else MEMORY_KS
+
+    from llamafactory_dids.demo import build_demo_assets
+
+    tmp = tempfile.TemporaryDirectory(prefix="dids-update-")
+    workdir = (args.workdir or Path(tmp.name)).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"[setup] building demo assets in {workdir / 'assets'}", flush=True)
+    assets = build_demo_assets(workdir / "assets", examples_per_domain=EXAMPLES_PER_DOMAIN, seed=0)
+
+    floor = Floor(assets, args.threads)
+    for _ in range(2):
+        floor.once()  # warm-up
+    print(
+        f"[setup] budget {budget} samples = {budget // BATCH} steps, {updates} updates; floor passes per update: "
+        f"{floor.passes}; probed parameters: {floor.num_probe_parameters}",
+        flush=True,
+    )
+
+    runs: list[dict[str, Any]] = []
+    floor_samples: list[dict[str, float]] = []
+    for r in range(repeats):
+        order = ("dids", "uniform") if r % 2 == 0 else ("uniform", "dids")
+        for strategy in order:
+            run = run_training(workdir, assets, strategy, updates, budget, args.threads, f"{strategy}-{r}")
+            run["repeat"] = r
+            runs.append(run)
+            extra = ""
+            if strategy == "dids":
+                extra = (
+                    f"   updates {len(run['update_seconds'])} (median {_median(run['update_seconds']):.3f} s, "
+                    f"max {max(run['update_seconds']):.3f} s)   final weights {run['final_weights']}"
+                )
+            print(
+                f"[train] round {r} {strategy:<8} train_runtime {run['train_runtime_s']:7.2f} s   "
+                f"process {run['process_wall_s']:6.1f} s   steps {run['steps']}{extra}",
+                flush=True,
+            )
+        these = [floor.once() for _ in range(args.floor_reps)]
+        floor_samples.extend(these)
+        print(
+            f"[floor] round {r}: median {_median([s['total'] for s in these]):.4f} s per update "
+            f"(task loss {_median([s['task_loss'] for s in these]):.4f}, task grads "
+            f"{_median([s['task_grads'] for s in these]):.4f}, domain grads "
+            f"{_median([s['domain_grads'] for s in these]):.4f})",
+            flush=True,
+        )
+
+    dids_runs = [r for r in runs if r["strategy"] == "dids"]
+    uniform_runs = [r for r in runs if r["strategy"] == "uniform"]
+    steps = {r["steps"] for r in runs}
+    if len(steps) != 1:
+        raise RuntimeError(f"runs disagree on the number of optimizer steps: {sorted(steps)}")
+    update_seconds = [s for r in dids_runs for s in r["update_seconds"]]
+    dids_runtime = _median([r["train_runtime_s"] for r in dids_runs])
+    uniform_runtime = _median([r["train_runtime_s"] for r in uniform_runs])
+    by_round = {(r["strategy"], r["repeat"]): r["train_runtime_s"] for r in runs}
+    paired = [by_round[("dids", i)] / by_round[("uniform", i)] for i in range(repeats)]
+    update_share = _median([sum(r["update_seconds"]) / r["train_runtime_s"] for r in dids_runs])
+    outside_updates = _median([r["train_runtime_s"] - sum(r["update_seconds"]) for r in dids_runs])
+    flos_ratio = _median([r["total_flos"] for r in dids_runs]) / _median(
+        [r["total_flos"] for r in uniform_runs]
+    )
+    floor_total = _median([s["total"] for s in floor_samples])
+    floor_parts = {
+        key: _median([s[key] for s in floor_samples]) for key in ("task_loss", "task_grads", "domain_grads")
+    }
+    update_median = _median(update_seconds)
+    print(
+        f"[train] dids/uniform train_runtime per round: {[round(x, 3) for x in paired]}; "
+        f"share of the dids run inside updates: {100 * update_share:.1f} %",
+        flush=True,
+    )
+
+    memory = []
+    for k in ks:
+        res = measure_memory(assets, k, args.threads)
+        memory.append(res)
+        heap = res["heap_peak_growth_mb"]
+        per_call = ", ".join(
+            f"heap {c['heap_peak_growth_mb']:.2f} / RSS {c['rss_peak_growth_mb']:.2f} MB in {c['seconds']:.2f} s"
+            if c["heap_peak_growth_mb"] is not None
+            else f"RSS {c['rss_peak_growth_mb']:.2f} MB in {c['seconds']:.2f} s"
+            for c in res["calls"]
+        )
+        print(
+            f"[memory] k={k:<5} m={res['m']}  impact {res['seconds']:6.2f} s ({1000 * res['seconds_per_domain']:.2f} "
+            f"ms/domain)   peak growth: heap {heap if heap is None else round(heap, 2)} MB, RSS "
+            f"{res['rss_peak_growth_mb']:.2f} MB, ru_maxrss {res['maxrss_growth_mb']:.2f} MB   all-k gradients "
+            f"would be {res['all_domain_gradients_mb']:.1f} MB   (per call: {per_call})",
+            flush=True,
+        )
+
+    rows: list[tuple[str, str]] = [
+        ("per-update seconds, median (dids)", f"{update_median:.3f} s (n={len(update_seconds)})"),
+        ("per-update seconds, max (dids)", f"{max(update_seconds):.3f} s"),
+        ("train_runtime, dids (median)", f"{dids_runtime:.2f} s"),
+        ("train_runtime, uniform (median)", f"{uniform_runtime:.2f} s"),
+        ("whole-run ratio dids / uniform", f"{dids_runtime / uniform_runtime:.3f}"),
+        ("share of the dids run inside updates", f"{100 * update_share:.1f} %"),
+        (
+            "dids run outside updates / uniform run",
+            f"{outside_updates / uniform_runtime:.3f} (work ratio, total_flos: {flos_ratio:.3f})",
+        ),
+        (
+            "floor passes per update",
+            f"{floor.passes['task_loss_forwards']} fwd (batch {BATCH}) + "
+            f"{floor.passes['task_grad_passes'] + floor.passes['domain_grad_passes']} fwd+bwd (1 row)",
+        ),
+        ("floor seconds per update", f"{floor_total:.3f} s"),
+        (
+            "  of which task loss / task grads / domain grads",
+            f"{floor_parts['task_loss']:.3f} / {floor_parts['task_grads']:.3f} / {floor_parts['domain_grads']:.3f} s",
+        ),
+        ("measured / floor (per update, medians)", f"{update_median / floor_total:.2f}"),
+    ]
+
+    def primary(res: dict[str, Any]) -> float:
+        heap = res["heap_peak_growth_mb"]
+        return heap if heap is not None else res["rss_peak_growth_mb"]
+
+    for res in memory:
+        k = res["k"]
+        rows.append(
+            (
+                f"impact peak memory growth, k={k} (m={res['m']})",
+                f"{primary(res):.2f} MB {'heap' if res['heap_peak_growth_mb'] is not None else 'RSS'} "
+                f"(RSS {res['rss_peak_growth_mb']:.2f}, ru_maxrss {res['maxrss_growth_mb']:.2f}; "
+                f"all k gradients {res['all_domain_gradients_mb']:.1f} MB)",
+            )
+        )
+    for res in memory:
+        rows.append(
+            (
+                f"impact seconds per domain, k={res['k']}",
+                f"{1000 * res['seconds_per_domain']:.2f} ms ({res['seconds']:.2f} s per call)",
+            )
+        )
+    if len(memory) > 1:
+        lo, hi = memory[0], memory[-1]
+        rows.append(
+            (
+                "impact peak memory growth, largest k / smallest k",
+                f"{primary(hi) / max(primary(lo), 1e-9):.2f} (k={hi['k']} vs k={lo['k']}: k x{hi['k'] / lo['k']:.0f})",
+            )
+        )
+    table = [("figure", "value", "target")] + [(name, value, TARGETS.get(name, "")) for name, value in rows]
+    print()
+    print(
+        f"DIDS update cost: tiny Llama on CPU, {args.threads} thread(s), k={len(DOMAINS)} domains, m=1 task, "
+        f"{updates} updates over {budget // BATCH} steps, {repeats} round(s)"
+    )
+    print(_table(table))
+    print(f"\n(total benchmark wall time {time.perf_counter() - started:.0f} s)")
+
+    if args.json:
+        payload = {
+            "config": {
+                "updates": updates,
+                "budget": budget,
+                "steps": steps.pop(),
+                "repeats": repeats,
+                "threads": args.threads,
+                "batch": BATCH,
+                "cutoff_len": CUTOFF,
+                "target_samples": TARGET_SAMPLES,
+                "probe_samples": PROBE_SAMPLES,
+                "domains": list(DOMAINS),
+                "target": TARGET,
+                "examples_per_domain": EXAMPLES_PER_DOMAIN,
+                "probe_parameters": floor.num_probe_parameters,
+            },
+            "per_update_seconds": {
+                "median": update_median,
+                "max": max(update_seconds),
+                "all": update_seconds,
+            },
+            "train_runtime": {
+                "dids_median_s": dids_runtime,
+                "uniform_median_s": uniform_runtime,
+                "ratio": dids_runtime / uniform_runtime,
+                "paired_ratios": paired,
+                "update_share": update_share,
+                "dids_outside_updates_s": outside_updates,
+                "total_flos_ratio": flos_ratio,
+            },
+            "floor": {
+                "passes": floor.passes,
+                "seconds_per_update": floor_total,
+                "parts_s": floor_parts,
+                "measured_over_floor": update_median / floor_total,
+                "samples": floor_samples,
+            },
+            "memory": memory,
+            "runs": runs,
+            "table": [dict(zip(("figure", "value", "target"), row, strict=True)) for row in table[1:]],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
