@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -150,9 +152,15 @@ def _run_and_kill_after_checkpoint(config: dict, workdir: Path, nproc: int, step
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    # torchrun starts its workers in sessions of their own: kill the whole tree, not just the group
+    tree = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     proc.wait()
+    psutil.wait_procs(tree, timeout=30)
     assert marker.exists(), "the interrupted run never wrote its checkpoint"
 
 
