@@ -81,7 +81,8 @@ def test_text_rows(assets):
 
 def test_dataset_info_parses_with_llamafactory(assets):
     info = _load(assets, "dataset_info.json")
-    assert set(info) == {"demo_code", "demo_docs", "demo_comments", "demo_mixed", "demo_text"}
+    targets = {f"demo_target_{name}" for name in DOMAINS}
+    assert set(info) == {"demo_code", "demo_docs", "demo_comments", "demo_mixed", "demo_text"} | targets
     parser = pytest.importorskip("llamafactory.data.parser")
     attrs = parser.get_dataset_list(list(info), str(assets.dataset_dir))
     by_name = {attr.dataset_name: attr for attr in attrs}
@@ -91,6 +92,16 @@ def test_dataset_info_parses_with_llamafactory(assets):
         assert (attr.prompt, attr.query, attr.response) == ("instruction", "input", "output")
     assert by_name["demo_mixed.json"].formatting == "alpaca"
     assert by_name["demo_text.json"].prompt == "text"
+
+
+def test_targets_are_held_out_rows_of_their_domain(assets):
+    from llamafactory_dids.demo import TARGET_ROWS
+
+    for name in DOMAINS:
+        train = {row["output"] for row in _load(assets, f"demo_{name}.json")}
+        target = _load(assets, f"demo_target_{name}.json")
+        assert len(target) == TARGET_ROWS and not train & {row["output"] for row in target}
+        assert all(set(row) == ALPACA_KEYS for row in target)
 
 
 def test_deterministic(assets, assets_twin):

@@ -105,11 +105,13 @@ class DIDSTrainerMixin:
             return
         cfg = self.dids_config
         names = list(self.train_dataset.features[DOMAIN_ID_COLUMN].names)
-        sizes = np.bincount(np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), minlength=len(names))
+        self._dids_domain_ids = np.asarray(self.train_dataset[DOMAIN_ID_COLUMN])
+        self._dids_seed = int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed)
+        sizes = np.bincount(self._dids_domain_ids, minlength=len(names))
         strategy = build_strategy(cfg.dids_strategy, names, sizes, **_strategy_options(cfg))
         self.dids_mixture = DomainMixture(
             strategy,
-            seed=int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed),
+            seed=self._dids_seed,
             on_exhausted=cfg.dids_on_exhausted,
             min_weight=cfg.dids_min_weight,
             output_dir=self.args.output_dir,
@@ -117,9 +119,7 @@ class DIDSTrainerMixin:
         )
         self.data_collator = DomainCollator(self.data_collator)
         if "impact" in strategy.signals:
-            self.dids_mixture.probe = self._build_probe(
-                np.asarray(self.train_dataset[DOMAIN_ID_COLUMN]), len(names)
-            )
+            self.dids_mixture.probe = self._build_probe(len(names))
             self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
@@ -135,7 +135,7 @@ class DIDSTrainerMixin:
             np.round(self.dids_mixture.weights, 4).tolist(),
         )
 
-    def _build_probe(self, domain_ids: np.ndarray, num_domains: int) -> GradientProbe:
+    def _build_probe(self, num_domains: int) -> GradientProbe:
         cfg = self.dids_config
         targets = getattr(cfg, "target_sets", None)
         if not targets:
@@ -145,8 +145,8 @@ class DIDSTrainerMixin:
             self.model,
             self.data_collator,
             lambda indices: [train[int(i)] for i in indices],
-            [np.flatnonzero(domain_ids == d) for d in range(num_domains)],
-            [[rows[i] for i in range(len(rows))] for rows in targets.values()],
+            [np.flatnonzero(self._dids_domain_ids == d) for d in range(num_domains)],
+            [list(rows) for rows in targets.values()],
             device=self.args.device,
             probe_samples=cfg.dids_probe_samples,
             fisher_batch_size=cfg.dids_fisher_batch_size,
@@ -154,7 +154,7 @@ class DIDSTrainerMixin:
             metric=cfg.dids_impact_metric,
             layers_fraction=cfg.dids_probe_layers_fraction,
             include_lm_head=cfg.dids_probe_include_lm_head,
-            seed=int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed),
+            seed=self._dids_seed,
         )
 
     # ------------------------------------------------------------------------------ host overrides
@@ -202,9 +202,10 @@ class DIDSTrainerMixin:
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.dids_mixture is None:
             return super()._get_train_sampler(train_dataset)
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if train_dataset is not None and len(train_dataset) != len(self._dids_domain_ids):
+            raise ValueError("the DIDS sampler is built for the trainer's own training set.")
         budget = self.dids_config.dids_budget
-        return self.dids_mixture.build_sampler(dataset[DOMAIN_ID_COLUMN], budget or len(dataset))
+        return self.dids_mixture.build_sampler(self._dids_domain_ids, budget or len(self._dids_domain_ids))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         domain_ids = inputs.pop(DOMAIN_ID_COLUMN, None)
