@@ -36,13 +36,18 @@ def _demo(args: argparse.Namespace) -> int:
     assets = build_demo_assets(Path(args.workdir) / "assets")
     print(f"[dids] demo model and tokenizer: {assets.model_dir}")
     print(f"[dids] demo datasets:            {assets.dataset_dir}")
-    cli = shutil.which("llamafactory-cli")
+    # next to this interpreter first: `.venv/bin/llamafactory-dids` works without an activated venv
+    here = str(Path(sys.executable).parent)
+    cli = shutil.which("llamafactory-cli", path=here) or shutil.which("llamafactory-cli")
     if cli is None:
         print("error: `llamafactory-cli` is not on PATH; install llamafactory (see README).", file=sys.stderr)
         return 2
-    command = [cli, "train", str(config), *args.overrides]
+    # the YAML's paths are the default workdir's; point them at the assets just built
+    paths = [f"model_name_or_path={assets.model_dir}", f"dataset_dir={assets.dataset_dir}"]
+    command = [cli, "train", str(config), *paths, *args.overrides]
     print("[dids] running:", " ".join(command), flush=True)
-    result = subprocess.run(command, check=False, env=os.environ.copy())
+    env = {**os.environ, "PATH": here + os.pathsep + os.environ.get("PATH", "")}  # torchrun, if launched
+    result = subprocess.run(command, check=False, env=env)
     if result.returncode != 0:
         return result.returncode
     output_dir = _output_dir(config, args.overrides)
