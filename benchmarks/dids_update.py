@@ -124,12 +124,9 @@ def _clean_env(threads: int) -> dict[str, str]:
 
 
 def _cli() -> str:
-    bindir = str(Path(sys.executable).parent)
-    return (
-        shutil.which("llamafactory-cli", path=bindir)
-        or shutil.which("llamafactory-cli")
-        or "llamafactory-cli"
-    )
+    from llamafactory_dids.cli import find_llamafactory_cli
+
+    return find_llamafactory_cli() or "llamafactory-cli"
 
 
 # ------------------------------------------------------------------------ 1, 2. training runs

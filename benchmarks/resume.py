@@ -50,10 +50,9 @@ TRACE_DIR = "dids_trace"
 
 
 def find_cli() -> str:
-    candidate = Path(sys.executable).parent / "llamafactory-cli"
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which("llamafactory-cli")
+    from llamafactory_dids.cli import find_llamafactory_cli
+
+    found = find_llamafactory_cli()
     if found is None:
         raise SystemExit("llamafactory-cli not found next to this interpreter nor on PATH.")
     return found

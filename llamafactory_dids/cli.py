@@ -22,6 +22,13 @@ DEMO_YAML = Path("examples/yaml/demo_sft.yaml")
 DEMO_WORKDIR = Path("dids_demo")
 
 
+def find_llamafactory_cli() -> str | None:
+    """`llamafactory-cli` next to this interpreter first (a venv's bin works without activation), else PATH."""
+    return shutil.which("llamafactory-cli", path=str(Path(sys.executable).parent)) or shutil.which(
+        "llamafactory-cli"
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import build_demo_assets
 
@@ -36,9 +43,8 @@ def _demo(args: argparse.Namespace) -> int:
     assets = build_demo_assets(Path(args.workdir) / "assets")
     print(f"[dids] demo model and tokenizer: {assets.model_dir}")
     print(f"[dids] demo datasets:            {assets.dataset_dir}")
-    # next to this interpreter first: `.venv/bin/llamafactory-dids` works without an activated venv
+    cli = find_llamafactory_cli()
     here = str(Path(sys.executable).parent)
-    cli = shutil.which("llamafactory-cli", path=here) or shutil.which("llamafactory-cli")
     if cli is None:
         print("error: `llamafactory-cli` is not on PATH; install llamafactory (see README).", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llamafactory_dids.cli import find_llamafactory_cli
 from llamafactory_dids.demo import DemoAssets, build_demo_assets, demo_training_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +30,7 @@ def base_config(assets: DemoAssets, output_dir: Path, **overrides) -> dict:
 
 
 BIN = Path(sys.executable).parent
-CLI = (
-    shutil.which("llamafactory-cli", path=str(BIN)) or shutil.which("llamafactory-cli") or "llamafactory-cli"
-)
+CLI = find_llamafactory_cli() or "llamafactory-cli"
 
 
 def train_env(nproc: int = 1, extra: dict | None = None) -> dict:
