@@ -442,6 +442,23 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             problems.append("`dids_static_weights` must have a positive total; every weight is 0.")
 
 
+def zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a dict or a JSON file path); None without DeepSpeed."""
+    if not deepspeed:
+        return None
+    config = deepspeed
+    if isinstance(deepspeed, str):
+        import json
+
+        try:
+            with open(deepspeed, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None  # DeepSpeed itself reports an unreadable config
+    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, Mapping) else None
+    return int(stage) if isinstance(stage, int | str) and str(stage).isdigit() else None
+
+
 def check_host_arguments(
     cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any
 ) -> None:
@@ -476,10 +493,11 @@ def check_host_arguments(
             "Use `mix_strategy: concat` (the default) and set the mixture with `dids_*` keys "
             "(e.g. `dids_strategy: static` with `dids_static_weights`)."
         )
-    if cfg.dids_strategy == "dids" and getattr(training_args, "deepspeed", None):
+    if cfg.dids_strategy == "dids" and zero_stage(getattr(training_args, "deepspeed", None)) == 3:
         problems.append(
-            "`dids_strategy: dids` does not support DeepSpeed yet (its gradient probe needs unpartitioned "
-            "parameters). Use torchrun DDP, or a static strategy (uniform, natural, static) under DeepSpeed."
+            "`dids_strategy: dids` does not support DeepSpeed ZeRO-3 yet (its gradient probe needs "
+            "unpartitioned parameters). Use ZeRO-2 or torchrun DDP, or a static strategy (uniform, natural, "
+            "static) under ZeRO-3."
         )
     if cfg.dids_budget is not None and getattr(training_args, "max_steps", -1) > 0:
         problems.append(
