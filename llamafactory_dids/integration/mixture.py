@@ -75,6 +75,7 @@ class DomainMixture:
         self.probe: Any = None  # integration.probe.GradientProbe for strategies that need gradients
         self.task_names: list[str] = []
         self.task_loss_history: list[list[float]] = []
+        self.last_update_seconds = 0.0
         self.resumed_state: dict[str, Any] | None = None
         # window accumulators (this rank, since the last sync), on the training device
         self._loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -157,6 +158,15 @@ class DomainMixture:
         if self.task_loss_history:
             for name, value in zip(self.task_names, self.task_loss_history[-1], strict=True):
                 out[f"dids/task_loss/{name}"] = round(float(value), 6)
+        terms = getattr(self.strategy, "last_terms", None)
+        if terms:  # the latest update's terms (eq. 13-15), for report_to
+            impact = np.asarray(terms["impact_normalised"]).mean(axis=1)
+            for name, value in zip(self.names, impact, strict=True):
+                out[f"dids/impact/{name}"] = round(float(value), 6)
+            for j, name in enumerate(self.task_names):
+                out[f"dids/l_c/{name}"] = round(float(terms["l_c"][j]), 6)
+                out[f"dids/l_p/{name}"] = round(float(terms["l_p"][j]), 6)
+            out["dids/update_seconds"] = self.last_update_seconds
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
         self.window_samples[:] = 0
@@ -229,6 +239,7 @@ class DomainMixture:
             "terms": getattr(self.strategy, "last_terms", {}),
             "seconds": round(time.perf_counter() - start, 6),
         }
+        self.last_update_seconds = record["seconds"]
         self._since_update_loss[:] = 0
         self._since_update_tokens[:] = 0
         self.write_history(record)
