@@ -140,6 +140,13 @@ class DIDSConfig:
         default=True,
         metadata={"help": "Use the fitted loss-trajectory potential l_p (eq. 14-15); false is DIDS-LT."},
     )
+    dids_projection_dim: int = field(
+        default=0,
+        metadata={
+            "help": "Keep task gradients only as a sparse Johnson-Lindenstrauss projection of F^{1/2} g to this "
+            "many dimensions (regenerated from the seed, never stored); 0 computes eq. 12 exactly."
+        },
+    )
     dids_ema_beta: float = field(
         default=0.1,
         metadata={"help": "EMA weight of the previous probabilities (eq. 16; paper 0.1, App. F 0.1-0.3)."},
@@ -302,6 +309,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
         else:
             setattr(cfg, key, n)
+
+    if values.get("dids_projection_dim") is not None:
+        n = _as_int(values["dids_projection_dim"])
+        if n is None or n < 0:
+            problems.append(
+                f"`dids_projection_dim` must be 0 (exact) or a positive integer, got {values['dids_projection_dim']!r}."
+            )
+        else:
+            cfg.dids_projection_dim = n
 
     if values.get("dids_seed") is not None:
         n = _as_int(values["dids_seed"])

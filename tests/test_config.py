@@ -196,6 +196,10 @@ def test_zero_stage_reads_dicts_and_files(tmp_path):
         ),
         ({"dids_strategy": "uniform", "dids_impact_metric": "cos"}, r"must be one of fim, inner_product"),
         ({"dids_strategy": "uniform", "dids_probe_samples": 0}, r"`dids_probe_samples` must be a positive"),
+        (
+            {"dids_strategy": "uniform", "dids_projection_dim": -1},
+            r"`dids_projection_dim` must be 0 \(exact\)",
+        ),
     ],
 )
 def test_dids_keys_validation(raw, match):

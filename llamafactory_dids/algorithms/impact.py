@@ -82,6 +82,37 @@ class ImpactAccumulator:
         return out.clamp_min(0.0).numpy()
 
 
+class SparseJLProjection:
+    """Sparse Johnson-Lindenstrauss projection (one +-1 per coordinate, SJLT) regenerated from a seed.
+
+    Coordinates of parameter block b go to buckets drawn from a generator seeded with (seed, b), so the
+    matrix is never stored and every rank and every call draws the same one. E|Px|^2 = |x|^2 and inner
+    products are preserved in expectation; with F^{1/2} applied first, eq. 12 becomes
+    1/2 |P F^{1/2} g_S - P F^{1/2} g_D|^2.
+    """
+
+    def __init__(self, dim: int, seed: int):
+        if dim <= 0:
+            raise ValueError(f"projection dim must be positive, got {dim}.")
+        self.dim = dim
+        self.seed = seed
+
+    def _hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+        buckets = torch.randint(0, self.dim, (n,), generator=g)
+        signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64).mul_(2).sub_(1)
+        return buckets.to(device), signs.to(device)
+
+    def project(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """blocks: per parameter block, [..., n_b] (same leading shape); returns [..., dim] float64."""
+        lead = blocks[0].shape[:-1]
+        out = torch.zeros(*lead, self.dim, dtype=torch.float64, device=blocks[0].device)
+        for b, x in enumerate(blocks):
+            buckets, signs = self._hash(b, x.shape[-1], x.device)
+            out.index_add_(out.dim() - 1, buckets, x.double() * signs)
+        return out
+
+
 def normalise_impacts(values: np.ndarray, *, kind: str = "distance") -> np.ndarray:
     """Per task (column), map [k, m] distances or similarities to impacts >= 0 summing to 1 over domains.
 

@@ -10,7 +10,9 @@ the training process. At an update every rank runs, in lockstep and after the op
    mean gradients g_S and F = mean of squared micro-batch gradients, all-reduced;
 3. domain gradients, streamed: each rank takes every world_size-th domain, draws `probe_samples` rows of
    it (seeded by update and domain), and adds the eq. 12 terms block by block to an `ImpactAccumulator`;
-   the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory.
+   the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory;
+   with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
+   F^{1/2} g, and each domain gradient is projected the same way.
 
 The probe runs on the unwrapped module in eval mode (no dropout; gradient checkpointing, which is
 incompatible with `autograd.grad` when reentrant, is only active in train mode), then restores the mode.
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..algorithms.impact import ImpactAccumulator
+from ..algorithms.impact import ImpactAccumulator, SparseJLProjection
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class GradientProbe:
         layers_fraction: float,
         include_lm_head: bool,
         seed: int,
+        projection_dim: int = 0,
     ):
         self.model = model
         self.collate = collate
@@ -121,6 +124,7 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
+        self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
         self.params = select_probe_parameters(
             model, layers_fraction=layers_fraction, include_lm_head=include_lm_head
         )
@@ -197,6 +201,10 @@ class GradientProbe:
             count += 1
         return sums, sq, count
 
+    @staticmethod
+    def _scaled(blocks: list[torch.Tensor], scales: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        return blocks if scales is None else [b * sc for b, sc in zip(blocks, scales, strict=True)]
+
     def impact(self, update_index: int) -> np.ndarray:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""
         rank, world = _world()
@@ -216,12 +224,23 @@ class GradientProbe:
             for tensor in fisher:
                 _all_reduce(tensor).div_(max(count_t.sum().item(), 1.0))
             acc = ImpactAccumulator(k, m, metric=self.metric)
-            blocks = [
-                (torch.stack([task_sums[j][b].flatten() for j in range(m)]), fisher[b].flatten())
-                for b in range(len(self.params))
+            task_blocks = [
+                torch.stack([task_sums[j][b].flatten() for j in range(m)]) for b in range(len(fisher))
             ]
+            fisher_blocks = [f.flatten() for f in fisher]
+            del task_sums, fisher
+            if self.projection is None:
+                task_terms = list(zip(task_blocks, fisher_blocks, strict=True))
+            else:
+                # eq. 12 in the projected space: h = P F^{1/2} g (P g for inner products), identity metric
+                scales = [f.sqrt() for f in fisher_blocks] if self.metric == "fim" else None
+                h_tasks = self.projection.project(self._scaled(task_blocks, scales))
+                task_terms = [
+                    (h_tasks, torch.ones(h_tasks.shape[-1], dtype=torch.float64, device=h_tasks.device))
+                ]
+                del task_blocks  # only the [m, dim] projection stays in memory
             if rank == 0:
-                for task_block, fisher_block in blocks:
+                for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
             # domains, streamed: this rank's share
             for d in range(rank, k, world):
@@ -229,8 +248,11 @@ class GradientProbe:
                 rng = np.random.default_rng([self.seed, 2, update_index, d])
                 chosen = np.sort(rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False))
                 sums, _, count = self._grad_sums(self.train_rows(chosen.tolist()), squares=False)
-                for b, (task_block, fisher_block) in enumerate(blocks):
-                    acc.add_domain_block(d, sums[b].flatten() / max(count, 1), task_block, fisher_block)
+                domain_blocks = [g.flatten() / max(count, 1) for g in sums]
                 del sums
+                if self.projection is not None:
+                    domain_blocks = [self.projection.project(self._scaled(domain_blocks, scales))]
+                for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
+                    acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()
         return acc.distances()

@@ -155,6 +155,7 @@ class DIDSTrainerMixin:
             layers_fraction=cfg.dids_probe_layers_fraction,
             include_lm_head=cfg.dids_probe_include_lm_head,
             seed=self._dids_seed,
+            projection_dim=cfg.dids_projection_dim,
         )
 
     # ------------------------------------------------------------------------------ host overrides

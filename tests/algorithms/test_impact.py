@@ -64,3 +64,38 @@ def test_normalise_distances_and_similarities():
     assert (imp >= 0).all() and np.allclose(imp.sum(axis=0), 1)
     with pytest.raises(ValueError, match="kind must be"):
         normalise_impacts(dist, kind="other")
+
+
+def test_sparse_jl_projection_preserves_the_impact_ranking():
+    from scipy.stats import spearmanr
+
+    from llamafactory_dids.algorithms.impact import SparseJLProjection
+
+    rng = np.random.default_rng(3)
+    k, m, n = 24, 3, 20000
+    base = rng.normal(size=n)
+    domains = base + rng.normal(size=(k, n)) * rng.uniform(0.5, 2.0, size=(k, 1))
+    tasks = base + rng.normal(size=(m, n))
+    fisher = rng.exponential(size=n)
+    exact = exact_impact(domains, tasks, fisher)
+    proj = SparseJLProjection(4096, seed=5)
+    scale = torch.tensor(np.sqrt(fisher))
+    blocks = [slice(0, 5000), slice(5000, n)]  # two parameter blocks with their own hashes
+
+    def project(x):
+        return proj.project([torch.tensor(x[..., b]) * scale[b] for b in blocks])
+
+    acc = ImpactAccumulator(k, m)
+    h_tasks = project(tasks)
+    ones = torch.ones(4096, dtype=torch.float64)
+    acc.add_task_block(h_tasks, ones)
+    for d in range(k):
+        acc.add_domain_block(d, project(domains[d]), h_tasks, ones)
+    approx = acc.distances()
+    assert spearmanr(approx.ravel(), exact.ravel()).statistic > 0.98
+    np.testing.assert_allclose(approx, exact, rtol=0.1)
+    # the same seed regenerates the same matrix; another seed gives another one
+    assert torch.equal(project(tasks), h_tasks)
+    assert not torch.equal(
+        SparseJLProjection(4096, seed=6).project([torch.tensor(tasks)]), proj.project([torch.tensor(tasks)])
+    )

@@ -109,3 +109,26 @@ def test_probe_matches_brute_force():
                 tokens += n
             expected_losses.append(total / tokens)
     np.testing.assert_allclose(probe.task_losses(), expected_losses, rtol=1e-5)
+
+
+def test_projected_probe_tracks_the_exact_one():
+    model = tiny_llama()
+    train = make_rows(30, seed=1)
+    pools = [np.arange(0, 10), np.arange(10, 22), np.arange(22, 30)]
+    tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
+    common = dict(
+        device=torch.device("cpu"),
+        probe_samples=4,
+        fisher_batch_size=1,
+        eval_batch_size=3,
+        metric="fim",
+        layers_fraction=0.5,
+        include_lm_head=False,
+        seed=11,
+    )
+    exact = GradientProbe(model, collate, lambda idx: [train[i] for i in idx], pools, tasks, **common)
+    projected = GradientProbe(
+        model, collate, lambda idx: [train[i] for i in idx], pools, tasks, projection_dim=8192, **common
+    )
+    assert projected.num_probe_parameters < 8192 * 2
+    np.testing.assert_allclose(projected.impact(1), exact.impact(1), rtol=0.15)
