@@ -21,6 +21,7 @@ KEY_PREFIX = "dids_"
 STRATEGIES = ("uniform", "natural", "static", "dids")
 NORMALISERS = ("softmax", "clamp")
 IMPACT_METRICS = ("fim", "inner_product")
+FISHER_ESTIMATORS = ("batch", "per_token")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
@@ -130,6 +131,14 @@ class DIDSConfig:
         metadata={
             "help": "Micro-batch size of the gradient probe; the diagonal empirical Fisher is the mean of "
             "squared micro-batch gradients, so 1 is the exact per-example Fisher."
+        },
+    )
+    dids_fisher_estimator: str = field(
+        default="batch",
+        metadata={
+            "help": "`batch`: mean of squared micro-batch gradients (exact per-example Fisher at "
+            "`dids_fisher_batch_size: 1`, the reference code's estimator above it); `per_token`: for linear "
+            "layers, sum over tokens of (output-gradient^2)^T (input^2) from hooks, one GEMM per layer."
         },
     )
     dids_impact_metric: str = field(
@@ -379,7 +388,11 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             setattr(cfg, key, n)
 
-    for key, allowed in (("dids_impact_metric", IMPACT_METRICS), ("dids_normaliser", NORMALISERS)):
+    for key, allowed in (
+        ("dids_impact_metric", IMPACT_METRICS),
+        ("dids_normaliser", NORMALISERS),
+        ("dids_fisher_estimator", FISHER_ESTIMATORS),
+    ):
         if values.get(key) is None:
             continue
         if not isinstance(values[key], str) or values[key].lower() not in allowed:

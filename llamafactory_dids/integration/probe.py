@@ -112,6 +112,7 @@ class GradientProbe:
         include_lm_head: bool,
         seed: int,
         projection_dim: int = 0,
+        fisher_estimator: str = "batch",
     ):
         self.model = model
         self.collate = collate
@@ -124,6 +125,9 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
+        if fisher_estimator not in ("batch", "per_token"):
+            raise ValueError(f"fisher_estimator must be 'batch' or 'per_token', got {fisher_estimator!r}.")
+        self.fisher_estimator = fisher_estimator
         self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
         self.params = select_probe_parameters(
             model, layers_fraction=layers_fraction, include_lm_head=include_lm_head
@@ -180,26 +184,63 @@ class GradientProbe:
     def _grad_sums(
         self, rows: list[dict[str, Any]], *, squares: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
-        """Sum of micro-batch mean gradients, sum of their squares (if asked), number of micro-batches."""
+        """Sum of micro-batch mean gradients, sum of their Fisher terms (if asked), number of micro-batches.
+
+        Fisher terms: the squared micro-batch gradient (`batch` estimator), or for linear layers the
+        per-token sum (delta^2)^T (x^2) from the layer's input x and output gradient delta (`per_token`).
+        """
         params = [p for _, p in self.params]
         sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         sq = [torch.zeros_like(p, dtype=torch.float32) for p in params] if squares else None
+        per_token = squares and self.fisher_estimator == "per_token"
+        captured: dict[int, list[torch.Tensor]] = {}
+        handles = self._capture_linear_io(captured) if per_token else []
         count = 0
-        for start in range(0, len(rows), self.fisher_batch_size):
-            batch = self._batch(rows[start : start + self.fisher_batch_size])
-            if (batch["labels"][..., 1:] != -100).sum() == 0:
-                continue
-            with torch.enable_grad():
-                loss = self.model(**batch).loss
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for i, g in enumerate(grads):
-                if g is not None:
+        try:
+            for start in range(0, len(rows), self.fisher_batch_size):
+                batch = self._batch(rows[start : start + self.fisher_batch_size])
+                if (batch["labels"][..., 1:] != -100).sum() == 0:
+                    continue
+                captured.clear()
+                with torch.enable_grad():
+                    loss = self.model(**batch).loss
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for i, g in enumerate(grads):
+                    if g is None:
+                        continue
                     g = g.float()
                     sums[i].add_(g)
-                    if sq is not None:
+                    if sq is None:
+                        continue
+                    if per_token and len(captured.get(i, ())) == 2:
+                        x, delta = captured[i]
+                        sq[i].add_((delta.float() ** 2).T @ (x.float() ** 2))
+                    else:
                         sq[i].add_(g * g)
-            count += 1
+                count += 1
+        finally:
+            for handle in handles:
+                handle.remove()
         return sums, sq, count
+
+    def _capture_linear_io(self, captured: dict[int, list[torch.Tensor]]) -> list[Any]:
+        """Hooks keeping each probed linear layer's input and output gradient, flattened over tokens."""
+        index = {id(p): i for i, (_, p) in enumerate(self.params)}
+        handles = []
+        for module in self.model.modules():
+            if not isinstance(module, torch.nn.Linear) or id(module.weight) not in index:
+                continue
+            i = index[id(module.weight)]
+
+            def forward_hook(mod, inputs, output, i=i):
+                captured[i] = [inputs[0].detach().reshape(-1, inputs[0].shape[-1])]
+                if output.requires_grad:
+                    output.register_hook(
+                        lambda grad, i=i: captured[i].append(grad.detach().reshape(-1, grad.shape[-1]))
+                    )
+
+            handles.append(module.register_forward_hook(forward_hook))
+        return handles
 
     @staticmethod
     def _scaled(blocks: list[torch.Tensor], scales: list[torch.Tensor] | None) -> list[torch.Tensor]:

@@ -156,6 +156,7 @@ class DIDSTrainerMixin:
             include_lm_head=cfg.dids_probe_include_lm_head,
             seed=self._dids_seed,
             projection_dim=cfg.dids_projection_dim,
+            fisher_estimator=cfg.dids_fisher_estimator,
         )
 
     # ------------------------------------------------------------------------------ host overrides
