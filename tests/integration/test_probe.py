@@ -40,6 +40,22 @@ def collate(rows):
     return {k: torch.tensor([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "labels")}
 
 
+def make_probe(model, train, pools, tasks, **overrides) -> GradientProbe:
+    """A probe over `train` rows, split into `pools`, with the settings the references below assume."""
+    settings = dict(
+        device=torch.device("cpu"),
+        probe_samples=4,
+        fisher_batch_size=1,
+        eval_batch_size=3,
+        metric="fim",
+        layers_fraction=0.5,
+        include_lm_head=False,
+        seed=11,
+    )
+    settings.update(overrides)
+    return GradientProbe(model, collate, lambda idx: [train[i] for i in idx], pools, tasks, **settings)
+
+
 def test_parameter_selection_takes_the_last_blocks():
     model = tiny_llama(layers=10)
     assert len(transformer_blocks(model)) == 10
@@ -60,21 +76,7 @@ def test_probe_matches_brute_force():
     train = make_rows(30, seed=1)
     pools = [np.arange(0, 10), np.arange(10, 22), np.arange(22, 30)]
     tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
-    probe = GradientProbe(
-        model,
-        collate,
-        lambda idx: [train[i] for i in idx],
-        pools,
-        tasks,
-        device=torch.device("cpu"),
-        probe_samples=4,
-        fisher_batch_size=1,
-        eval_batch_size=3,
-        metric="fim",
-        layers_fraction=0.5,
-        include_lm_head=False,
-        seed=11,
-    )
+    probe = make_probe(model, train, pools, tasks)
     params = [p for _, p in probe.params]
 
     def per_example(rows):
@@ -116,20 +118,8 @@ def test_projected_probe_tracks_the_exact_one():
     train = make_rows(30, seed=1)
     pools = [np.arange(0, 10), np.arange(10, 22), np.arange(22, 30)]
     tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
-    common = dict(
-        device=torch.device("cpu"),
-        probe_samples=4,
-        fisher_batch_size=1,
-        eval_batch_size=3,
-        metric="fim",
-        layers_fraction=0.5,
-        include_lm_head=False,
-        seed=11,
-    )
-    exact = GradientProbe(model, collate, lambda idx: [train[i] for i in idx], pools, tasks, **common)
-    projected = GradientProbe(
-        model, collate, lambda idx: [train[i] for i in idx], pools, tasks, projection_dim=8192, **common
-    )
+    exact = make_probe(model, train, pools, tasks)
+    projected = make_probe(model, train, pools, tasks, projection_dim=8192)
     assert projected.num_probe_parameters < 8192 * 2
     np.testing.assert_allclose(projected.impact(1), exact.impact(1), rtol=0.15)
 
@@ -144,21 +134,8 @@ def test_per_token_fisher_ranks_impacts_like_the_exact_one():
     tasks = [make_rows(8, seed=2), make_rows(8, seed=3)]
 
     def impact(estimator):
-        probe = GradientProbe(
-            model,
-            collate,
-            lambda idx: [train[i] for i in idx],
-            pools,
-            tasks,
-            device=torch.device("cpu"),
-            probe_samples=8,
-            fisher_batch_size=1,
-            eval_batch_size=4,
-            metric="fim",
-            layers_fraction=0.5,
-            include_lm_head=False,
-            seed=11,
-            fisher_estimator=estimator,
+        probe = make_probe(
+            model, train, pools, tasks, probe_samples=8, eval_batch_size=4, fisher_estimator=estimator
         )
         return probe.impact(1)
 
@@ -166,19 +143,4 @@ def test_per_token_fisher_ranks_impacts_like_the_exact_one():
     assert not np.allclose(exact, per_token)  # a different Fisher...
     assert spearmanr(exact.ravel(), per_token.ravel()).statistic > 0.9  # ...that ranks pairs alike (0.97)
     with pytest.raises(ValueError, match="fisher_estimator must be"):
-        GradientProbe(
-            model,
-            collate,
-            list,
-            pools,
-            tasks,
-            device=torch.device("cpu"),
-            probe_samples=1,
-            fisher_batch_size=1,
-            eval_batch_size=1,
-            metric="fim",
-            layers_fraction=0.5,
-            include_lm_head=False,
-            seed=0,
-            fisher_estimator="kfac",
-        )
+        make_probe(model, train, pools, tasks, fisher_estimator="kfac")
