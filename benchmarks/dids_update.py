@@ -76,7 +76,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -84,6 +83,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _runs import new_run  # benchmarks/ is on sys.path when a script runs
 
 BATCH = 8
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
@@ -163,15 +164,8 @@ def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, bud
 def run_training(
     workdir: Path, assets: Any, strategy: str, updates: int, budget: int, threads: int, tag: str
 ) -> dict[str, Any]:
-    import yaml
-
-    run_dir = workdir / "runs" / tag
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    output_dir = run_dir / "output"
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(
-        yaml.safe_dump(train_config(assets, output_dir, strategy, updates, budget)), encoding="utf-8"
+    run_dir, output_dir, config_path = new_run(
+        workdir, tag, lambda out: train_config(assets, out, strategy, updates, budget)
     )
     start = time.perf_counter()
     with open(run_dir / "train.log", "w", encoding="utf-8") as log:

@@ -96,6 +96,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _runs import new_run  # benchmarks/ is on sys.path when a script runs
+
 BATCH = 8
 TRAIN_RATIO_TARGET = 1.02
 STARTUP_TARGET_MS = 2.0
@@ -189,15 +191,8 @@ def train_config(assets: Any, output_dir: Path, variant: str, steps: int, packin
 def run_training(
     workdir: Path, assets: Any, variant: str, steps: int, packing: bool, threads: int, tag: str
 ) -> dict[str, Any]:
-    import yaml
-
-    run_dir = workdir / "runs" / tag
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    output_dir = run_dir / "output"
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(
-        yaml.safe_dump(train_config(assets, output_dir, variant, steps, packing)), encoding="utf-8"
+    run_dir, output_dir, config_path = new_run(
+        workdir, tag, lambda out: train_config(assets, out, variant, steps, packing)
     )
     timings_path = run_dir / "timings.json"
     env = _clean_env(LLAMAFACTORY_DIDS_DISABLE="1" if variant == "stock" else None)
