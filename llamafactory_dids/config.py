@@ -310,7 +310,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     if "dids_static_weights" in values:
         cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
 
-    for key in ("dids_budget", "dids_update_interval", "dids_num_updates"):
+    positive_ints = (
+        "dids_budget",
+        "dids_update_interval",
+        "dids_num_updates",
+        "dids_target_samples",
+        "dids_probe_samples",
+        "dids_fisher_batch_size",
+    )
+    for key in positive_ints:
         if values.get(key) is None:
             continue
         n = _as_int(values[key])
@@ -334,15 +342,6 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
         else:
             cfg.dids_seed = n
-
-    policy = values.get("dids_on_exhausted")
-    if policy is not None:
-        if not isinstance(policy, str) or policy.lower() not in EXHAUSTION_POLICIES:
-            problems.append(
-                f"`dids_on_exhausted` must be one of {', '.join(EXHAUSTION_POLICIES)}, got {policy!r}."
-            )
-        else:
-            cfg.dids_on_exhausted = policy.lower()
 
     if values.get("dids_min_weight") is not None:
         f = _as_float(values["dids_min_weight"])
@@ -379,16 +378,8 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
 
-    for key in ("dids_target_samples", "dids_probe_samples", "dids_fisher_batch_size"):
-        if values.get(key) is None:
-            continue
-        n = _as_int(values[key])
-        if n is None or n <= 0:
-            problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, n)
-
     for key, allowed in (
+        ("dids_on_exhausted", EXHAUSTION_POLICIES),
         ("dids_impact_metric", IMPACT_METRICS),
         ("dids_normaliser", NORMALISERS),
         ("dids_fisher_estimator", FISHER_ESTIMATORS),

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ..data.domains import (
     DOMAIN_ID_COLUMN,
     DOMAIN_LABEL_COLUMN,
@@ -115,7 +117,7 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
             cfg.target_sets = load_target_sets(
                 cfg, template, model_args, data_args, training_args, stage, **kwargs
             )
-        sizes = _count(train[DOMAIN_ID_COLUMN], len(vocabulary))
+        sizes = np.bincount(np.asarray(train[DOMAIN_ID_COLUMN]), minlength=len(vocabulary)).tolist()
         logger.info(
             "[dids] %d training rows in %d domains: %s",
             len(train),
@@ -132,7 +134,6 @@ def load_target_sets(
     cfg, template, model_args, data_args, training_args, stage, tokenizer, processor=None, **_
 ):
     """Each downstream task's observation rows: processed like training data, a seeded fixed subset."""
-    import numpy as np
     from llamafactory.data import loader
 
     sets = {}
@@ -158,10 +159,3 @@ def _encode_eval(dataset: Any, vocabulary: list[str]) -> Any:
     if DOMAIN_LABEL_COLUMN in dataset.column_names:
         return encode_domain_labels(dataset, vocabulary, unknown="keep")
     return dataset
-
-
-def _count(ids: list[int], k: int) -> list[int]:
-    counts = [0] * k
-    for i in ids:
-        counts[i] += 1
-    return counts
