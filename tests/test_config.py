@@ -15,7 +15,6 @@ from llamafactory_dids.config import (
     known_keys,
     parse_dids_config,
     split_dids_keys,
-    zero_stage,
 )
 
 
@@ -159,22 +158,6 @@ def test_host_conflicts(host, match):
     cfg = parse_dids_config({"dids_strategy": "uniform", "dids_budget": 64})
     with pytest.raises(DIDSConfigError, match=match):
         check_host_arguments(cfg, **_host(**host))
-
-
-def test_dids_refuses_zero3_for_now():
-    cfg = parse_dids_config({"dids_strategy": "dids", "dids_target_datasets": "t", "dids_update_interval": 5})
-    with pytest.raises(DIDSConfigError, match=r"does not support DeepSpeed ZeRO-3 yet"):
-        check_host_arguments(cfg, **_host(deepspeed={"zero_optimization": {"stage": 3}}))
-    check_host_arguments(cfg, **_host(deepspeed={"zero_optimization": {"stage": 2}}))
-
-
-def test_zero_stage_reads_dicts_and_files(tmp_path):
-    path = tmp_path / "ds.json"
-    path.write_text('{"zero_optimization": {"stage": 3}}')
-    assert zero_stage(str(path)) == 3
-    assert zero_stage({"zero_optimization": {"stage": "2"}}) == 2
-    assert zero_stage(None) is None and zero_stage({"train_batch_size": 8}) == 0
-    assert zero_stage(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize(
