@@ -9,8 +9,9 @@ import shutil
 import pytest
 from toy_lm_eval_tasks import write_toy_tasks
 
-from conftest import base_config, read_jsonl, run_train
 from llamafactory_dids.cli import main
+
+from conftest import base_config, read_jsonl, run_train
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
