@@ -88,7 +88,8 @@ def test_scores_equal_direct_lm_eval_and_skip_observation_docs(
     demo_assets, tasks_dir, observations, tmp_path
 ):
     out = tmp_path / "eval_results.json"
-    args = eval_args(demo_assets.model_dir, tasks_dir, out, "--tasks", "dids_toy_mc,dids_toy_split")
+    # the group expands to its two leaf tasks; observation docs are matched per leaf task
+    args = eval_args(demo_assets.model_dir, tasks_dir, out, "--tasks", "dids_toy_group")
     args += ["--apply-chat-template", "false", "--observations", str(observations), "--log-samples"]
     assert main(args) == 0
     results = json.loads(out.read_text())
@@ -111,7 +112,7 @@ def test_scores_equal_direct_lm_eval_and_skip_observation_docs(
     assert checks["tasks"]["dids_toy_split"]["excluded_doc_ids"] == []
     assert checks["tasks"]["dids_toy_split"]["observation_split"] == "validation"
     assert results["schema_version"] == 1 and results["model"]["backend"] == "hf"
-    assert results["n_shot"] == {"dids_toy_mc": 3, "dids_toy_split": 3}
+    assert results["n_shot"] == {"dids_toy_group": 3, "dids_toy_mc": 3, "dids_toy_split": 3}
     assert results["settings"]["num_fewshot"] == 3 and results["settings"]["apply_chat_template"] is False
 
     ref = reference(
