@@ -258,6 +258,9 @@ def run_evaluation(config: EvalConfig) -> Path:
         fewshot_random_seed=config.fewshot_seed,
         task_manager=manager,
     )
+    path = default_output_path(config)
+    if results is None:  # a non-main rank of a data-parallel hf run: rank 0 writes the results
+        return path
     logged = results.pop("samples", {})
     scored = {leaf: sorted({int(s["doc_id"]) for s in rows}) for leaf, rows in logged.items()}
     for leaf, record in checks.items():
@@ -278,7 +281,6 @@ def run_evaluation(config: EvalConfig) -> Path:
             "tasks": checks,
         },
     }
-    path = default_output_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=handle_non_serializable) + "\n", encoding="utf-8")
     if config.log_samples:
