@@ -5,6 +5,8 @@ Subcommands:
   demo     build the embedded default (tiny Llama, tokenizer, 3-domain dataset from real text) and
            train it with `examples/yaml/demo_sft.yaml` through the unchanged `llamafactory-cli train`.
   keys     list every `dids_*` key with its default and help.
+  observe  observation sets (`dids_target_datasets`) from lm-eval tasks' validation docs.
+  eval     score a trained output with lm-evaluation-harness, observation docs kept out.
 """
 
 from __future__ import annotations
@@ -91,6 +93,59 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_values(args: argparse.Namespace, cls: type) -> dict:
+    """YAML values (if a config file is given), then key=value overrides, then --flags (highest)."""
+    import yaml
+
+    values: dict = {}
+    if args.config and "=" in args.config and not Path(args.config).is_file():  # no YAML, only overrides
+        args.overrides, args.config = [args.config, *args.overrides], None
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            values.update(yaml.safe_load(f) or {})
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: override {item!r} is not key=value")
+        values[key] = value
+    for f in dataclasses.fields(cls):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return values
+
+
+def _run_evaluation_command(args: argparse.Namespace) -> int:
+    from .evaluation import config as evaluation_config
+
+    if args.command == "eval":
+        from .evaluation.harness import run_evaluation as run
+
+        parse, cls = evaluation_config.parse_eval_config, evaluation_config.EvalConfig
+    else:
+        from .evaluation.observe import build_observation_sets as run
+
+        parse, cls = evaluation_config.parse_observe_config, evaluation_config.ObserveConfig
+    try:
+        run(parse(_evaluation_values(args, cls)))
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_evaluation_parser(sub, name: str, cls: type, help: str) -> None:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.add_argument("config", nargs="?", help="optional YAML with the keys below")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f"{f.metadata['help']} (default: {default!r})".replace("%", "%%")
+        switch = {"nargs": "?", "const": "true"} if f.metadata["kind"] == "bool" else {}
+        parser.add_argument(flag, dest=f.name, default=None, help=text, **switch)
+    parser.set_defaults(func=_run_evaluation_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="list the dids_* keys")
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
+
+    from .evaluation.config import EvalConfig, ObserveConfig
+
+    _add_evaluation_parser(
+        sub, "observe", ObserveConfig, "observation sets from lm-eval tasks' validation docs"
+    )
+    _add_evaluation_parser(sub, "eval", EvalConfig, "score a trained output with lm-evaluation-harness")
     return parser
 
 
