@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from llamafactory_dids.cli import DEMO_WORKDIR
-from llamafactory_dids.config import DIDSConfigError, check_host_arguments, parse_dids_config, split_dids_keys
+from llamafactory_dids.config import check_host_arguments, parse_dids_config, split_dids_keys
 from llamafactory_dids.evaluation import parse_eval_config, parse_observe_config
 from llamafactory_dids.evaluation.config import OBSERVATION_MANIFEST
 from llamafactory_dids.evaluation.observe import dataset_name
@@ -46,7 +46,6 @@ REPARTITION_KEYS = {
     "dids_seed",
 }
 REPARTITION_DATASET = "dids_repartitioned"  # the dataset_info.json entry repartition writes
-ZERO3_REFUSAL = "does not support DeepSpeed ZeRO-3 yet"  # being lifted in another branch
 
 
 def kind(path: Path) -> str:
@@ -104,14 +103,9 @@ def test_training_example_parses(path: Path, monkeypatch):
     _, data_args, training_args, finetuning_args, _ = HfArgumentParser(_TRAIN_ARGS).parse_dict(
         rest, allow_extra_keys=False
     )
-    try:
-        check_host_arguments(
-            cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
-        )
-    except DIDSConfigError as error:
-        if len(error.problems) == 1 and ZERO3_REFUSAL in error.problems[0]:
-            pytest.skip("dids under ZeRO-3 is still refused on this branch (lifted in the ZeRO-3 issue)")
-        raise
+    check_host_arguments(
+        cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
+    )
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if kind(p) == "repartition"], ids=lambda p: p.name)
