@@ -131,20 +131,6 @@ def _chunks(n: int, world: int) -> list[tuple[int, int]]:
     return out
 
 
-def _examples(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of a causal-LM batch: the factor from the gradient of the batch's mean loss to that of the
-    row's own mean loss (batch tokens / row tokens; 0 for a row without supervised tokens) [B], and the
-    mask of real positions [B, L]."""
-    labels = batch["labels"]
-    row_tokens = (labels[..., 1:] != -100).sum(-1).float()
-    scale = torch.where(
-        row_tokens > 0, row_tokens.sum() / row_tokens.clamp_min(1), torch.zeros_like(row_tokens)
-    )
-    mask = batch.get("attention_mask")
-    mask = torch.ones_like(labels, dtype=torch.float32) if mask is None else (mask > 0).float()
-    return scale, mask
-
-
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The longest `ModuleList` of identically typed modules: the decoder layers of any HF causal LM."""
     best: list[torch.nn.Module] = []
@@ -303,12 +289,15 @@ class GradientProbe:
     def _grad_sums(
         self, rows: list[dict[str, Any]], *, squares: bool, filler: list[dict[str, Any]] | None = None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int, int]:
-        """Sums over micro-batches of mean gradients and of Fisher terms (if asked); micro-batch and row counts.
+        """Sums of per-example gradients and of Fisher terms (if asked); micro-batch and example counts.
 
-        Fisher terms: `batch`, the squared micro-batch gradient (exact per-example Fisher at micro-batch 1);
+        An example's gradient is that of its own mean token loss (the paper's mean loss gradients are
+        means over examples), whatever `fisher_batch_size` groups the rows: each micro-batch backpropagates
+        the sum of its rows' mean losses. Fisher terms per micro-batch: `batch`, the squared mean gradient of
+        the micro-batch (exact per-example Fisher at micro-batch 1, the reference code's estimator above);
         `per_token` and `kfac`, per example from each probed linear layer's input x and output gradient
-        delta (see `_fisher_term`), summed over the micro-batch's rows, so they do not depend on how rows
-        are grouped into micro-batches. Probed tensors outside linear layers use the squared gradient.
+        delta (see `_fisher_term`), summed over the rows, so independent of the grouping as well. Probed
+        tensors outside linear layers use the squared gradient.
         """
         params = [p for _, p in self.params]
         sums = [torch.zeros(shape, dtype=torch.float32, device=self.device) for shape in self.shapes]
@@ -325,52 +314,64 @@ class GradientProbe:
             for batch, real in self._micro_batches(rows, self.fisher_batch_size, filler or rows):
                 captured.clear()
                 with torch.enable_grad():
-                    loss = self.model(**batch).loss
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    row_losses, supervised = self._row_losses(batch)
+                    grads = torch.autograd.grad(row_losses.sum(), params, allow_unused=True)
                 if not real:
                     continue
-                examples = _examples(batch) if from_hooks else None
+                n = int(supervised.sum())
                 for i, g in enumerate(grads):
                     if g is None:
                         continue
                     g = g.float()
                     sums[i].add_(g)
                     if sq is not None:
-                        sq[i].add_(self._fisher_term(g, captured.get(i), examples))
+                        sq[i].add_(self._fisher_term(g / n, captured.get(i), batch.get("attention_mask")))
                 count += 1
-                num_rows += batch["labels"].shape[0]
+                num_rows += n
         finally:
             for handle in handles:
                 handle.remove()
         return sums, sq, count, num_rows
 
+    def _row_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] mean next-token loss of every row (0 for a row without supervised tokens) and [B] which
+        rows have supervised tokens."""
+        labels = batch["labels"]
+        logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        shifted = labels[..., 1:]
+        token_losses = torch.nn.functional.cross_entropy(
+            logits[..., :-1, :].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(shifted)
+        tokens = (shifted != -100).sum(-1)
+        return token_losses.sum(-1) / tokens.clamp_min(1), tokens > 0
+
     def _fisher_term(
-        self,
-        grad: torch.Tensor,
-        io: list[torch.Tensor] | None,
-        examples: tuple[torch.Tensor, torch.Tensor] | None,
+        self, grad: torch.Tensor, io: list[torch.Tensor] | None, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """One micro-batch's diagonal Fisher term for a probed tensor.
 
         Args:
-            grad: [out, in] gradient of the micro-batch's mean loss.
-            io: the layer's input x [B, L, in] and output gradient delta [B, L, out] (linear layers).
-            examples: from `_examples`: per row, the factor turning delta into the gradient of that row's
-                own mean loss [B], and the mask of real (non-padding) positions [B, L].
+            grad: [out, in] mean over the micro-batch's examples of their gradients.
+            io: the layer's input x [B, L, in] and output gradient delta [B, L, out] of the backpropagated
+                sum of row mean losses, so row b's delta is that of its own mean loss (linear layers only).
+            attention_mask: [B, L], real positions (None: all).
 
-        `per_token`: sum over rows and tokens of (delta_t^2)(x_t^2)^T, delta rescaled per row (the
-        per-example Fisher without the cross-token terms); `kfac`: per row, the diagonal of the K-FAC
-        factors, (sum_t delta_t^2)(sum_t x_t^2)^T / positions, summed over rows. Both are sums of
-        single-row terms, so micro-batches of several rows give the micro-batch-1 value.
+        `per_token`: sum over rows and tokens of (delta_t^2)(x_t^2)^T, the per-example Fisher without the
+        cross-token terms; `kfac`: per row, the diagonal of the K-FAC factors (sum_t delta_t^2)
+        (sum_t x_t^2)^T / positions, summed over rows. Sums of single-row terms: micro-batches of several
+        rows give the micro-batch-1 value.
         """
-        if self.fisher_estimator == "batch" or io is None or len(io) != 2 or examples is None:
+        if self.fisher_estimator == "batch" or io is None or len(io) != 2:
             return grad * grad
-        scale, mask = examples
-        x, delta = io[0].float(), io[1].float() * scale[:, None, None]
+        x, delta = io[0].float(), io[1].float()
         if self.fisher_estimator == "per_token":
             return (delta**2).flatten(0, 1).T @ (x**2).flatten(0, 1)
-        positions = mask.sum(1).clamp_min(1)
-        d2 = (delta**2).sum(1) / positions[:, None]  # [B, out]
+        mask = (
+            torch.ones(x.shape[:2], device=x.device)
+            if attention_mask is None
+            else (attention_mask > 0).float()
+        )
+        d2 = (delta**2).sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [B, out]
         x2 = ((x**2) * mask[:, :, None]).sum(1)  # [B, in]
         return d2.T @ x2
 
@@ -398,7 +399,8 @@ class GradientProbe:
     def _reduced_mean(
         self, sums: list[torch.Tensor], count: int, shards: CoordinateShards | None
     ) -> list[torch.Tensor]:
-        """Flat mean over every rank's micro-batches: the whole tensors, or this rank's shard (collective)."""
+        """Flat sums over every rank divided by the total count: whole tensors, or this rank's shard
+        (collective)."""
         flat = [s.flatten() for s in sums]
         if shards is None:
             total = _all_reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()
@@ -424,11 +426,11 @@ class GradientProbe:
             for rows in self.task_rows:
                 rows = rows[: self.probe_samples]
                 sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
-                task_means.append(self._reduced_mean(sums, count, shards))
+                task_means.append(self._reduced_mean(sums, num_rows, shards))
                 fisher = (
                     squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
                 )
-                # mean over micro-batches (`batch`) or over examples (hook estimators sum per example)
+                # `batch`: one term per micro-batch; hook estimators: summed per example
                 fisher_count += count if self.fisher_estimator == "batch" else num_rows
                 del sums, squares
             fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
@@ -465,13 +467,13 @@ class GradientProbe:
                     rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False)
                 ).tolist()
                 mine = chosen[rank::world] if shards is not None else chosen
-                sums, _, count, _ = self._grad_sums(
+                sums, _, _, num_rows = self._grad_sums(
                     self.train_rows(mine), squares=False, filler=self.train_rows(chosen[:1])
                 )
                 if shards is None:
-                    domain_blocks = [g.flatten() / max(count, 1) for g in sums]
+                    domain_blocks = [g.flatten() / max(num_rows, 1) for g in sums]
                 else:
-                    domain_blocks = self._reduced_mean(sums, count, shards)
+                    domain_blocks = self._reduced_mean(sums, num_rows, shards)
                 del sums
                 if self.projection is not None:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
