@@ -5,6 +5,8 @@ Subcommands:
   demo     build the embedded default (tiny Llama, tokenizer, 3-domain dataset from real text) and
            train it with `examples/yaml/demo_sft.yaml` through the unchanged `llamafactory-cli train`.
   keys     list every `dids_*` key with its default and help.
+  report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
+  export   a run's learned mixture (final or time-averaged) as JSON and ready-to-paste YAML.
 """
 
 from __future__ import annotations
@@ -91,6 +93,51 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .reporting.report import write_report
+    from .reporting.run_outputs import RunOutputsError
+
+    try:
+        report = write_report(
+            args.output_dir, args.out, top_n=args.top, max_heatmap_domains=args.heatmap_domains
+        )
+    except RunOutputsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in report.figures.items():
+        print(f"[dids] {name:<12} {path}")
+    for name, reason in report.skipped.items():
+        print(f"[dids] {name:<12} skipped: {reason}")
+    print(f"[dids] summary      {report.summary}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .reporting.export import export_mixture
+    from .reporting.run_outputs import RunOutputsError
+
+    try:
+        result = export_mixture(
+            args.output_dir,
+            args.out,
+            mixture=args.mixture,
+            by=args.average,
+            config=args.config,
+            mix_strategy=args.mix_strategy,
+        )
+    except RunOutputsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"[dids] mixture JSON     {result.json_path}")
+    print(f"[dids] plugin YAML      {result.static_path}")
+    print(f"[dids] interleave YAML  {result.interleave or 'not written (see the warning)'}")
+    print()
+    print(result.static_path.read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +151,41 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="list the dids_* keys")
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
+
+    report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
+    report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    report.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_report)")
+    report.add_argument("--top", type=int, default=10, help="domains labelled in the figures (default 10)")
+    report.add_argument(
+        "--heatmap-domains", type=int, default=40, help="rows of the impact heatmap (default 40)"
+    )
+    report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="the learned mixture as JSON + YAML for another run")
+    export.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    export.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_export)")
+    export.add_argument(
+        "--mixture",
+        choices=("mean", "final"),
+        default="mean",
+        help="time-averaged over the run (default) or the last weights",
+    )
+    export.add_argument(
+        "--average",
+        choices=("samples", "steps"),
+        default="samples",
+        help="weight each mixture by the stream samples (default) or optimizer steps it was in force",
+    )
+    export.add_argument(
+        "--config", default=None, help="the run's training YAML (checks the interleave_probs dataset order)"
+    )
+    export.add_argument(
+        "--mix-strategy",
+        choices=("interleave_under", "interleave_over"),
+        default="interleave_under",
+        help="mix_strategy of interleave.yaml (default %(default)s)",
+    )
+    export.set_defaults(func=_export)
     return parser
 
 
