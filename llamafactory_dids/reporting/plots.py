@@ -90,7 +90,8 @@ def plot_impact(run: RunOutputs, path: Path, *, max_domains: int = 40) -> tuple[
     """
     if not run.impact_records():
         raise PlotUnavailable(
-            f"strategy {run.strategy!r} records no impact terms (only `dids_strategy: dids` computes eq. 12)."
+            f"no update record carries impact terms (strategy {run.strategy!r}; only `dids_strategy: dids` "
+            "computes eq. 12)."
         )
     impact = run.impact_normalised()  # [u, k, m]
     by_update = impact.mean(axis=2).T  # [k, u]
