@@ -62,11 +62,18 @@ def learned_mixture(run: RunOutputs, mixture: str = "mean", by: str = "samples")
 
 
 def rounded_probabilities(weights: np.ndarray, decimals: int = 6) -> list[float]:
-    """Round to `decimals` and put the rounding residue on the largest entry, so the list sums to 1."""
+    """Normalise and round to `decimals` places, summing to exactly 1 in units of 10^-decimals.
+
+    Largest-remainder rounding: every entry is floored to a unit, and the units still missing go to the
+    entries with the largest remainders, so each entry is within one unit of its exact value.
+    """
     w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
-    w = np.round(w / w.sum(), decimals)
-    w[int(np.argmax(w))] += round(1.0 - float(w.sum()), decimals)
-    return [float(round(x, decimals)) for x in w]
+    units = 10**decimals
+    scaled = w / w.sum() * units
+    base = np.floor(scaled).astype(np.int64)
+    missing = units - int(base.sum())
+    base[np.argsort(-(scaled - base), kind="stable")[:missing]] += 1
+    return [float(round(int(u) / units, decimals)) for u in base]
 
 
 def _describe(run: RunOutputs, mixture: str, by: str) -> str:
