@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import yaml
-from synthetic_runs import TWO, record, two_domain_run, write_run
 
 from llamafactory_dids.algorithms.strategies import resolve_static_weights
 from llamafactory_dids.cli import main
 from llamafactory_dids.config import parse_dids_config
 from llamafactory_dids.reporting.export import export_mixture, rounded_probabilities
 from llamafactory_dids.reporting.run_outputs import RunOutputsError
+
+from synthetic_runs import TWO, record, two_domain_run, write_run
 
 THREE = ["code", "docs", "comments"]
 

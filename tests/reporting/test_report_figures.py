@@ -7,13 +7,14 @@ import re
 import matplotlib.image
 import numpy as np
 import pytest
-from synthetic_runs import TWO, many_domain_run, record, two_domain_run, write_run
 
 from llamafactory_dids.algorithms.trajectory import fit_exponential_decay, potential_improvement
 from llamafactory_dids.cli import main
 from llamafactory_dids.reporting import plots
 from llamafactory_dids.reporting.report import write_report
 from llamafactory_dids.reporting.run_outputs import load_run
+
+from synthetic_runs import TWO, many_domain_run, record, two_domain_run, write_run
 
 
 def pixels(size: tuple[float, float]) -> tuple[int, int]:

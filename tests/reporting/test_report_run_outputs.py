@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from synthetic_runs import TWO, record, two_domain_run, write_run
 
 from llamafactory_dids.integration import mixture
 from llamafactory_dids.reporting.run_outputs import (
@@ -20,6 +19,8 @@ from llamafactory_dids.reporting.run_outputs import (
     weight_spans,
     weights_at_progress,
 )
+
+from synthetic_runs import TWO, record, two_domain_run, write_run
 
 
 def test_constants_match_the_writer():
