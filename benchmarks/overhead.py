@@ -615,7 +615,8 @@ def to_figures(training: dict[str, Any] | None, startup: dict[str, Any] | None, 
                 ratio,
                 target=TRAIN_RATIO_TARGET,
                 comparator="<=",
-                text=f"{ratio:.4f} ({plugin['train_runtime_s']:.2f} / {stock['train_runtime_s']:.2f} s)",
+                text=f"{ratio:.4f} ({plugin['train_runtime_s']:.2f} / {stock['train_runtime_s']:.2f} s"
+                + (", 1 round: indicative only)" if len(plugin["paired_ratios"]) < 2 else ")"),
                 command=command,
             )
         )

@@ -93,6 +93,13 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _report(args: argparse.Namespace) -> int:
     from .reporting.report import write_report
     from .reporting.run_outputs import RunOutputsError
@@ -155,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
     report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
     report.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_report)")
-    report.add_argument("--top", type=int, default=10, help="domains labelled in the figures (default 10)")
     report.add_argument(
-        "--heatmap-domains", type=int, default=40, help="rows of the impact heatmap (default 40)"
+        "--top", type=_positive_int, default=10, help="domains labelled in the figures (default 10)"
+    )
+    report.add_argument(
+        "--heatmap-domains", type=_positive_int, default=40, help="rows of the impact heatmap (default 40)"
     )
     report.set_defaults(func=_report)
 

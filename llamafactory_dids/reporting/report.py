@@ -116,6 +116,9 @@ def write_report(
     Raises:
         RunOutputsError: the history is missing, truncated or of another schema (see `load_run`).
     """
+    for name, value in (("top_n", top_n), ("max_heatmap_domains", max_heatmap_domains)):
+        if value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value}.")
     run = load_run(output_dir)
     dest = Path(dest) if dest is not None else Path(output_dir) / REPORT_DIR
     dest.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,12 @@ def test_cli_report_refuses_with_exit_2(tmp_path, capsys, content):
     (tmp_path / "history.jsonl").write_text(content)
     assert main(["report", str(tmp_path)]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_report_needs_positive_counts(tmp_path, capsys):
+    out = two_domain_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="`max_heatmap_domains` must be a positive integer, got 0"):
+        write_report(out, max_heatmap_domains=0)
+    with pytest.raises(SystemExit):
+        main(["report", str(out), "--top", "0"])
+    assert "argument --top: must be a positive integer, got 0" in capsys.readouterr().err
