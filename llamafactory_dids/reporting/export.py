@@ -164,6 +164,47 @@ def _fragment(comments: list[str], body: dict[str, Any]) -> str:
     return head + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
+def _write_static(path: Path, header: list[str], domains: list[str], probs: list[float]) -> Path:
+    comments = [
+        *header,
+        "Paste into a training YAML over the same domains (same `dataset:` / `dids_domain_column`).",
+    ]
+    body = {"dids_strategy": "static", "dids_static_weights": dict(zip(domains, probs, strict=True))}
+    path.write_text(_fragment(comments, body), encoding="utf-8")
+    return path
+
+
+def _write_interleave(
+    path: Path,
+    header: list[str],
+    datasets: list[str],
+    by_name: dict[str, float],
+    note: str,
+    mix_strategy: str,
+    decimals: int,
+) -> Path:
+    """`dataset` / `mix_strategy` / `interleave_probs` in `datasets` order, weight-0 datasets left out."""
+    used = [d for d in datasets if by_name[d] > 0]
+    dropped = [d for d in datasets if by_name[d] <= 0]
+    comments = [
+        f"{header[0]}, for stock LLaMA-Factory (no plugin)",
+        *header[1:],
+        f"`interleave_probs` follow the `dataset:` order: {note}.",
+        f"{mix_strategy} stops at the {'first' if mix_strategy == 'interleave_under' else 'last'} dataset "
+        "exhausted, so the run length differs from a dids_budget run.",
+    ]
+    if dropped:  # never drawn, and `interleave_over` would wait for them forever
+        comments.append(f"weight-0 datasets left out (they would never be drawn): {', '.join(dropped)}")
+    probs = rounded_probabilities(np.array([by_name[d] for d in used]), decimals)
+    body = {
+        "dataset": ",".join(used),
+        "mix_strategy": mix_strategy,
+        "interleave_probs": ",".join(_number(p) for p in probs),
+    }
+    path.write_text(_fragment(comments, body), encoding="utf-8")
+    return path
+
+
 def export_mixture(
     output_dir: str | Path,
     dest: str | Path | None = None,
@@ -201,51 +242,15 @@ def export_mixture(
     if datasets is None:
         warnings.append(f"no interleave.yaml: {note}")
     source = f"{output_dir.resolve()} ({run.strategy}, {run.num_updates} updates, {run.end_step} steps)"
-
-    static_path = dest / "static.yaml"
-    static_path.write_text(
-        _fragment(
-            [
-                f"Learned domain mixture of {source}",
-                f"mixture: {mixture} = {how}",
-                "Paste into a training YAML over the same domains (same `dataset:` / `dids_domain_column`).",
-            ],
-            {"dids_strategy": "static", "dids_static_weights": dict(zip(run.domains, probs, strict=True))},
-        ),
-        encoding="utf-8",
-    )
-
-    interleave_path = None
+    header = [f"Learned domain mixture of {source}", f"mixture: {mixture} = {how}"]
+    static_path = _write_static(dest / "static.yaml", header, run.domains, probs)
+    interleave_path = dest / "interleave.yaml"
     if datasets is not None:
         by_name = dict(zip(run.domains, probs, strict=True))
-        used = [d for d in datasets if by_name[d] > 0]
-        dropped = [d for d in datasets if by_name[d] <= 0]
-        comments = [
-            f"Learned domain mixture of {source}, for stock LLaMA-Factory (no plugin)",
-            f"mixture: {mixture} = {how}",
-            f"`interleave_probs` follow the `dataset:` order: {note}.",
-            f"{mix_strategy} stops at the {'first' if mix_strategy == 'interleave_under' else 'last'} dataset "
-            "exhausted, so the run length differs from a dids_budget run.",
-        ]
-        if dropped:
-            comments.append(f"weight-0 datasets left out (they would never be drawn): {', '.join(dropped)}")
-        interleave_path = dest / "interleave.yaml"
-        interleave_path.write_text(
-            _fragment(
-                comments,
-                {
-                    "dataset": ",".join(used),
-                    "mix_strategy": mix_strategy,
-                    "interleave_probs": ",".join(
-                        _number(p)
-                        for p in rounded_probabilities(np.array([by_name[d] for d in used]), decimals)
-                    ),
-                },
-            ),
-            encoding="utf-8",
-        )
+        _write_interleave(interleave_path, header, datasets, by_name, note, mix_strategy, decimals)
     else:
-        (dest / "interleave.yaml").unlink(missing_ok=True)  # no stale file from an earlier export
+        interleave_path.unlink(missing_ok=True)  # no stale file from an earlier export
+        interleave_path = None
 
     realised = realised_fractions(run)
     payload = {

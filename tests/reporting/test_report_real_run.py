@@ -24,7 +24,7 @@ DOMAINS = ["demo_code", "demo_docs", "demo_comments"]
 
 @pytest.fixture(scope="module")
 def dids_run(demo_assets, tmp_path_factory):
-    """40 steps of 4 samples, an update every 5 steps (8 updates), one target task."""
+    """24 steps of 4 samples, an update every 4 steps (6 updates), one target task."""
     work = tmp_path_factory.mktemp("dids_run")
     out = work / "out"
     config = base_config(
@@ -34,11 +34,12 @@ def dids_run(demo_assets, tmp_path_factory):
         dids_target_datasets="demo_target_code",
         dids_target_samples=24,
         dids_probe_samples=4,
-        dids_update_interval=5,
-        dids_budget=160,
+        dids_update_interval=4,
+        dids_budget=96,
         dids_normaliser="clamp",
         dids_ema_beta=0.3,
         per_device_eval_batch_size=8,
+        logging_steps=4,  # a log entry at every update, the last one included
     )
     run_train(config, work)
     return out
@@ -51,27 +52,27 @@ def test_report_on_a_real_run(dids_run, tmp_path, capsys):
     for name in ("weights", "impact", "task_losses", "fractions"):
         assert f"]({name}.png)" in markdown
         assert matplotlib.image.imread(tmp_path / f"{name}.png").shape[1] == round(11.0 * plots.DPI)
-    assert "8 mixture updates over 40 optimizer steps" in markdown
-    assert "160 samples by the final step 40" in markdown
+    assert "6 mixture updates over 24 optimizer steps" in markdown
+    assert "96 samples by the final step 24" in markdown
 
 
 def test_run_outputs_agree_with_the_run(dids_run):
     run = load_run(dids_run)
     records = read_jsonl(dids_run / "history.jsonl")
     assert run.records[0]["domain_column"] is None  # recorded by the trainer
-    assert run.steps.tolist() == list(range(0, 41, 5)) and run.final_step == 40 and run.total_samples == 160
+    assert run.steps.tolist() == list(range(0, 25, 4)) and run.final_step == 24 and run.total_samples == 96
     np.testing.assert_array_equal(run.weights[-1], records[-1]["weights"])
-    # the log's final realised fractions are the history's last counts (both counted at step 40)
+    # the log's final realised fractions are the history's last counts (both counted at step 24)
     counts = np.asarray(records[-1]["realised_counts"], dtype=np.float64)
     np.testing.assert_allclose(realised_fractions(run), counts / counts.sum(), atol=1e-6)
-    assert run.log_source.endswith("trainer_state.json") and run.log[-1]["step"] == 40
+    assert run.log_source.endswith("trainer_state.json") and run.log[-1]["step"] == 24
 
 
 def test_plotted_fit_is_the_one_the_last_update_used(dids_run, tmp_path):
     run = load_run(dids_run)
     last = run.update_records()[-1]["terms"]
     _, notes = plots.plot_task_losses(run, tmp_path / "losses.png")
-    assert last["trajectory_fitted"] == [True]  # 9 points: the fit succeeded in the run
+    assert last["trajectory_fitted"] == [True]  # 7 points: the fit succeeded in the run
     assert notes[0].endswith(f"l_p = {last['l_p'][0]:.4g}")
 
 
