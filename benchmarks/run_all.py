@@ -130,15 +130,21 @@ def _worker(path: str, out: str, argv: list[str]) -> None:
 
 
 def table_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str, str, str]]:
-    """(figure, value, target, result, command) for every figure, one row per script without figures."""
+    """(figure, value, target, result, command) for every figure, one row per script without figures.
+
+    A script's command is printed on its first row and again only where it changes.
+    """
     rows = []
     for o in outcomes:
         if o.status != "ok":
             rows.append((f"[{o.script.name}]", "-", "", o.status.upper(), o.detail))
             continue
+        previous = None
         for f in o.figures:
             verdict = {True: "PASS", False: "FAIL", None: ""}[f.passed]
-            rows.append((f.name, f.value_text(), f.target_description(), verdict, f.command))
+            command = "" if f.command == previous else f.command  # blank: same as the row above
+            previous = f.command
+            rows.append((f.name, f.value_text(), f.target_description(), verdict, command))
     return rows
 
 

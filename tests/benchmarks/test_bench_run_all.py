@@ -137,6 +137,8 @@ def test_main_table_json_and_check(fake_scripts, tmp_path, capsys):
         "FAIL",
     ]
     assert any(line.startswith("[future]") and "NOT AVAILABLE" in line for line in lines)
+    spread = next(line for line in lines if line.startswith("spread "))
+    assert spread.split() == ["spread", "2", "%"]  # informational: no target, no verdict, no command
     assert any(line.startswith("[broken]") and "FAILED" in line for line in lines)
     assert "1 passed, 1 failed, 1 informational; scripts failed 1, not available 2" in printed
     payload = json.loads(out.read_text())
