@@ -7,6 +7,8 @@ Subcommands:
   keys     list every `dids_*` key with its default and help.
   observe  observation sets (`dids_target_datasets`) from lm-eval tasks' validation docs.
   eval     score a trained output with lm-evaluation-harness, observation docs kept out.
+  report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
+  export   a run's learned mixture (final or time-averaged) as JSON and ready-to-paste YAML.
 """
 
 from __future__ import annotations
@@ -146,6 +148,58 @@ def _add_evaluation_parser(sub, name: str, cls: type, help: str) -> None:
     parser.set_defaults(func=_run_evaluation_command)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .reporting.report import write_report
+    from .reporting.run_outputs import RunOutputsError
+
+    try:
+        report = write_report(
+            args.output_dir, args.out, top_n=args.top, max_heatmap_domains=args.heatmap_domains
+        )
+    except RunOutputsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in report.figures.items():
+        print(f"[dids] {name:<12} {path}")
+    for name, reason in report.skipped.items():
+        print(f"[dids] {name:<12} skipped: {reason}")
+    print(f"[dids] summary      {report.summary}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .reporting.export import export_mixture
+    from .reporting.run_outputs import RunOutputsError
+
+    try:
+        result = export_mixture(
+            args.output_dir,
+            args.out,
+            mixture=args.mixture,
+            by=args.average,
+            config=args.config,
+            mix_strategy=args.mix_strategy,
+        )
+    except RunOutputsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"[dids] mixture JSON     {result.json_path}")
+    print(f"[dids] plugin YAML      {result.static_path}")
+    print(f"[dids] interleave YAML  {result.interleave or 'not written (see the warning)'}")
+    print()
+    print(result.static_path.read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +220,43 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "observe", ObserveConfig, "observation sets from lm-eval tasks' validation docs"
     )
     _add_evaluation_parser(sub, "eval", EvalConfig, "score a trained output with lm-evaluation-harness")
+
+    report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
+    report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    report.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_report)")
+    report.add_argument(
+        "--top", type=_positive_int, default=10, help="domains labelled in the figures (default 10)"
+    )
+    report.add_argument(
+        "--heatmap-domains", type=_positive_int, default=40, help="rows of the impact heatmap (default 40)"
+    )
+    report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="the learned mixture as JSON + YAML for another run")
+    export.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    export.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_export)")
+    export.add_argument(
+        "--mixture",
+        choices=("mean", "final"),
+        default="mean",
+        help="time-averaged over the run (default) or the last weights",
+    )
+    export.add_argument(
+        "--average",
+        choices=("samples", "steps"),
+        default="samples",
+        help="weight each mixture by the stream samples (default) or optimizer steps it was in force",
+    )
+    export.add_argument(
+        "--config", default=None, help="the run's training YAML (checks the interleave_probs dataset order)"
+    )
+    export.add_argument(
+        "--mix-strategy",
+        choices=("interleave_under", "interleave_over"),
+        default="interleave_under",
+        help="mix_strategy of interleave.yaml (default %(default)s)",
+    )
+    export.set_defaults(func=_export)
     return parser
 
 

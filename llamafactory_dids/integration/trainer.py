@@ -117,6 +117,7 @@ class DIDSTrainerMixin:
             output_dir=self.args.output_dir,
             device=self.args.device,
         )
+        self.dids_mixture.domain_column = cfg.dids_domain_column
         self.data_collator = DomainCollator(self.data_collator)
         if "impact" in strategy.signals:
             self.dids_mixture.probe = self._build_probe(len(names))
