@@ -12,7 +12,7 @@ are built like LLaMA-Factory builds them (alpaca rows, `default` template, cutof
 Domains: each demo domain split at random into 8 parts -> k = 24 domains; tasks: the held-out
 demo_target_{code,docs,comments} sets -> m = 3 tasks, 72 (domain, task) pairs. `GradientProbe` over the
 linear layers of the last block (`dids_probe_layers_fraction: 0.5` of 2 blocks), 8 probe rows per domain
-and per task, identical rows for every estimator.
+and per task (`--probe-rows`; the demo target sets hold 40), identical rows for every estimator.
 
 Estimators compared with the exact per-example Fisher (`dids_fisher_estimator: batch` at
 `dids_fisher_batch_size: 1`, the reference):
@@ -37,11 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dids_update import _collate, _encode_rows  # benchmarks/ is on sys.path when a script runs
+from dids_update import _collate, _encode_rows
+
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 
 DOMAINS = ("code", "docs", "comments")
 SPLITS = 8  # parts per demo domain -> 24 domains
-PROBE_ROWS = 8
 ESTIMATORS = {  # name -> (fisher_estimator, fisher_batch_size)
     "exact": ("batch", 1),
     "per_token": ("per_token", 8),
@@ -56,7 +57,7 @@ def _load_rows(assets: Any, tokenizer: Any, name: str) -> list[dict[str, list[in
     return _encode_rows(assets, tokenizer, rows)
 
 
-def measure(assets: Any, seed: int, train_steps: int) -> dict[str, Any]:
+def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[str, Any]:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
@@ -80,7 +81,7 @@ def measure(assets: Any, seed: int, train_steps: int) -> dict[str, Any]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = [row for name in DOMAINS for row in _load_rows(assets, tokenizer, name)]
     labels = np.repeat(np.arange(len(DOMAINS)), [len(train) // len(DOMAINS)] * len(DOMAINS))
-    tasks = [_load_rows(assets, tokenizer, f"target_{name}")[:PROBE_ROWS] for name in DOMAINS]
+    tasks = [_load_rows(assets, tokenizer, f"target_{name}")[:probe_rows] for name in DOMAINS]
 
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -108,7 +109,7 @@ def measure(assets: Any, seed: int, train_steps: int) -> dict[str, Any]:
             pools,
             tasks,
             device=torch.device("cpu"),
-            probe_samples=PROBE_ROWS,
+            probe_samples=probe_rows,
             fisher_batch_size=batch_size,
             eval_batch_size=8,
             metric="fim",
@@ -130,16 +131,19 @@ def measure(assets: Any, seed: int, train_steps: int) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="one seed")
     parser.add_argument("--train-steps", type=int, default=150)
+    parser.add_argument("--probe-rows", type=int, default=8, help="rows per domain and per task")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from llamafactory_dids.demo import build_demo_assets
@@ -148,25 +152,53 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds[:1] if args.quick else args.seeds
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-fisher-"))
     assets = build_demo_assets(workdir / "assets", examples_per_domain=160)
-    runs = [measure(assets, seed, args.train_steps) for seed in seeds]
+    runs = [measure(assets, seed, args.train_steps, args.probe_rows) for seed in seeds]
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+    return runs
 
-    def median(key: str) -> float:
-        return statistics.median(run[key] for run in runs)
 
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/fisher.py ARGV` does and return the figures (see _figures.py)."""
+    argv = list(argv or [])
+    runs = run(build_parser().parse_args(argv))
+    command = " ".join(["python benchmarks/fisher.py", *argv])
+    out = []
+    for name in ("per_token", "kfac", "no Fisher"):
+        target = {"target": 0.99, "comparator": ">="} if name != "no Fisher" else {}
+        out.append(
+            Figure(
+                f"impact rank correlation with the exact Fisher: {name}",
+                _median(runs, f"{name}_spearman"),
+                command=command,
+                **target,
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runs = run(args)
+    seeds = [r["seed"] for r in runs]
     print(
         f"\nFisher estimators vs the exact per-example Fisher: {runs[0]['domains']} domains x "
         f"{runs[0]['tasks']} tasks, {runs[0]['probe_parameters']} probed parameters, seeds {seeds}"
     )
-    print(f"{'estimator':<12} {'spearman (72 pairs)':>20} {'per task':>10} {'s / impact':>11} {'x exact':>8}")
-    exact_seconds = median("exact_seconds")
+    print(
+        f"{'estimator':<12} {'spearman (all pairs)':>20} {'per task':>10} {'s / impact':>11} {'x exact':>8}"
+    )
+    exact_seconds = _median(runs, "exact_seconds")
     for name in ESTIMATORS:
         print(
-            f"{name:<12} {median(f'{name}_spearman'):>20.3f} {median(f'{name}_spearman_per_task'):>10.3f} "
-            f"{median(f'{name}_seconds'):>11.3f} {median(f'{name}_seconds') / exact_seconds:>8.2f}"
+            f"{name:<12} {_median(runs, f'{name}_spearman'):>20.3f} {_median(runs, f'{name}_spearman_per_task'):>10.3f} "
+            f"{_median(runs, f'{name}_seconds'):>11.3f} {_median(runs, f'{name}_seconds') / exact_seconds:>8.2f}"
         )
     print("(medians over seeds; per-seed values with --json)")
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
     return 0
 
 

@@ -30,7 +30,8 @@ from typing import Any
 
 from dids_update import _clean_env, _cli
 
-from _runs import new_run  # benchmarks/ is on sys.path when a script runs
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+from _runs import new_run
 
 ZERO3 = {
     "train_batch_size": "auto",
@@ -127,7 +128,7 @@ def run(workdir: Path, assets: Any, model: Path, strategy: str, args: argparse.N
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -141,11 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available() or args.gpus < 1:
-        print("gpu_path: no CUDA GPU visible; nothing measured.")
-        return 0
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The runs and their summary, or None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available() or args.gpus < 1:
+        return None
     from llamafactory_dids.demo import build_demo_assets
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-gpu-"))
@@ -161,25 +166,53 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(run[key] for run in runs[strategy])
 
     updates = [s for run in runs["dids"] for s in run["update_seconds"]]
-    device = torch.cuda.get_device_name(0)
-    print(f"\nGPU path: {args.gpus} x {device}, bf16, DeepSpeed ZeRO-3, Llama {args.layers}x{args.hidden}")
-    print(f"throughput uniform: {median('uniform', 'samples_per_s'):.2f} samples/s")
-    print(f"throughput dids:    {median('dids', 'samples_per_s'):.2f} samples/s")
-    ratio = median("dids", "train_runtime_s") / median("uniform", "train_runtime_s")
-    print(f"train_runtime dids / uniform: {ratio:.3f} ({args.updates} updates)")
-    if updates:
-        share = sum(updates) / len(runs["dids"]) / median("dids", "train_runtime_s")
-        print(
-            f"seconds per update (median): {statistics.median(updates):.3f}; share of the dids run: {share:.1%}"
-        )
+    summary = {
+        "device": f"{args.gpus} x {torch.cuda.get_device_name(0)}",
+        "uniform_samples_per_s": median("uniform", "samples_per_s"),
+        "dids_samples_per_s": median("dids", "samples_per_s"),
+        "runtime_ratio": median("dids", "train_runtime_s") / median("uniform", "train_runtime_s"),
+        "update_seconds": statistics.median(updates) if updates else float("nan"),
+        "update_share": sum(updates) / len(runs["dids"]) / median("dids", "train_runtime_s"),
+    }
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"device": device, "args": vars(args) | {"workdir": str(workdir)}, "runs": runs},
-                default=str,
-                indent=2,
-            )
-        )
+        payload = {"args": vars(args) | {"workdir": str(workdir)}, "summary": summary, "runs": runs}
+        args.json.write_text(json.dumps(payload, default=str, indent=2))
+    return summary
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/gpu_path.py ARGV` does; no figures without a GPU."""
+    argv = list(argv or [])
+    summary = measure(build_parser().parse_args(argv))
+    if summary is None:
+        return []
+    command = " ".join(["python benchmarks/gpu_path.py", *argv])
+    return [
+        Figure(
+            f"GPU ({summary['device']}, bf16, ZeRO-3): uniform throughput",
+            summary["uniform_samples_per_s"],
+            unit="samples/s",
+            command=command,
+        ),
+        Figure("GPU: dids throughput", summary["dids_samples_per_s"], unit="samples/s", command=command),
+        Figure("GPU: whole-run train_runtime dids / uniform", summary["runtime_ratio"], command=command),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = measure(args)
+    if summary is None:
+        print("gpu_path: no CUDA GPU visible; nothing measured.")
+        return 0
+    print(f"\nGPU path: {summary['device']}, bf16, DeepSpeed ZeRO-3, Llama {args.layers}x{args.hidden}")
+    print(f"throughput uniform: {summary['uniform_samples_per_s']:.2f} samples/s")
+    print(f"throughput dids:    {summary['dids_samples_per_s']:.2f} samples/s")
+    print(f"train_runtime dids / uniform: {summary['runtime_ratio']:.3f} ({args.updates} updates)")
+    print(
+        f"seconds per update (median): {summary['update_seconds']:.3f}; "
+        f"share of the dids run: {summary['update_share']:.1%}"
+    )
     return 0
 
 
