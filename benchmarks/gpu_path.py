@@ -181,11 +181,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/gpu_path.py ARGV` does; no figures without a GPU."""
+    """Measure as `python benchmarks/gpu_path.py ARGV` does; without a GPU one row saying so."""
     argv = list(argv or [])
     summary = measure(build_parser().parse_args(argv))
     if summary is None:
-        return []
+        return [Figure("GPU path (bf16, ZeRO-3)", None, text="not measured: no CUDA GPU visible")]
     command = " ".join(["python benchmarks/gpu_path.py", *argv])
     return [
         Figure(

@@ -54,7 +54,7 @@ SCRIPTS: tuple[Script, ...] = (
     Script("resume", "resume.py", argv=("--nproc", "1", "2"), quick_argv=("--nproc", "1")),
     Script("dids_update", "dids_update.py", quick_argv=("--quick",)),
     Script("fisher", "fisher.py", quick_argv=("--quick",)),  # issue 3: Fisher estimators' fidelity
-    Script("gpu_path", "gpu_path.py", quick_argv=("--repeats", "1")),  # issue 7: no figures without a GPU
+    Script("gpu_path", "gpu_path.py", quick_argv=("--repeats", "1")),  # issue 7: says so without a GPU
     Script("repartition", "repartition.py", quick_argv=("--quick",)),  # issue 4: repartition throughput
     Script("quality", "quality/run.py", quick_argv=("--quick",)),  # issue 6: mixture quality
 )
