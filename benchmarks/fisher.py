@@ -6,16 +6,17 @@
     python benchmarks/fisher.py --json fisher.json --workdir /tmp/dids-fisher
 
 Setup, all offline: the demo tiny Llama (`llamafactory_dids.demo.build_demo_assets`, 2 blocks, hidden 64)
-trained in this process for `--train-steps` AdamW steps (lr 1e-3, batch 8) on the three demo domains, so
+trained in this process for `--train-steps` (400) AdamW steps (lr 1e-3, batch 8) on the three demo domains, so
 the Fisher is that of a model that has learned something (at random init every gradient is noise). Rows
 are built like LLaMA-Factory builds them (alpaca rows, `default` template, cutoff 256, prompt masked).
 Domains: each demo domain split at random into 8 parts -> k = 24 domains; tasks: the held-out
 demo_target_{code,docs,comments} sets -> m = 3 tasks, 72 (domain, task) pairs. `GradientProbe` over the
-linear layers of the last block (`dids_probe_layers_fraction: 0.5` of 2 blocks), 8 probe rows per domain
+linear layers of the last block (`dids_probe_layers_fraction: 0.5` of 2 blocks), 32 probe rows per domain
 and per task (`--probe-rows`; the demo target sets hold 40), identical rows for every estimator.
 
 Estimators compared with the exact per-example Fisher (`dids_fisher_estimator: batch` at
 `dids_fisher_batch_size: 1`, the reference):
+  per_example hooks: per example, squared gradient (delta_b^T x_b)^2: exact; micro-batches of 8 rows
   per_token   hooks: per example, sum over tokens of (output-grad^2)^T (input^2); micro-batches of 8 rows
   kfac        hooks: per example, K-FAC diagonal (sum output-grad^2)(sum input^2)^T / positions; 8 rows
   batch@8     the reference code's estimator: squared mean gradients of 8-row micro-batches
@@ -45,6 +46,7 @@ DOMAINS = ("code", "docs", "comments")
 SPLITS = 8  # parts per demo domain -> 24 domains
 ESTIMATORS = {  # name -> (fisher_estimator, fisher_batch_size)
     "exact": ("batch", 1),
+    "per_example": ("per_example", 8),
     "per_token": ("per_token", 8),
     "kfac": ("kfac", 8),
     "batch@8": ("batch", 8),
@@ -135,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="one seed")
-    parser.add_argument("--train-steps", type=int, default=150)
-    parser.add_argument("--probe-rows", type=int, default=8, help="rows per domain and per task")
+    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--probe-rows", type=int, default=32, help="rows per domain and per task")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
@@ -168,12 +170,12 @@ def figures(argv: list[str] | None = None) -> list[Figure]:
     runs = run(build_parser().parse_args(argv))
     command = " ".join(["python benchmarks/fisher.py", *argv])
     out = []
-    for name in ("per_token", "kfac", "no Fisher"):
+    for name in ("per_example", "per_token", "kfac", "no Fisher"):
         target = {"target": 0.99, "comparator": ">="} if name != "no Fisher" else {}
         out.append(
             Figure(
-                f"impact rank correlation with the exact Fisher: {name}",
-                _median(runs, f"{name}_spearman"),
+                f"impact rank correlation with the exact Fisher, per task: {name}",
+                _median(runs, f"{name}_spearman_per_task"),
                 command=command,
                 **target,
             )

@@ -21,7 +21,7 @@ KEY_PREFIX = "dids_"
 STRATEGIES = ("uniform", "natural", "static", "dids")
 NORMALISERS = ("softmax", "clamp")
 IMPACT_METRICS = ("fim", "inner_product")
-FISHER_ESTIMATORS = ("batch", "per_token", "kfac")
+FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
@@ -129,18 +129,20 @@ class DIDSConfig:
     dids_fisher_batch_size: int = field(
         default=1,
         metadata={
-            "help": "Micro-batch size of the gradient probe; the diagonal empirical Fisher is the mean of "
-            "squared micro-batch gradients, so 1 is the exact per-example Fisher."
+            "help": "Micro-batch size of the gradient probe's passes. Mean gradients are per-example means "
+            "at any size; with `dids_fisher_estimator: batch` the Fisher is the mean of squared micro-batch "
+            "gradients, so only 1 is the exact per-example Fisher (use `per_example` to batch exactly)."
         },
     )
     dids_fisher_estimator: str = field(
         default="batch",
         metadata={
             "help": "`batch`: mean of squared micro-batch gradients (exact per-example Fisher at "
-            "`dids_fisher_batch_size: 1`, the reference code's estimator above it); `per_token`: for linear "
-            "layers, sum over tokens of (output-gradient^2)^T (input^2) from hooks, one GEMM per layer; `kfac`: the "
-            "diagonal of the K-FAC factors, (sum of output-gradient^2) x (sum of input^2) / tokens, an outer "
-            "product per layer (cheapest)."
+            "`dids_fisher_batch_size: 1`, the reference code's estimator above it). From the linear layers' "
+            "forward/backward hooks, per example, independent of `dids_fisher_batch_size` (so the probe can "
+            "batch its passes): `per_example` (exact: squared per-example gradients, one GEMM per row and "
+            "layer), `per_token` (sum over tokens of output-gradient^2 x input^2: no cross-token terms), "
+            "`kfac` (diagonal of the K-FAC factors, an outer product per row and layer)."
         },
     )
     dids_impact_metric: str = field(

@@ -356,6 +356,8 @@ class GradientProbe:
                 sum of row mean losses, so row b's delta is that of its own mean loss (linear layers only).
             attention_mask: [B, L], real positions (None: all).
 
+        `per_example`: sum over rows of the squared per-example gradient (delta_b^T x_b)^2, the exact
+        per-example Fisher of `batch` at micro-batch 1 from one batched pass (one [out, in] GEMM per row);
         `per_token`: sum over rows and tokens of (delta_t^2)(x_t^2)^T, the per-example Fisher without the
         cross-token terms; `kfac`: per row, the diagonal of the K-FAC factors (sum_t delta_t^2)
         (sum_t x_t^2)^T / positions, summed over rows. Sums of single-row terms: micro-batches of several
@@ -364,6 +366,11 @@ class GradientProbe:
         if self.fisher_estimator == "batch" or io is None or len(io) != 2:
             return grad * grad
         x, delta = io[0].float(), io[1].float()
+        if self.fisher_estimator == "per_example":
+            term = torch.zeros_like(grad)
+            for x_b, delta_b in zip(x, delta, strict=True):  # a row at a time: one [out, in] in memory
+                term.add_((delta_b.T @ x_b) ** 2)
+            return term
         if self.fisher_estimator == "per_token":
             return (delta**2).flatten(0, 1).T @ (x**2).flatten(0, 1)
         mask = (

@@ -170,14 +170,20 @@ def test_hook_fisher_terms_match_their_formulas():
     kfac = sum(
         torch.outer((delta[b, :n] ** 2).sum(0), (x[b, :n] ** 2).sum(0)) / n for b, n in ((0, 5), (1, 3))
     )
-    for name, expected in (("per_token", per_token), ("kfac", kfac), ("batch", grad * grad)):
+    per_example = sum((delta[b].T @ x[b]) ** 2 for b in range(2))
+    for name, expected in (
+        ("per_token", per_token),
+        ("kfac", kfac),
+        ("per_example", per_example),
+        ("batch", grad * grad),
+    ):
         probe.fisher_estimator = name
         torch.testing.assert_close(probe._fisher_term(grad, [x, delta], mask), expected)
     probe.fisher_estimator = "kfac"  # a tensor outside a linear layer falls back to the squared gradient
     torch.testing.assert_close(probe._fisher_term(grad, None, mask), grad * grad)
 
 
-@pytest.mark.parametrize("estimator", ["per_token", "kfac"])
+@pytest.mark.parametrize("estimator", ["per_example", "per_token", "kfac"])
 def test_hook_fisher_does_not_depend_on_the_micro_batch_size(estimator):
     """Rows of different lengths and prompt lengths, padded: micro-batches of 4 give the gradient and Fisher
     sums of micro-batch 1 (per-example losses and the padding mask are what make this hold)."""
@@ -238,3 +244,16 @@ def test_sharded_probe_on_two_ranks_matches_one_process(tmp_path):
         np.testing.assert_allclose(got[name]["losses"], expected_losses, rtol=1e-5, err_msg=name)
     projected = probe_case(projection_dim=4096, fisher_estimator="per_token").impact(1)
     np.testing.assert_allclose(got["sharded_projected_per_token"]["impact"], projected, rtol=1e-4)
+
+
+def test_per_example_hook_fisher_is_the_exact_fisher_from_batched_passes():
+    """`per_example` at micro-batch 4 gives the impacts of the exact per-example Fisher (`batch` at 1)."""
+    model = tiny_llama()
+    train = make_rows(40, seed=1)
+    pools = [np.arange(i * 10, (i + 1) * 10) for i in range(4)]
+    tasks = [make_rows(8, seed=2), make_rows(8, seed=3)]
+    exact = make_probe(model, train, pools, tasks, probe_samples=8).impact(1)
+    batched = make_probe(
+        model, train, pools, tasks, probe_samples=8, fisher_batch_size=4, fisher_estimator="per_example"
+    ).impact(1)
+    np.testing.assert_allclose(batched, exact, rtol=1e-4)
