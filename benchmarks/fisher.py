@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How well the cheap Fisher estimators rank eq. 12 impacts, and what they cost, against the exact one.
 
-    python benchmarks/fisher.py                 # 3 seeds, 24 domains x 3 tasks: ~2 min on 2 busy cores
+    python benchmarks/fisher.py                 # 3 seeds, 24 domains x 3 tasks: ~10 min on 2 busy cores
     python benchmarks/fisher.py --quick         # 1 seed
     python benchmarks/fisher.py --json fisher.json --workdir /tmp/dids-fisher
 
