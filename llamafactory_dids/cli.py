@@ -5,6 +5,8 @@ Subcommands:
   demo     build the embedded default (tiny Llama, tokenizer, 3-domain dataset from real text) and
            train it with `examples/yaml/demo_sft.yaml` through the unchanged `llamafactory-cli train`.
   keys     list every `dids_*` key with its default and help.
+  compare  train several strategies on one YAML and print one table (target-task losses, weights, time).
+  export-weights  write a run's averaged weights as `dids_strategy: static` keys (offline DoGE/DoReMi).
 """
 
 from __future__ import annotations
@@ -91,6 +93,40 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import CompareError, run_compare
+
+    cli = find_llamafactory_cli()
+    if cli is None:
+        print("error: `llamafactory-cli` is not on PATH; install llamafactory (see README).", file=sys.stderr)
+        return 2
+    # `--strategies a b key=value` puts the overrides into the strategy list: move them back
+    strategies = [s for s in args.strategies if "=" not in s]
+    overrides = [s for s in args.strategies if "=" in s] + list(args.overrides)
+    try:
+        code, _ = run_compare(args.config, strategies, overrides, cli=cli)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _export_weights(args: argparse.Namespace) -> int:
+    from .export import static_weights_yaml
+
+    try:
+        text = static_weights_yaml(args.run_dir, how=args.how)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"[dids] wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="list the dids_* keys")
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
+
+    compare = sub.add_parser("compare", help="train several strategies on one YAML and print one table")
+    compare.add_argument("config", help="training YAML with dids_target_datasets (and update interval)")
+    compare.add_argument("--strategies", nargs="+", required=True, help="e.g. uniform dids dga doge")
+    compare.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    compare.set_defaults(func=_compare)
+
+    export = sub.add_parser("export-weights", help="a run's learned weights as `dids_strategy: static` keys")
+    export.add_argument("run_dir", help="output_dir of a finished run (history.jsonl)")
+    export.add_argument(
+        "--how", choices=("average", "final"), default="average", help="mean over updates or last weights"
+    )
+    export.add_argument("-o", "--output", help="YAML file to write (default: print)")
+    export.set_defaults(func=_export_weights)
     return parser
 
 

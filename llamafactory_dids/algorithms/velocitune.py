@@ -46,7 +46,7 @@ def scaling_law_target(samples: Sequence[float], losses: Sequence[float], at: fl
     """Fit L(n) = E + B n^-beta to (samples seen, loss) points and evaluate it at `at` samples.
 
     Points with n <= 0 or a non-finite loss are ignored. Returns (target, fitted?); without a usable fit
-    the target is the loss of the point with the most samples.
+    the target is the loss of the (last) point with the most samples.
 
     Raises:
         ValueError: if no point has n > 0 and a finite loss.
@@ -57,7 +57,7 @@ def scaling_law_target(samples: Sequence[float], losses: Sequence[float], at: fl
     n, y = n[keep], y[keep]
     if n.size == 0:
         raise ValueError("no measured loss after training started: cannot estimate a target loss.")
-    fallback = float(y[np.argmax(n)])
+    fallback = float(y[n.size - 1 - np.argmax(n[::-1])])  # the last of the points with the most samples
     if np.unique(n).size < MIN_POINTS_FOR_SCALING_FIT:
         return fallback, False
     from scipy.optimize import curve_fit
