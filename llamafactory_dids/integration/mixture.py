@@ -171,6 +171,10 @@ class DomainMixture:
                 out[f"dids/l_c/{name}"] = round(float(terms["l_c"][j]), 6)
                 out[f"dids/l_p/{name}"] = round(float(terms["l_p"][j]), 6)
             out["dids/update_seconds"] = self.last_update_seconds
+        elif terms and "scores" in terms:  # a baseline's per-domain score (alignment, excess loss, velocity)
+            for name, value in zip(self.names, terms["scores"], strict=True):
+                out[f"dids/score/{name}"] = round(float(value), 6)
+            out["dids/update_seconds"] = self.last_update_seconds
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
         self.window_samples[:] = 0

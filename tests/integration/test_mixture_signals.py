@@ -60,6 +60,8 @@ def test_alignment_signal_needs_the_inner_product_probe(tmp_path):
     assert mixture.probe.impact_calls == [1] and mixture.probe.loss_calls == 1  # observed for the record
     assert record["weights"][0] > 0.5 and record["terms"]["alignment"] == [[1.0], [-1.0]]
     assert mixture.final_evaluation(5)["average_weights"] == record["terms"]["iterate"]
+    logged = mixture.log_metrics()
+    assert logged["dids/score/a"] == 1.0 and logged["dids/score/b"] == -1.0 and "dids/update_seconds" in logged
     mixture.probe = FakeProbe(metric="fim")
     with pytest.raises(RuntimeError, match="needs gradient inner products"):
         mixture.update(10)
