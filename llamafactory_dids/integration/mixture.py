@@ -252,7 +252,9 @@ class DomainMixture:
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
             "signals": {
-                k: _jsonable(v) for k, v in signals.items() if k not in ("impact", "task_loss_history")
+                k: _jsonable(v)
+                for k, v in signals.items()
+                if k not in ("impact", "alignment", "task_loss_history")
             },
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,

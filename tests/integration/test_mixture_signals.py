@@ -61,7 +61,9 @@ def test_alignment_signal_needs_the_inner_product_probe(tmp_path):
     assert record["weights"][0] > 0.5 and record["terms"]["alignment"] == [[1.0], [-1.0]]
     assert mixture.final_evaluation(5)["average_weights"] == record["terms"]["iterate"]
     logged = mixture.log_metrics()
-    assert logged["dids/score/a"] == 1.0 and logged["dids/score/b"] == -1.0 and "dids/update_seconds" in logged
+    assert (
+        logged["dids/score/a"] == 1.0 and logged["dids/score/b"] == -1.0 and "dids/update_seconds" in logged
+    )
     mixture.probe = FakeProbe(metric="fim")
     with pytest.raises(RuntimeError, match="needs gradient inner products"):
         mixture.update(10)
