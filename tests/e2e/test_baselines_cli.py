@@ -154,3 +154,24 @@ def test_doge_resume_continues_the_same_mixture_and_exports_static_weights(demo_
     assert keys["dids_strategy"] == "static"
     weights = [keys["dids_static_weights"][d] for d in DOMAINS]
     np.testing.assert_allclose(weights, final["average_weights"], atol=1e-7)
+
+
+@pytest.mark.distributed
+def test_dga_two_processes_agree_with_one(demo_assets, tmp_path):
+    """The alignment is all-reduced and the weights broadcast: torchrun x2 matches one process."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    # the same global batch (8) in both runs: 1 x 8 and 2 x 4
+    common = dict(dids_budget=80, dids_step_size=5.0)
+    run_train(
+        baseline_config(demo_assets, single, "dga", per_device_train_batch_size=8, **common), tmp_path / "a"
+    )
+    run_train(baseline_config(demo_assets, double, "dga", **common), tmp_path / "b", nproc=2)
+    a, b = _updates(single), _updates(double)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [5, 10]
+    np.testing.assert_allclose(b[0]["task_losses"], a[0]["task_losses"], rtol=1e-4)
+    np.testing.assert_allclose(b[0]["terms"]["alignment"], a[0]["terms"]["alignment"], rtol=2e-2, atol=1e-9)
+    np.testing.assert_allclose(b[0]["weights"], a[0]["weights"], atol=2e-2)
+    final = json.loads((double / "dids_final.json").read_text())
+    np.testing.assert_allclose(
+        final["task_losses"], json.loads((single / "dids_final.json").read_text())["task_losses"], rtol=5e-2
+    )
