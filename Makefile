@@ -23,10 +23,8 @@ lint: install
 	$(BIN)/ruff check llamafactory_dids tests benchmarks
 	$(BIN)/ruff format --check llamafactory_dids tests benchmarks
 
-bench: install
-	$(BIN)/python benchmarks/overhead.py
-	$(BIN)/python benchmarks/resume.py
-	$(BIN)/python benchmarks/dids_update.py
+bench: install  # every benchmark, one table of figures and targets; `make bench BENCH_ARGS=--quick`
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 demo: install
 	$(BIN)/llamafactory-dids demo

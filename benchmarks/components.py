@@ -44,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+
 BATCH = 8
 LOGGING_STEPS = 10
 
@@ -57,7 +59,7 @@ def _median_us(fn: Callable[[], Any], reps: int) -> float:
     return 1e6 * statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps per arm (default 200)")
     parser.add_argument(
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the demo model is built (default: temporary)"
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Time every component (printing as it goes); returns (raw figures in us, per-step costs in us)."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     collator = DomainCollator(lambda fs: {"n": len(fs)})
     collator_us = _median_us(lambda: collator(features), 3000)
 
-    figures = {
+    measured = {
         "stock_step_us": step_us,
         "stock_step_minor_faults": statistics.median(faults[False]),
         "plugin_step_minor_faults": statistics.median(faults[True]),
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         ("RecordingCausalLMLoss + record_batch (full step, paired)", loss_work_us),
         (
             "  RecordingCausalLMLoss - ForCausalLMLoss (loss fwd+bwd alone)",
-            figures["loss_fwd_bwd_recording_us"] - figures["loss_fwd_bwd_stock_us"],
+            measured["loss_fwd_bwd_recording_us"] - measured["loss_fwd_bwd_stock_us"],
         ),
         ("  DomainMixture.record_batch", record_us),
         ("DomainMixture.log_metrics / logging_steps", log_us / LOGGING_STEPS),
@@ -225,14 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         ("DomainCollator wrapper", collator_us),
     ]
     print(
-        f"\nstock training step (median): {step_us / 1000:.2f} ms; plugin step: {figures['plugin_step_us'] / 1000:.2f} ms"
+        f"\nstock training step (median): {step_us / 1000:.2f} ms; plugin step: {measured['plugin_step_us'] / 1000:.2f} ms"
     )
     print(
-        f"minor page faults per step (median): stock {figures['stock_step_minor_faults']:.0f}, "
-        f"plugin {figures['plugin_step_minor_faults']:.0f}"
+        f"minor page faults per step (median): stock {measured['stock_step_minor_faults']:.0f}, "
+        f"plugin {measured['plugin_step_minor_faults']:.0f}"
     )
     print(
-        f"loss fwd+bwd alone: ForCausalLMLoss {figures['loss_fwd_bwd_stock_us']:.0f} us, RecordingCausalLMLoss {figures['loss_fwd_bwd_recording_us']:.0f} us"
+        f"loss fwd+bwd alone: ForCausalLMLoss {measured['loss_fwd_bwd_stock_us']:.0f} us, RecordingCausalLMLoss {measured['loss_fwd_bwd_recording_us']:.0f} us"
     )
     print(f"sampler per index: DomainMixtureSampler {sampler_us:.2f} us, RandomSampler {random_us:.3f} us\n")
     width = max(len(name) for name, _ in per_step)
@@ -240,11 +245,38 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * (width + 22))
     for name, us in per_step:
         print(f"{name:<{width}}  {us:>9.1f}  {100 * us / step_us:>8.3f}%")
+    tmp.cleanup()
+    return measured, per_step
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/components.py ARGV` does; the per-step costs as figures (no targets)."""
+    argv = list(argv or [])
+    measured, per_step = measure(build_parser().parse_args(argv))
+    command = " ".join(["python benchmarks/components.py", *argv])
+    step_us = measured["stock_step_us"]
+    total = sum(us for name, us in per_step if not name.startswith(" "))
+    out = [
+        Figure(
+            "plugin work per optimizer step, in process (share of the step)",
+            100 * total / step_us,
+            unit="%",
+            text=f"{total / 1000:.3f} ms of {step_us / 1000:.1f} ms ({100 * total / step_us:.2f} %)",
+            command=command,
+        )
+    ]
+    for name, us in per_step:
+        out.append(Figure(f"  {name.strip()}", us, unit="us", command=command))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    measured, per_step = measure(args)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"figures": figures, "per_step_us": dict(per_step)}
+        payload = {"figures": measured, "per_step_us": dict(per_step)}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.cleanup()
     return 0
 
 

@@ -84,7 +84,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _runs import new_run  # benchmarks/ is on sys.path when a script runs
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+from _runs import new_run
 
 BATCH = 8
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
@@ -502,7 +503,7 @@ def _table(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure here")
@@ -522,12 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smaller run: 10 updates, 1 round, k in (72, 256)"
     )
     parser.add_argument("--memory-worker", nargs=2, metavar=("MODEL_DIR", "K"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.memory_worker:
-        _memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)
-        return 0
 
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement (printing as it goes and the table at the end); returns every raw figure."""
     updates = args.updates or (10 if args.quick else 25)
     budget = args.budget or STEPS_PER_UPDATE * BATCH * updates
     repeats = args.repeats or (1 if args.quick else 2)
@@ -687,48 +687,99 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(table))
     print(f"\n(total benchmark wall time {time.perf_counter() - started:.0f} s)")
 
+    payload = {
+        "config": {
+            "updates": updates,
+            "budget": budget,
+            "steps": steps.pop(),
+            "repeats": repeats,
+            "threads": args.threads,
+            "batch": BATCH,
+            "cutoff_len": CUTOFF,
+            "target_samples": TARGET_SAMPLES,
+            "probe_samples": PROBE_SAMPLES,
+            "domains": list(DOMAINS),
+            "target": TARGET,
+            "examples_per_domain": EXAMPLES_PER_DOMAIN,
+            "probe_parameters": floor.num_probe_parameters,
+        },
+        "per_update_seconds": {
+            "median": update_median,
+            "max": max(update_seconds),
+            "all": update_seconds,
+        },
+        "train_runtime": {
+            "dids_median_s": dids_runtime,
+            "uniform_median_s": uniform_runtime,
+            "ratio": dids_runtime / uniform_runtime,
+            "paired_ratios": paired,
+            "update_share": update_share,
+            "dids_outside_updates_s": outside_updates,
+            "total_flos_ratio": flos_ratio,
+        },
+        "floor": {
+            "passes": floor.passes,
+            "seconds_per_update": floor_total,
+            "parts_s": floor_parts,
+            "measured_over_floor": update_median / floor_total,
+            "samples": floor_samples,
+        },
+        "memory": memory,
+        "runs": runs,
+        "table": [dict(zip(("figure", "value", "target"), row, strict=True)) for row in table[1:]],
+    }
+    return payload
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/dids_update.py ARGV` does and return the main figures (see _figures.py)."""
+    argv = list(argv or [])
+    payload = measure(build_parser().parse_args(argv))
+    command = " ".join(["python benchmarks/dids_update.py", *argv])
+    per_update, runtime, floor = payload["per_update_seconds"], payload["train_runtime"], payload["floor"]
+    out = [
+        Figure("dids: seconds per mixture update (median)", per_update["median"], unit="s", command=command),
+        Figure(
+            "  dids: measured / floor of forward+backward passes",
+            floor["measured_over_floor"],
+            command=command,
+        ),
+        Figure(
+            "dids: whole-run train_runtime dids / uniform",
+            runtime["ratio"],
+            text=f"{runtime['ratio']:.3f} ({100 * runtime['update_share']:.1f} % of the run inside updates)",
+            command=command,
+        ),
+    ]
+    memory = payload["memory"]
+    if len(memory) > 1:
+
+        def peak(res: dict[str, Any]) -> float:
+            heap = res["heap_peak_growth_mb"]
+            return heap if heap is not None else res["rss_peak_growth_mb"]
+
+        lo, hi = memory[0], memory[-1]
+        ratio = peak(hi) / max(peak(lo), 1e-9)
+        name = "impact peak memory growth, largest k / smallest k"
+        out.append(
+            Figure(
+                f"dids: {name}",
+                ratio,
+                text=f"{ratio:.2f} (k={hi['k']}: {peak(hi):.2f} MB, k={lo['k']}: {peak(lo):.2f} MB)",
+                target_text=TARGETS[name],
+                command=command,
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.memory_worker:
+        _memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)
+        return 0
+    payload = measure(args)
     if args.json:
-        payload = {
-            "config": {
-                "updates": updates,
-                "budget": budget,
-                "steps": steps.pop(),
-                "repeats": repeats,
-                "threads": args.threads,
-                "batch": BATCH,
-                "cutoff_len": CUTOFF,
-                "target_samples": TARGET_SAMPLES,
-                "probe_samples": PROBE_SAMPLES,
-                "domains": list(DOMAINS),
-                "target": TARGET,
-                "examples_per_domain": EXAMPLES_PER_DOMAIN,
-                "probe_parameters": floor.num_probe_parameters,
-            },
-            "per_update_seconds": {
-                "median": update_median,
-                "max": max(update_seconds),
-                "all": update_seconds,
-            },
-            "train_runtime": {
-                "dids_median_s": dids_runtime,
-                "uniform_median_s": uniform_runtime,
-                "ratio": dids_runtime / uniform_runtime,
-                "paired_ratios": paired,
-                "update_share": update_share,
-                "dids_outside_updates_s": outside_updates,
-                "total_flos_ratio": flos_ratio,
-            },
-            "floor": {
-                "passes": floor.passes,
-                "seconds_per_update": floor_total,
-                "parts_s": floor_parts,
-                "measured_over_floor": update_median / floor_total,
-                "samples": floor_samples,
-            },
-            "memory": memory,
-            "runs": runs,
-            "table": [dict(zip(("figure", "value", "target"), row, strict=True)) for row in table[1:]],
-        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

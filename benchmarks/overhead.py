@@ -96,7 +96,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _runs import new_run  # benchmarks/ is on sys.path when a script runs
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+from _runs import new_run
 
 BATCH = 8
 TRAIN_RATIO_TARGET = 1.02
@@ -540,7 +541,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # -------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--steps", type=int, default=200, help="optimizer steps per training run (default 200)"
@@ -576,16 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="only measure start-up")
     parser.add_argument("--skip-startup", action="store_true", help="only measure training")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "TIMINGS"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.worker:
-        _worker(*args.worker)
-        return 0
 
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Run what `args` asks for in a work directory; returns (training, startup) results (None if skipped)."""
     cleanup = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="dids-overhead-")) if cleanup else args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
     try:
         training = startup = None
         if not args.skip_startup:
@@ -597,32 +596,94 @@ def main(argv: list[str] | None = None) -> int:
             training = measure_training(
                 workdir, assets, args.steps, args.repeats, args.packing, args.threads, args.warmup
             )
-        rows = build_table(training, startup)
-        print_table(rows)
-        elapsed = time.perf_counter() - started
-        print(f"\n({elapsed:.0f} s in all; python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
-        if args.json is not None:
-            payload = {
-                "settings": {
-                    "steps": args.steps,
-                    "repeats": args.repeats,
-                    "batch": BATCH,
-                    "packing": args.packing,
-                    "threads": args.threads,
-                    "examples_per_domain": args.examples_per_domain,
-                    "startup_runs": args.startup_runs,
-                    "python": sys.executable,
-                },
-                "table": rows,
-                "training": training,
-                "startup": startup,
-                "seconds": round(elapsed, 1),
-            }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     finally:
         if cleanup:
             shutil.rmtree(workdir, ignore_errors=True)
+    return training, startup
+
+
+def to_figures(training: dict[str, Any] | None, startup: dict[str, Any] | None, command: str) -> list[Figure]:
+    """The figures with targets (and the context needed to judge them) as `Figure` records."""
+    out: list[Figure] = []
+    if training is not None:
+        s = training["summary"]
+        stock, plugin = s["stock"], s["plugin"]
+        ratio = plugin["train_runtime_s"] / stock["train_runtime_s"]
+        out.append(
+            Figure(
+                "training time ratio plugin / stock LLaMA-Factory",
+                ratio,
+                target=TRAIN_RATIO_TARGET,
+                comparator="<=",
+                text=f"{ratio:.4f} ({plugin['train_runtime_s']:.2f} / {stock['train_runtime_s']:.2f} s"
+                + (", 1 round: indicative only)" if len(plugin["paired_ratios"]) < 2 else ")"),
+                command=command,
+            )
+        )
+        out.append(
+            Figure(
+                "  run-to-run spread of stock train_runtime (resolution of the ratio)",
+                100 * stock["spread"],
+                unit="%",
+                command=command,
+            )
+        )
+    if startup is not None:
+        for mode, label in (("as_is", "as is"), ("bytecode_cache", "bytecode cache")):
+            if mode in startup:
+                out.append(
+                    Figure(
+                        f"start-up: site.py on llamafactory_dids.pth ({label})",
+                        startup[mode]["pth_ms"],
+                        unit="ms",
+                        target=STARTUP_TARGET_MS,
+                        comparator="<",
+                        command=command,
+                    )
+                )
+    return out
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/overhead.py ARGV` does and return the figures (see _figures.py)."""
+    argv = list(argv or [])
+    training, startup = measure(build_parser().parse_args(argv))
+    print_table(build_table(training, startup))
+    return to_figures(training, startup, " ".join(["python benchmarks/overhead.py", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    if args.worker:
+        _worker(*args.worker)
+        return 0
+
+    started = time.perf_counter()
+    training, startup = measure(args)
+    rows = build_table(training, startup)
+    print_table(rows)
+    elapsed = time.perf_counter() - started
+    print(f"\n({elapsed:.0f} s in all; python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    if args.json is not None:
+        payload = {
+            "settings": {
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "batch": BATCH,
+                "packing": args.packing,
+                "threads": args.threads,
+                "examples_per_domain": args.examples_per_domain,
+                "startup_runs": args.startup_runs,
+                "python": sys.executable,
+            },
+            "table": rows,
+            "training": training,
+            "startup": startup,
+            "seconds": round(elapsed, 1),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     missed = [r["figure"] for r in rows if r["ok"] is False]
     if args.check and missed:
         print(f"missed: {'; '.join(missed)}", file=sys.stderr)

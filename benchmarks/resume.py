@@ -45,6 +45,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
 TRACE_DIR = "dids_trace"
 
@@ -258,7 +260,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"result                           : {'PASS' if r['ok'] else 'FAIL'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--nproc", type=int, nargs="+", default=[1], help="process counts to test (default 1)"
@@ -286,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=None, metavar="OUT", help="also write the results to this JSON file"
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a comparison fails")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the uninterrupted and resumed runs for every `--nproc`; print and return each comparison."""
     from llamafactory_dids.demo import build_demo_assets
 
     cli = find_cli()
@@ -301,14 +306,53 @@ def main(argv: list[str] | None = None) -> int:
             result = check_resume(cli, assets, workdir, nproc, args)
             report(result)
             results.append(result)
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-            payload["results"] = results
-            args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     finally:
         if cleanup:
             shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def to_figures(results: list[dict[str, Any]], command: str) -> list[Figure]:
+    out = []
+    for r in results:
+        label = f"{r['nproc']} process{'es' if r['nproc'] > 1 else ''}"
+        out.append(
+            Figure(
+                f"resume: mismatched rows after checkpoint-{r['checkpoint_step']} ({label})",
+                r["mismatches"],
+                target=0,
+                comparator="==",
+                text=f"{r['mismatches']} in {r['records_compared']} rank x step records",
+                command=command,
+            )
+        )
+        out.append(
+            Figure(
+                f"  resume: rank x step records compared ({label})",
+                r["records_compared"],
+                target=0,
+                comparator=">",
+                command=command,
+            )
+        )
+    return out
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/resume.py ARGV` does and return the figures (see _figures.py)."""
+    argv = list(argv or [])
+    results = measure(build_parser().parse_args(argv))
+    return to_figures(results, " ".join(["python benchmarks/resume.py", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = measure(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        payload["results"] = results
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     if args.check and not all(r["ok"] for r in results):
         return 1
     return 0

@@ -5,8 +5,11 @@ Subcommands:
   demo     build the embedded default (tiny Llama, tokenizer, 3-domain dataset from real text) and
            train it with `examples/yaml/demo_sft.yaml` through the unchanged `llamafactory-cli train`.
   keys     list every `dids_*` key with its default and help.
+  observe  observation sets (`dids_target_datasets`) from lm-eval tasks' validation docs.
+  eval     score a trained output with lm-evaluation-harness, observation docs kept out.
+  report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
+  export   a run's learned mixture (final or time-averaged) as JSON and ready-to-paste YAML.
   compare  train several strategies on one YAML and print one table (target-task losses, weights, time).
-  export-weights  write a run's averaged weights as `dids_strategy: static` keys (offline DoGE/DoReMi).
 """
 
 from __future__ import annotations
@@ -111,19 +114,108 @@ def _compare(args: argparse.Namespace) -> int:
     return code
 
 
-def _export_weights(args: argparse.Namespace) -> int:
-    from .export import static_weights_yaml
+def _evaluation_values(args: argparse.Namespace, cls: type) -> dict:
+    """YAML values (if a config file is given), then key=value overrides, then --flags (highest)."""
+    import yaml
+
+    values: dict = {}
+    if args.config and "=" in args.config and not Path(args.config).is_file():  # no YAML, only overrides
+        args.overrides, args.config = [args.config, *args.overrides], None
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            values.update(yaml.safe_load(f) or {})
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: override {item!r} is not key=value")
+        values[key] = value
+    for f in dataclasses.fields(cls):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return values
+
+
+def _run_evaluation_command(args: argparse.Namespace) -> int:
+    from .evaluation import config as evaluation_config
+
+    if args.command == "eval":
+        from .evaluation.harness import run_evaluation as run
+
+        parse, cls = evaluation_config.parse_eval_config, evaluation_config.EvalConfig
+    else:
+        from .evaluation.observe import build_observation_sets as run
+
+        parse, cls = evaluation_config.parse_observe_config, evaluation_config.ObserveConfig
+    try:
+        run(parse(_evaluation_values(args, cls)))
+    except (ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_evaluation_parser(sub, name: str, cls: type, help: str) -> None:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.add_argument("config", nargs="?", help="optional YAML with the keys below")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f"{f.metadata['help']} (default: {default!r})".replace("%", "%%")
+        switch = {"nargs": "?", "const": "true"} if f.metadata["kind"] == "bool" else {}
+        parser.add_argument(flag, dest=f.name, default=None, help=text, **switch)
+    parser.set_defaults(func=_run_evaluation_command)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .reporting.report import write_report
+    from .reporting.run_outputs import RunOutputsError
 
     try:
-        text = static_weights_yaml(args.run_dir, how=args.how)
-    except ValueError as e:
+        report = write_report(
+            args.output_dir, args.out, top_n=args.top, max_heatmap_domains=args.heatmap_domains
+        )
+    except RunOutputsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"[dids] wrote {args.output}")
-    else:
-        print(text, end="")
+    for name, path in report.figures.items():
+        print(f"[dids] {name:<12} {path}")
+    for name, reason in report.skipped.items():
+        print(f"[dids] {name:<12} skipped: {reason}")
+    print(f"[dids] summary      {report.summary}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .reporting.export import export_mixture
+    from .reporting.run_outputs import RunOutputsError
+
+    try:
+        result = export_mixture(
+            args.output_dir,
+            args.out,
+            mixture=args.mixture,
+            by=args.average,
+            config=args.config,
+            mix_strategy=args.mix_strategy,
+        )
+    except RunOutputsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"[dids] mixture JSON     {result.json_path}")
+    print(f"[dids] plugin YAML      {result.static_path}")
+    print(f"[dids] interleave YAML  {result.interleave or 'not written (see the warning)'}")
+    print()
+    print(result.static_path.read_text(encoding="utf-8"), end="")
     return 0
 
 
@@ -141,19 +233,55 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
 
+    from .evaluation.config import EvalConfig, ObserveConfig
+
+    _add_evaluation_parser(
+        sub, "observe", ObserveConfig, "observation sets from lm-eval tasks' validation docs"
+    )
+    _add_evaluation_parser(sub, "eval", EvalConfig, "score a trained output with lm-evaluation-harness")
+
+    report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
+    report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    report.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_report)")
+    report.add_argument(
+        "--top", type=_positive_int, default=10, help="domains labelled in the figures (default 10)"
+    )
+    report.add_argument(
+        "--heatmap-domains", type=_positive_int, default=40, help="rows of the impact heatmap (default 40)"
+    )
+    report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="the learned mixture as JSON + YAML for another run")
+    export.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
+    export.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_export)")
+    export.add_argument(
+        "--mixture",
+        choices=("mean", "final"),
+        default="mean",
+        help="time-averaged over the run (default) or the last weights",
+    )
+    export.add_argument(
+        "--average",
+        choices=("samples", "steps"),
+        default="samples",
+        help="weight each mixture by the stream samples (default) or optimizer steps it was in force",
+    )
+    export.add_argument(
+        "--config", default=None, help="the run's training YAML (checks the interleave_probs dataset order)"
+    )
+    export.add_argument(
+        "--mix-strategy",
+        choices=("interleave_under", "interleave_over"),
+        default="interleave_under",
+        help="mix_strategy of interleave.yaml (default %(default)s)",
+    )
+    export.set_defaults(func=_export)
+
     compare = sub.add_parser("compare", help="train several strategies on one YAML and print one table")
     compare.add_argument("config", help="training YAML with dids_target_datasets (and update interval)")
     compare.add_argument("--strategies", nargs="+", required=True, help="e.g. uniform dids dga doge")
     compare.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     compare.set_defaults(func=_compare)
-
-    export = sub.add_parser("export-weights", help="a run's learned weights as `dids_strategy: static` keys")
-    export.add_argument("run_dir", help="output_dir of a finished run (history.jsonl)")
-    export.add_argument(
-        "--how", choices=("average", "final"), default="average", help="mean over updates or last weights"
-    )
-    export.add_argument("-o", "--output", help="YAML file to write (default: print)")
-    export.set_defaults(func=_export_weights)
     return parser
 
 

@@ -25,7 +25,7 @@ DYNAMIC_STRATEGIES = ("dids", "dga", "doge", "doremi", "velocitune")
 REFERENCE_STRATEGIES = ("doremi", "velocitune")
 NORMALISERS = ("softmax", "clamp")
 IMPACT_METRICS = ("fim", "inner_product")
-FISHER_ESTIMATORS = ("batch", "per_token")
+FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
@@ -135,16 +135,20 @@ class DIDSConfig:
     dids_fisher_batch_size: int = field(
         default=1,
         metadata={
-            "help": "Micro-batch size of the gradient probe; the diagonal empirical Fisher is the mean of "
-            "squared micro-batch gradients, so 1 is the exact per-example Fisher."
+            "help": "Micro-batch size of the gradient probe's passes. Mean gradients are per-example means "
+            "at any size; with `dids_fisher_estimator: batch` the Fisher is the mean of squared micro-batch "
+            "gradients, so only 1 is the exact per-example Fisher (use `per_example` to batch exactly)."
         },
     )
     dids_fisher_estimator: str = field(
         default="batch",
         metadata={
             "help": "`batch`: mean of squared micro-batch gradients (exact per-example Fisher at "
-            "`dids_fisher_batch_size: 1`, the reference code's estimator above it); `per_token`: for linear "
-            "layers, sum over tokens of (output-gradient^2)^T (input^2) from hooks, one GEMM per layer."
+            "`dids_fisher_batch_size: 1`, the reference code's estimator above it). From the linear layers' "
+            "forward/backward hooks, per example, independent of `dids_fisher_batch_size` (so the probe can "
+            "batch its passes): `per_example` (exact: squared per-example gradients, one GEMM per row and "
+            "layer), `per_token` (sum over tokens of output-gradient^2 x input^2: no cross-token terms), "
+            "`kfac` (diagonal of the K-FAC factors, an outer product per row and layer)."
         },
     )
     dids_impact_metric: str = field(
@@ -518,23 +522,6 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             problems.append("`dids_static_weights` must have a positive total; every weight is 0.")
 
 
-def zero_stage(deepspeed: Any) -> int | None:
-    """The ZeRO stage of a DeepSpeed config (a dict or a JSON file path); None without DeepSpeed."""
-    if not deepspeed:
-        return None
-    config = deepspeed
-    if isinstance(deepspeed, str):
-        import json
-
-        try:
-            with open(deepspeed, encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError):
-            return None  # DeepSpeed itself reports an unreadable config
-    stage = config.get("zero_optimization", {}).get("stage", 0) if isinstance(config, Mapping) else None
-    return int(stage) if isinstance(stage, int | str) and str(stage).isdigit() else None
-
-
 def check_host_arguments(
     cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any
 ) -> None:
@@ -568,12 +555,6 @@ def check_host_arguments(
             f"`mix_strategy: {mix}` conflicts with `dids_strategy`: the domain sampler does the mixing. "
             "Use `mix_strategy: concat` (the default) and set the mixture with `dids_*` keys "
             "(e.g. `dids_strategy: static` with `dids_static_weights`)."
-        )
-    if cfg.dids_strategy in DYNAMIC_STRATEGIES and zero_stage(getattr(training_args, "deepspeed", None)) == 3:
-        problems.append(
-            f"`dids_strategy: {cfg.dids_strategy}` does not support DeepSpeed ZeRO-3 yet (its gradient probe needs "
-            "unpartitioned parameters). Use ZeRO-2 or torchrun DDP, or a static strategy (uniform, natural, "
-            "static) under ZeRO-3."
         )
     if cfg.dids_budget is not None and getattr(training_args, "max_steps", -1) > 0:
         problems.append(

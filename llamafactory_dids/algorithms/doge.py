@@ -17,7 +17,8 @@ mean loss when there are several). Two ways to run it:
 - online: `dids_strategy: doge` samples the training model's data from W_t directly (the proxy is the
   model being trained; sampling by W replaces DoGE's weighted gradient, equal in expectation);
 - offline (the original protocol): run `doge` on a proxy model / small budget, then
-  `llamafactory-dids export-weights <output_dir>` writes W_bar as `dids_strategy: static` keys.
+  `llamafactory-dids export <output_dir> --average steps` writes the time average of the weights in force
+  (with one update per step, DoGE's W_bar) as `dids_strategy: static` keys.
 Differences to DGA: no EMA (the sampled weights are the iterate itself) and the averaged output.
 Keys: `dids_step_size` (eta).
 """

@@ -22,7 +22,7 @@ weights; the gradient alignment is the coupling the paper's other baselines (DoG
 L^ref are the final task losses of a reference run of this plugin (e.g. `dids_strategy: uniform` with the
 same data and `dids_target_datasets`), read from its output directory (`dids_reference_dir`): DoReMi's
 reference is a fully trained model, fixed during the run. The training run samples from alpha_t
-(online); `llamafactory-dids export-weights` writes the averaged weights for a `static` run (the
+(online); `llamafactory-dids export <output_dir>` writes the time-averaged weights for a `static` run (the
 original offline protocol). Keys: `dids_step_size` (eta), `dids_smoothing` (c), `dids_reference_dir`.
 """
 

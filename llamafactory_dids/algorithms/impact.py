@@ -103,13 +103,22 @@ class SparseJLProjection:
         signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64).mul_(2).sub_(1)
         return buckets.to(device), signs.to(device)
 
-    def project(self, blocks: list[torch.Tensor]) -> torch.Tensor:
-        """blocks: per parameter block, [..., n_b] (same leading shape); returns [..., dim] float64."""
+    def project(self, blocks: list[torch.Tensor], spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Project per-block vectors; returns [..., dim] float64.
+
+        Args:
+            blocks: per parameter block, [..., n_b] (same leading shape).
+            spans: per block, (start, full_length) when `blocks[b]` holds only coordinates
+                start..start+n_b of a block of full_length (a rank's shard): the shard's columns of the
+                same matrix are used, so the projections of a block's shards sum to the block's projection.
+        """
         lead = blocks[0].shape[:-1]
         out = torch.zeros(*lead, self.dim, dtype=torch.float64, device=blocks[0].device)
         for b, x in enumerate(blocks):
-            buckets, signs = self._hash(b, x.shape[-1], x.device)
-            out.index_add_(out.dim() - 1, buckets, x.double() * signs)
+            start, full = (0, x.shape[-1]) if spans is None else spans[b]
+            buckets, signs = self._hash(b, full, x.device)
+            stop = start + x.shape[-1]
+            out.index_add_(out.dim() - 1, buckets[start:stop], x.double() * signs[start:stop])
         return out
 
 

@@ -57,8 +57,7 @@ class MirrorDescentStrategy(MixingStrategy):
     """Base of the baselines: an iterate alpha on the simplex (starts uniform) and its running average.
 
     Subclasses compute per-domain scores in `update` and call `step`. `average` is the offline output of
-    DoReMi/DoGE (the mean of alpha_1..alpha_T); `llamafactory-dids export-weights` writes it for a
-    `static` run.
+    DoReMi/DoGE (the mean of alpha_1..alpha_T), reported in `history.jsonl` terms and `dids_final.json`.
     """
 
     dynamic = True

@@ -29,8 +29,12 @@ def current_improvement(history: Sequence[float]) -> float:
     return float(history[-2] - history[-1])
 
 
-def _decay(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+def exponential_decay(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    """L(t) = a e^{-bt} + c (eq. 14) at t [n] (what reports draw with the fitted parameters)."""
     return a * np.exp(-b * t) + c
+
+
+_decay = exponential_decay
 
 
 def fit_exponential_decay(history: Sequence[float]) -> tuple[float, float, float] | None:

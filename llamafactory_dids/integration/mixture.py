@@ -79,6 +79,7 @@ class DomainMixture:
         self.task_loss_history: list[list[float]] = []
         self.last_update_seconds = 0.0
         self.resumed_state: dict[str, Any] | None = None
+        self.domain_column: str | None = None  # `dids_domain_column`; None: one domain per `dataset:` entry
         # window accumulators (this rank, since the last sync), on the training device
         self._loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         self._tokens = torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -277,6 +278,7 @@ class DomainMixture:
             "strategy": self.strategy.name,
             "domains": self.names,
             "domain_sizes": self.sizes.tolist(),
+            "domain_column": self.domain_column,
             "weights_before": None,
             "weights": w.tolist(),
             "realised_counts": self.realised_total.tolist(),

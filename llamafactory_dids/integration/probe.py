@@ -14,6 +14,16 @@ the training process. At an update every rank runs, in lockstep and after the op
    with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
    F^{1/2} g, and each domain gradient is projected the same way.
 
+Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded*: every forward
+gathers parameters collectively, so all ranks run the same number of passes (padding with discarded
+passes), every domain is probed by all ranks together (each on its share of the domain's rows), and each
+micro-batch-summed gradient is reduce-scattered so that a rank keeps only its slice of the coordinates
+(chunk `rank` of every probed tensor). Eq. 12 is a sum over coordinates, so each rank adds the terms of
+its slice and the [k, m] scalars are all-reduced; with a projection, each rank projects its slice with
+the same matrix's columns and the [dim] vectors are all-reduced. Memory per rank: m task slices, one
+Fisher slice and the transient full gradient of the probed tensors. The sharded mode gives the same
+numbers as the replicated one (tested under torchrun with 2 processes).
+
 The probe runs on the unwrapped module in eval mode (no dropout; gradient checkpointing, which is
 incompatible with `autograd.grad` when reentrant, is only active in train mode), then restores the mode.
 Probed parameters: the trainable matrices (ndim >= 2: linear weights, LoRA factors) of the last
@@ -34,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from ..algorithms.impact import ImpactAccumulator, SparseJLProjection
+from ..config import FISHER_ESTIMATORS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -49,6 +60,75 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     if _world()[1] > 1:
         dist.all_reduce(tensor)
     return tensor
+
+
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's logical shape (DeepSpeed ZeRO-3 leaves an empty tensor and keeps it in `ds_shape`)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
+def is_partitioned(param: torch.Tensor) -> bool:
+    """True for a DeepSpeed ZeRO-3 parameter, whose data lives in shards across ranks."""
+    return hasattr(param, "ds_shape") and hasattr(param, "ds_tensor")
+
+
+class CoordinateShards:
+    """The slice of the probed coordinates a rank keeps in sharded mode: chunk `rank` of every tensor.
+
+    `reduce` takes a rank's full-length partial sums (one flat tensor per probed tensor) and a count,
+    sums them over ranks and returns only this rank's chunks plus the total count: a reduce-scatter
+    (NCCL) or an all-reduce followed by slicing (gloo has no reduce-scatter).
+    """
+
+    def __init__(self, sizes: Sequence[int], rank: int, world: int):
+        self.rank, self.world = rank, world
+        # bounds[b][r] = (start, stop) of rank r's chunk of tensor b
+        self.bounds = [_chunks(n, world) for n in sizes]
+        self.sizes = list(sizes)
+        lengths = [sum(stop - start for start, stop in (b[r] for b in self.bounds)) for r in range(world)]
+        self.segment = max(lengths) + 1  # + a slot for the count
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(start, full_length) of this rank's chunk of every tensor (for the projection)."""
+        return [(b[self.rank][0], n) for b, n in zip(self.bounds, self.sizes, strict=True)]
+
+    def reduce(self, blocks: Sequence[torch.Tensor], count: float) -> tuple[list[torch.Tensor], float]:
+        """blocks: per tensor, flat [n_b] partial sums of this rank. Returns this rank's summed chunks and count."""
+        device = blocks[0].device
+        buffer = torch.zeros(self.world * self.segment, dtype=torch.float32, device=device)
+        for r in range(self.world):
+            offset = r * self.segment
+            for block, bound in zip(blocks, self.bounds, strict=True):
+                start, stop = bound[r]
+                buffer[offset : offset + stop - start] = block[start:stop]
+                offset += stop - start
+            buffer[(r + 1) * self.segment - 1] = count
+        if self.world == 1:
+            mine = buffer
+        elif dist.get_backend() == "nccl":
+            mine = torch.empty(self.segment, dtype=buffer.dtype, device=device)
+            dist.reduce_scatter_tensor(mine, buffer)
+        else:
+            dist.all_reduce(buffer)
+            mine = buffer[self.rank * self.segment : (self.rank + 1) * self.segment]
+        chunks, offset = [], 0
+        for bound in self.bounds:
+            start, stop = bound[self.rank]
+            chunks.append(mine[offset : offset + stop - start].clone())
+            offset += stop - start
+        return chunks, float(mine[-1])
+
+
+def _chunks(n: int, world: int) -> list[tuple[int, int]]:
+    """(start, stop) of `world` near-equal consecutive chunks of range(n)."""
+    base, extra = divmod(n, world)
+    out, start = [], 0
+    for r in range(world):
+        stop = start + base + (1 if r < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -78,7 +158,7 @@ def select_probe_parameters(
     selected = [
         (name, p)
         for name, p in model.named_parameters()
-        if id(p) in chosen_ids and p.requires_grad and p.ndim >= 2
+        if id(p) in chosen_ids and p.requires_grad and len(full_shape(p)) >= 2
     ]
     if include_lm_head:
         head = getattr(model, "get_output_embeddings", lambda: None)()
@@ -113,6 +193,7 @@ class GradientProbe:
         seed: int,
         projection_dim: int = 0,
         fisher_estimator: str = "batch",
+        sharded: bool | None = None,
     ):
         self.model = model
         self.collate = collate
@@ -125,18 +206,24 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
-        if fisher_estimator not in ("batch", "per_token"):
-            raise ValueError(f"fisher_estimator must be 'batch' or 'per_token', got {fisher_estimator!r}.")
+        if fisher_estimator not in FISHER_ESTIMATORS:
+            raise ValueError(
+                f"fisher_estimator must be one of {FISHER_ESTIMATORS}, got {fisher_estimator!r}."
+            )
         self.fisher_estimator = fisher_estimator
         self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
         self.params = select_probe_parameters(
             model, layers_fraction=layers_fraction, include_lm_head=include_lm_head
         )
-        self.num_probe_parameters = sum(p.numel() for _, p in self.params)
+        self.shapes = [full_shape(p) for _, p in self.params]
+        self.num_probe_parameters = sum(math.prod(shape) for shape in self.shapes)
+        # ZeRO-3: forward passes are collective (parameters are gathered), so ranks run in lockstep
+        self.sharded = any(is_partitioned(p) for _, p in self.params) if sharded is None else sharded
         logger.info(
-            "[dids] impact probe over %d tensors (%d parameters): %s%s",
+            "[dids] impact probe over %d tensors (%d parameters%s): %s%s",
             len(self.params),
             self.num_probe_parameters,
+            ", sharded across ranks" if self.sharded else "",
             ", ".join(n for n, _ in self.params[:4]),
             " ..." if len(self.params) > 4 else "",
         )
@@ -147,6 +234,27 @@ class GradientProbe:
         batch.pop(DOMAIN_ID_COLUMN, None)
         batch.pop(ROW_ID_COLUMN, None)
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _micro_batches(self, rows: list[dict[str, Any]], size: int, filler: list[dict[str, Any]]):
+        """Yield (batch, real) over `rows` in chunks of `size`; in sharded mode, pad with discarded batches.
+
+        Sharded ranks must run the same number of forward (and backward) passes; a padding pass runs on
+        `filler` rows and `real` is False. Batches without a supervised token are never real.
+        """
+        chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+        total = len(chunks)
+        if self.sharded and _world()[1] > 1:
+            count = torch.tensor([total], dtype=torch.float64, device=self.device)
+            dist.all_reduce(count, op=dist.ReduceOp.MAX)
+            total = int(count.item())
+        for i in range(total):
+            real = i < len(chunks)
+            batch = self._batch(chunks[i] if real else filler[:size])
+            if (batch["labels"][..., 1:] != -100).sum() == 0:
+                if not self.sharded:
+                    continue
+                real = False
+            yield batch, real
 
     def _eval_mode(self):
         probe = self
@@ -168,63 +276,114 @@ class GradientProbe:
         sums = torch.zeros(2 * len(self.task_rows), dtype=torch.float64, device=self.device)
         with self._eval_mode(), torch.no_grad():
             for j, rows in enumerate(self.task_rows):
-                mine = rows[rank::world]
-                for start in range(0, len(mine), self.eval_batch_size):
-                    batch = self._batch(mine[start : start + self.eval_batch_size])
-                    tokens = (batch["labels"][..., 1:] != -100).sum()
-                    if tokens == 0:
-                        continue
+                for batch, real in self._micro_batches(rows[rank::world], self.eval_batch_size, rows):
                     loss = self.model(**batch).loss
-                    sums[2 * j] += loss.double() * tokens
-                    sums[2 * j + 1] += tokens
+                    if real:
+                        tokens = (batch["labels"][..., 1:] != -100).sum()
+                        sums[2 * j] += loss.double() * tokens
+                        sums[2 * j + 1] += tokens
         sums = _all_reduce(sums).cpu().numpy()
         return sums[0::2] / np.maximum(sums[1::2], 1)
 
     # ---------------------------------------------------------------------------------- gradients
     def _grad_sums(
-        self, rows: list[dict[str, Any]], *, squares: bool
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int]:
-        """Sum of micro-batch mean gradients, sum of their Fisher terms (if asked), number of micro-batches.
+        self, rows: list[dict[str, Any]], *, squares: bool, filler: list[dict[str, Any]] | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, int, int]:
+        """Sums of per-example gradients and of Fisher terms (if asked); micro-batch and example counts.
 
-        Fisher terms: the squared micro-batch gradient (`batch` estimator), or for linear layers the
-        per-token sum (delta^2)^T (x^2) from the layer's input x and output gradient delta (`per_token`).
+        An example's gradient is that of its own mean token loss (the paper's mean loss gradients are
+        means over examples), whatever `fisher_batch_size` groups the rows: each micro-batch backpropagates
+        the sum of its rows' mean losses. Fisher terms per micro-batch: `batch`, the squared mean gradient of
+        the micro-batch (exact per-example Fisher at micro-batch 1, the reference code's estimator above);
+        `per_token` and `kfac`, per example from each probed linear layer's input x and output gradient
+        delta (see `_fisher_term`), summed over the rows, so independent of the grouping as well. Probed
+        tensors outside linear layers use the squared gradient.
         """
         params = [p for _, p in self.params]
-        sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        sq = [torch.zeros_like(p, dtype=torch.float32) for p in params] if squares else None
-        per_token = squares and self.fisher_estimator == "per_token"
+        sums = [torch.zeros(shape, dtype=torch.float32, device=self.device) for shape in self.shapes]
+        sq = (
+            [torch.zeros(shape, dtype=torch.float32, device=self.device) for shape in self.shapes]
+            if squares
+            else None
+        )
+        from_hooks = squares and self.fisher_estimator != "batch"
         captured: dict[int, list[torch.Tensor]] = {}
-        handles = self._capture_linear_io(captured) if per_token else []
-        count = 0
+        handles = self._capture_linear_io(captured) if from_hooks else []
+        count = num_rows = 0
         try:
-            for start in range(0, len(rows), self.fisher_batch_size):
-                batch = self._batch(rows[start : start + self.fisher_batch_size])
-                if (batch["labels"][..., 1:] != -100).sum() == 0:
-                    continue
+            for batch, real in self._micro_batches(rows, self.fisher_batch_size, filler or rows):
                 captured.clear()
                 with torch.enable_grad():
-                    loss = self.model(**batch).loss
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    row_losses, supervised = self._row_losses(batch)
+                    grads = torch.autograd.grad(row_losses.sum(), params, allow_unused=True)
+                if not real:
+                    continue
+                n = int(supervised.sum())
                 for i, g in enumerate(grads):
                     if g is None:
                         continue
                     g = g.float()
                     sums[i].add_(g)
-                    if sq is None:
-                        continue
-                    if per_token and len(captured.get(i, ())) == 2:
-                        x, delta = captured[i]
-                        sq[i].add_((delta.float() ** 2).T @ (x.float() ** 2))
-                    else:
-                        sq[i].add_(g * g)
+                    if sq is not None:
+                        sq[i].add_(self._fisher_term(g / n, captured.get(i), batch.get("attention_mask")))
                 count += 1
+                num_rows += n
         finally:
             for handle in handles:
                 handle.remove()
-        return sums, sq, count
+        return sums, sq, count, num_rows
+
+    def _row_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B] mean next-token loss of every row (0 for a row without supervised tokens) and [B] which
+        rows have supervised tokens."""
+        labels = batch["labels"]
+        logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        shifted = labels[..., 1:]
+        token_losses = torch.nn.functional.cross_entropy(
+            logits[..., :-1, :].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="none"
+        ).view_as(shifted)
+        tokens = (shifted != -100).sum(-1)
+        return token_losses.sum(-1) / tokens.clamp_min(1), tokens > 0
+
+    def _fisher_term(
+        self, grad: torch.Tensor, io: list[torch.Tensor] | None, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One micro-batch's diagonal Fisher term for a probed tensor.
+
+        Args:
+            grad: [out, in] mean over the micro-batch's examples of their gradients.
+            io: the layer's input x [B, L, in] and output gradient delta [B, L, out] of the backpropagated
+                sum of row mean losses, so row b's delta is that of its own mean loss (linear layers only).
+            attention_mask: [B, L], real positions (None: all).
+
+        `per_example`: sum over rows of the squared per-example gradient (delta_b^T x_b)^2, the exact
+        per-example Fisher of `batch` at micro-batch 1 from one batched pass (one [out, in] GEMM per row);
+        `per_token`: sum over rows and tokens of (delta_t^2)(x_t^2)^T, the per-example Fisher without the
+        cross-token terms; `kfac`: per row, the diagonal of the K-FAC factors (sum_t delta_t^2)
+        (sum_t x_t^2)^T / positions, summed over rows. Sums of single-row terms: micro-batches of several
+        rows give the micro-batch-1 value.
+        """
+        if self.fisher_estimator == "batch" or io is None or len(io) != 2:
+            return grad * grad
+        x, delta = io[0].float(), io[1].float()
+        if self.fisher_estimator == "per_example":
+            term = torch.zeros_like(grad)
+            for x_b, delta_b in zip(x, delta, strict=True):  # a row at a time: one [out, in] in memory
+                term.add_((delta_b.T @ x_b) ** 2)
+            return term
+        if self.fisher_estimator == "per_token":
+            return (delta**2).flatten(0, 1).T @ (x**2).flatten(0, 1)
+        mask = (
+            torch.ones(x.shape[:2], device=x.device)
+            if attention_mask is None
+            else (attention_mask > 0).float()
+        )
+        d2 = (delta**2).sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [B, out]
+        x2 = ((x**2) * mask[:, :, None]).sum(1)  # [B, in]
+        return d2.T @ x2
 
     def _capture_linear_io(self, captured: dict[int, list[torch.Tensor]]) -> list[Any]:
-        """Hooks keeping each probed linear layer's input and output gradient, flattened over tokens."""
+        """Hooks keeping each probed linear layer's input and output gradient ([B, L, features])."""
         index = {id(p): i for i, (_, p) in enumerate(self.params)}
         handles = []
         for module in self.model.modules():
@@ -233,11 +392,9 @@ class GradientProbe:
             i = index[id(module.weight)]
 
             def forward_hook(mod, inputs, output, i=i):
-                captured[i] = [inputs[0].detach().reshape(-1, inputs[0].shape[-1])]
+                captured[i] = [inputs[0].detach()]
                 if output.requires_grad:
-                    output.register_hook(
-                        lambda grad, i=i: captured[i].append(grad.detach().reshape(-1, grad.shape[-1]))
-                    )
+                    output.register_hook(lambda grad, i=i: captured[i].append(grad.detach()))
 
             handles.append(module.register_forward_hook(forward_hook))
         return handles
@@ -246,53 +403,89 @@ class GradientProbe:
     def _scaled(blocks: list[torch.Tensor], scales: list[torch.Tensor] | None) -> list[torch.Tensor]:
         return blocks if scales is None else [b * sc for b, sc in zip(blocks, scales, strict=True)]
 
+    def _reduced_mean(
+        self, sums: list[torch.Tensor], count: int, shards: CoordinateShards | None
+    ) -> list[torch.Tensor]:
+        """Flat sums over every rank divided by the total count: whole tensors, or this rank's shard
+        (collective)."""
+        flat = [s.flatten() for s in sums]
+        if shards is None:
+            total = _all_reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()
+            return [_all_reduce(f).div_(max(total, 1.0)) for f in flat]
+        chunks, total = shards.reduce(flat, float(count))
+        return [c.div_(max(total, 1.0)) for c in chunks]
+
+    def _project(self, blocks: list[torch.Tensor], shards: CoordinateShards | None) -> torch.Tensor:
+        """Projection of whole tensors, or the all-reduced sum of every rank's shard projections."""
+        if shards is None:
+            return self.projection.project(blocks)
+        return _all_reduce(self.projection.project(blocks, shards.spans))
+
     def impact(self, update_index: int) -> np.ndarray:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""
         rank, world = _world()
         m, k = len(self.task_rows), len(self.domain_pools)
+        sizes = [math.prod(shape) for shape in self.shapes]
+        shards = CoordinateShards(sizes, rank, world) if self.sharded else None
         with self._eval_mode():
-            # task gradients and Fisher: every rank takes a share of every task's rows, then all-reduce
-            task_sums, fisher, counts = [], None, []
+            # task gradients and Fisher: every rank takes a share of every task's rows
+            task_means, fisher, fisher_count = [], None, 0
             for rows in self.task_rows:
-                sums, squares, count = self._grad_sums(rows[: self.probe_samples][rank::world], squares=True)
-                task_sums.append(sums)
-                fisher = squares if fisher is None else [f + q for f, q in zip(fisher, squares, strict=True)]
-                counts.append(count)
-            count_t = _all_reduce(torch.tensor(counts, dtype=torch.float64, device=self.device)).cpu()
-            for j in range(m):
-                for tensor in task_sums[j]:
-                    _all_reduce(tensor).div_(max(count_t[j].item(), 1.0))
-            for tensor in fisher:
-                _all_reduce(tensor).div_(max(count_t.sum().item(), 1.0))
+                rows = rows[: self.probe_samples]
+                sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
+                task_means.append(self._reduced_mean(sums, num_rows, shards))
+                fisher = (
+                    squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
+                )
+                # `batch`: one term per micro-batch; hook estimators: summed per example
+                fisher_count += count if self.fisher_estimator == "batch" else num_rows
+                del sums, squares
+            fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
+            task_blocks = [torch.stack([task_means[j][b] for j in range(m)]) for b in range(len(sizes))]
+            del task_means, fisher
             acc = ImpactAccumulator(k, m, metric=self.metric)
-            task_blocks = [
-                torch.stack([task_sums[j][b].flatten() for j in range(m)]) for b in range(len(fisher))
-            ]
-            fisher_blocks = [f.flatten() for f in fisher]
-            del task_sums, fisher
+            # Terms are summed over ranks at the end. Sharded without projection: each rank adds its own
+            # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them),
+            # and domain terms are whole on the rank that probed the domain (replicated: its own domains;
+            # sharded + projection: all domains, all-reduced vectors, rank 0 adds them).
+            every_rank = shards is not None and self.projection is None
+            adds_task_terms = every_rank or rank == 0
+            adds_domain_terms = every_rank or shards is None or rank == 0
+            scales = None
             if self.projection is None:
                 task_terms = list(zip(task_blocks, fisher_blocks, strict=True))
             else:
                 # eq. 12 in the projected space: h = P F^{1/2} g (P g for inner products), identity metric
                 scales = [f.sqrt() for f in fisher_blocks] if self.metric == "fim" else None
-                h_tasks = self.projection.project(self._scaled(task_blocks, scales))
+                h_tasks = self._project(self._scaled(task_blocks, scales), shards)
                 task_terms = [
-                    (h_tasks, torch.ones(h_tasks.shape[-1], dtype=torch.float64, device=h_tasks.device))
+                    (h_tasks, torch.ones(self.projection.dim, dtype=torch.float64, device=self.device))
                 ]
                 del task_blocks  # only the [m, dim] projection stays in memory
-            if rank == 0:
+            if adds_task_terms:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
-            # domains, streamed: this rank's share
-            for d in range(rank, k, world):
+            # domains, streamed: replicated ranks take every world-th domain; sharded ranks probe every
+            # domain together, each on its share of the domain's rows
+            for d in range(k) if shards is not None else range(rank, k, world):
                 pool = self.domain_pools[d]
                 rng = np.random.default_rng([self.seed, 2, update_index, d])
-                chosen = np.sort(rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False))
-                sums, _, count = self._grad_sums(self.train_rows(chosen.tolist()), squares=False)
-                domain_blocks = [g.flatten() / max(count, 1) for g in sums]
+                chosen = np.sort(
+                    rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False)
+                ).tolist()
+                mine = chosen[rank::world] if shards is not None else chosen
+                sums, _, _, num_rows = self._grad_sums(
+                    self.train_rows(mine), squares=False, filler=self.train_rows(chosen[:1])
+                )
+                if shards is None:
+                    domain_blocks = [g.flatten() / max(num_rows, 1) for g in sums]
+                else:
+                    domain_blocks = self._reduced_mean(sums, num_rows, shards)
                 del sums
                 if self.projection is not None:
-                    domain_blocks = [self.projection.project(self._scaled(domain_blocks, scales))]
+                    domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
+                if not adds_domain_terms:
+                    continue
                 for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()

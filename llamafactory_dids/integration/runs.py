@@ -1,8 +1,8 @@
-"""Reading a finished run's output directory: history, final task losses, averaged weights.
+"""Reading a finished run's output directory: history and final task losses (reference runs, compare).
 
 Role: integration layer (plain JSON files, no llamafactory import) between finished runs and what reads
-them: the reference-based strategies (DoReMi's reference losses, Velocitune's scaling-law targets), the
-offline export of DoGE/DoReMi weights for a `static` run, and `llamafactory-dids compare`. A run's
+them: the reference-based strategies (DoReMi's reference losses, Velocitune's scaling-law targets) and
+`llamafactory-dids compare` (the plots and the export of a run live in `reporting`). A run's
 output_dir holds `history.jsonl` (one record per mixture update, `task_losses` when target sets are
 observed) and `dids_final.json` (the task losses of the final model, written at the end of training by
 `DomainMixture.final_evaluation`).
@@ -91,35 +91,3 @@ def read_reference(run_dir: str | Path, domains: list[str], tasks: list[str]) ->
     samples = np.array([sum(r.get("realised_counts") or [0]) for r in records], dtype=np.float64)
     losses = np.array([[r["task_losses"][i] for i in order] for r in records], dtype=np.float64)
     return ReferenceRun(path=path, samples=samples, losses=losses, final_losses=losses[-1].copy())
-
-
-def averaged_weights(run_dir: str | Path, *, how: str = "average") -> tuple[list[str], np.ndarray, int]:
-    """The weights a run learned, as (domains, weights [k], number of updates used).
-
-    `average`: mean of the weights after every update (the offline output of DoGE and DoReMi, 1/T sum
-    alpha_t); `final`: the last weights.
-
-    Raises:
-        ValueError: if the run has no history or, for `average`, no update.
-    """
-    if how not in ("average", "final"):
-        raise ValueError(f"how must be 'average' or 'final', got {how!r}.")
-    history = read_history(run_dir)
-    if not history:
-        raise ValueError(
-            f"{Path(run_dir) / HISTORY_FILE} not found or empty: is {run_dir} a run's output_dir?"
-        )
-    updates = [r for r in history if r.get("update", 0) > 0]
-    if how == "final":
-        return (
-            list(history[-1]["domains"]),
-            np.asarray(history[-1]["weights"], dtype=np.float64),
-            len(updates),
-        )
-    if not updates:
-        raise ValueError(
-            f"{Path(run_dir) / HISTORY_FILE} has no mixture update to average (a static strategy, or no "
-            "`dids_update_interval`). Use --how final, or train a dynamic strategy such as doge."
-        )
-    weights = np.mean([r["weights"] for r in updates], axis=0)
-    return list(updates[-1]["domains"]), weights / weights.sum(), len(updates)

@@ -124,6 +124,7 @@ class DIDSTrainerMixin:
             output_dir=self.args.output_dir,
             device=self.args.device,
         )
+        self.dids_mixture.domain_column = cfg.dids_domain_column
         self.data_collator = DomainCollator(self.data_collator)
         # gradient strategies need the probe; with target sets any strategy observes the task losses
         if strategy.signals & PROBE_SIGNALS or getattr(cfg, "target_sets", None):

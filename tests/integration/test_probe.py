@@ -56,6 +56,15 @@ def make_probe(model, train, pools, tasks, **overrides) -> GradientProbe:
     return GradientProbe(model, collate, lambda idx: [train[i] for i in idx], pools, tasks, **settings)
 
 
+def probe_case(**overrides) -> GradientProbe:
+    """Odd row counts (5 and 6 task rows, domains of 10/12/8 rows, 5 probe samples): uneven rank shares."""
+    model = tiny_llama()
+    train = make_rows(30, seed=1)
+    pools = [np.arange(0, 10), np.arange(10, 22), np.arange(22, 30)]
+    tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
+    return make_probe(model, train, pools, tasks, probe_samples=5, **overrides)
+
+
 def test_parameter_selection_takes_the_last_blocks():
     model = tiny_llama(layers=10)
     assert len(transformer_blocks(model)) == 10
@@ -124,8 +133,9 @@ def test_projected_probe_tracks_the_exact_one():
     np.testing.assert_allclose(projected.impact(1), exact.impact(1), rtol=0.15)
 
 
-def test_per_token_fisher_ranks_impacts_like_the_exact_one():
-    """The hook-based per-token Fisher (one GEMM per layer) against the exact per-example Fisher."""
+@pytest.mark.parametrize("estimator", ["per_token", "kfac"])
+def test_hook_fisher_ranks_impacts_like_the_exact_one(estimator):
+    """The hook-based Fisher estimators (per-token GEMM, K-FAC diagonal) against the exact per-example one."""
     from scipy.stats import spearmanr
 
     model = tiny_llama()
@@ -133,14 +143,117 @@ def test_per_token_fisher_ranks_impacts_like_the_exact_one():
     pools = [np.arange(i * 10, (i + 1) * 10) for i in range(8)]
     tasks = [make_rows(8, seed=2), make_rows(8, seed=3)]
 
-    def impact(estimator):
+    def impact(name):
         probe = make_probe(
-            model, train, pools, tasks, probe_samples=8, eval_batch_size=4, fisher_estimator=estimator
+            model, train, pools, tasks, probe_samples=8, eval_batch_size=4, fisher_estimator=name
         )
         return probe.impact(1)
 
-    exact, per_token = impact("batch"), impact("per_token")
-    assert not np.allclose(exact, per_token)  # a different Fisher...
-    assert spearmanr(exact.ravel(), per_token.ravel()).statistic > 0.9  # ...that ranks pairs alike (0.97)
-    with pytest.raises(ValueError, match="fisher_estimator must be"):
-        make_probe(model, train, pools, tasks, fisher_estimator="kfac")
+    exact, approx = impact("batch"), impact(estimator)
+    assert not np.allclose(exact, approx)  # a different Fisher...
+    assert spearmanr(exact.ravel(), approx.ravel()).statistic > 0.9  # ...that ranks pairs alike
+    with pytest.raises(ValueError, match="fisher_estimator must be one of"):
+        make_probe(model, train, pools, tasks, fisher_estimator="diag")
+
+
+def test_hook_fisher_terms_match_their_formulas():
+    """Per-token: sum_t (delta_t^2)(x_t^2)^T; K-FAC diagonal: (sum_t delta_t^2)(sum_t x_t^2)^T / positions,
+    per row, padding left out."""
+    model = tiny_llama()
+    probe = make_probe(model, make_rows(4, 1), [np.arange(4)], [make_rows(2, 2)])
+    g = torch.Generator().manual_seed(0)
+    x, delta = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 2, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    delta = delta * mask[:, :, None]  # padding gets no gradient
+    grad = torch.einsum("blo,bli->oi", delta, x) / 2
+    per_token = sum(torch.outer(delta[b, t] ** 2, x[b, t] ** 2) for b in range(2) for t in range(5))
+    kfac = sum(
+        torch.outer((delta[b, :n] ** 2).sum(0), (x[b, :n] ** 2).sum(0)) / n for b, n in ((0, 5), (1, 3))
+    )
+    per_example = sum((delta[b].T @ x[b]) ** 2 for b in range(2))
+    for name, expected in (
+        ("per_token", per_token),
+        ("kfac", kfac),
+        ("per_example", per_example),
+        ("batch", grad * grad),
+    ):
+        probe.fisher_estimator = name
+        torch.testing.assert_close(probe._fisher_term(grad, [x, delta], mask), expected)
+    probe.fisher_estimator = "kfac"  # a tensor outside a linear layer falls back to the squared gradient
+    torch.testing.assert_close(probe._fisher_term(grad, None, mask), grad * grad)
+
+
+@pytest.mark.parametrize("estimator", ["per_example", "per_token", "kfac"])
+def test_hook_fisher_does_not_depend_on_the_micro_batch_size(estimator):
+    """Rows of different lengths and prompt lengths, padded: micro-batches of 4 give the gradient and Fisher
+    sums of micro-batch 1 (per-example losses and the padding mask are what make this hold)."""
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(5)
+    rows = []
+    for i in range(8):
+        n = 6 + i % 4
+        ids = torch.randint(0, VOCAB, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (1 + i % 3) + ids[1 + i % 3 :]})
+
+    def pad(batch_rows):
+        width = max(len(r["input_ids"]) for r in batch_rows)
+        out = {"input_ids": [], "attention_mask": [], "labels": []}
+        for r in batch_rows:
+            extra = width - len(r["input_ids"])
+            out["input_ids"].append(r["input_ids"] + [0] * extra)
+            out["attention_mask"].append([1] * len(r["input_ids"]) + [0] * extra)
+            out["labels"].append(r["labels"] + [-100] * extra)
+        return {k: torch.tensor(v) for k, v in out.items()}
+
+    def gradient_and_fisher_sums(batch_size):
+        probe = make_probe(
+            model, rows, [np.arange(8)], [rows], fisher_batch_size=batch_size, fisher_estimator=estimator
+        )
+        probe.collate = pad
+        sums, squares, count, num_rows = probe._grad_sums(rows, squares=True)
+        assert num_rows == 8 and count == 8 // batch_size
+        return sums + squares
+
+    for one, four in zip(gradient_and_fisher_sums(1), gradient_and_fisher_sums(4), strict=True):
+        torch.testing.assert_close(four, one, rtol=1e-4, atol=1e-4 * one.abs().max().item())
+
+
+@pytest.mark.distributed
+def test_sharded_probe_on_two_ranks_matches_one_process(tmp_path):
+    """ZeRO-3's sharded mode (coordinate slices, lockstep passes) and the replicated mode under torchrun x2
+    give the single-process numbers."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "probe.json"
+    worker = Path(__file__).with_name("probe_worker.py")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", str(worker), str(out)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    got = json.loads(out.read_text())
+    single = probe_case()
+    expected_impact, expected_losses = single.impact(1), single.task_losses()
+    for name in ("sharded", "replicated"):
+        np.testing.assert_allclose(got[name]["impact"], expected_impact, rtol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got[name]["losses"], expected_losses, rtol=1e-5, err_msg=name)
+    projected = probe_case(projection_dim=4096, fisher_estimator="per_token").impact(1)
+    np.testing.assert_allclose(got["sharded_projected_per_token"]["impact"], projected, rtol=1e-4)
+
+
+def test_per_example_hook_fisher_is_the_exact_fisher_from_batched_passes():
+    """`per_example` at micro-batch 4 gives the impacts of the exact per-example Fisher (`batch` at 1)."""
+    model = tiny_llama()
+    train = make_rows(40, seed=1)
+    pools = [np.arange(i * 10, (i + 1) * 10) for i in range(4)]
+    tasks = [make_rows(8, seed=2), make_rows(8, seed=3)]
+    exact = make_probe(model, train, pools, tasks, probe_samples=8).impact(1)
+    batched = make_probe(
+        model, train, pools, tasks, probe_samples=8, fisher_batch_size=4, fisher_estimator="per_example"
+    ).impact(1)
+    np.testing.assert_allclose(batched, exact, rtol=1e-4)

@@ -1,4 +1,4 @@
-"""Reading finished runs: reference task losses (DoReMi/Velocitune) and averaged weights (export)."""
+"""Reading finished runs: the reference task losses of DoReMi and Velocitune."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from llamafactory_dids.export import static_weights_yaml
-from llamafactory_dids.integration.runs import averaged_weights, read_reference
+from llamafactory_dids.integration.runs import read_reference
 
 DOMAINS = ["code", "docs"]
 
@@ -73,16 +72,3 @@ def test_reference_errors_say_what_is_wrong(tmp_path, kwargs, domains, tasks, ma
     path = tmp_path / "run" if kwargs is None else write_run(tmp_path / "run", **kwargs)
     with pytest.raises(ValueError, match=match):
         read_reference(path, domains, tasks)
-
-
-def test_averaged_weights_and_export(tmp_path):
-    run = write_run(tmp_path / "run")
-    domains, weights, updates = averaged_weights(run)
-    assert domains == DOMAINS and updates == 2
-    np.testing.assert_allclose(weights, [0.7, 0.3])  # mean over the updates, not the initial record
-    np.testing.assert_allclose(averaged_weights(run, how="final")[1], [0.8, 0.2])
-    text = static_weights_yaml(run)
-    assert "average over 2 updates" in text and "dids_strategy: static" in text
-    assert "code: 0.7" in text and "docs: 0.3" in text
-    with pytest.raises(ValueError, match="not found or empty"):
-        averaged_weights(tmp_path / "missing")
