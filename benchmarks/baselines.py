@@ -37,10 +37,12 @@ from pathlib import Path
 
 import yaml
 
+from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+
 STRATEGIES = ("uniform", "natural", "dids", "dga", "doge", "doremi", "velocitune")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--budget", type=int, default=160)
     parser.add_argument("--updates", type=int, default=4)
@@ -48,13 +50,17 @@ def main() -> int:
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
 
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Train every strategy through `run_compare`; one dict of figures per strategy (module docstring)."""
     from llamafactory_dids.cli import find_llamafactory_cli
     from llamafactory_dids.compare import run_compare
     from llamafactory_dids.demo import build_demo_assets, demo_training_config
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-baselines-"))
+    args.workdir = workdir
     assets = build_demo_assets(workdir / "assets", examples_per_domain=300, seed=0)
     config = demo_training_config(
         assets,
@@ -78,12 +84,10 @@ def main() -> int:
     _, rows = run_compare(path, args.strategies, cli=cli, out=sys.stderr)
 
     figures = []
-    runtimes = {}
     for row in rows:
         out = Path(row["output_dir"])
         results = out / "train_results.json"
         runtime = json.loads(results.read_text())["train_runtime"] if results.is_file() else float("nan")
-        runtimes[row["strategy"]] = runtime
         history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line]
         seconds = [r["seconds"] for r in history if r.get("update", 0) > 0]
         figures.append(
@@ -96,25 +100,52 @@ def main() -> int:
                 "weights": row["weights"],
             }
         )
-    base = runtimes.get("uniform", float("nan"))
-    print(f"budget {args.budget} samples, {args.updates} updates, threads {args.threads}, workdir {workdir}")
+    base = next((f["train_runtime"] for f in figures if f["strategy"] == "uniform"), float("nan"))
+    for f in figures:
+        f["runtime_over_uniform"] = f["train_runtime"] / base if base == base and base > 0 else float("nan")
+    return figures
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/baselines.py ARGV` does and return the figures (see _figures.py)."""
+    argv = list(argv or [])
+    command = " ".join(["python benchmarks/baselines.py", *argv])
+    out = []
+    for f in measure(build_parser().parse_args(argv)):
+        name = f["strategy"]
+        out.append(
+            Figure(
+                f"{name}: median seconds per mixture update", f["update_seconds_median"], "s", command=command
+            )
+        )
+        out.append(
+            Figure(
+                f"{name}: train_runtime / uniform (one run each)", f["runtime_over_uniform"], command=command
+            )
+        )
+        out.append(Figure(f"{name}: final target loss (demo_target_code)", f["target_loss"], command=command))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rows = measure(args)
+    print(
+        f"budget {args.budget} samples, {args.updates} updates, threads {args.threads}, workdir {args.workdir}"
+    )
     print(
         "| strategy | update s (median) | train_runtime s | / uniform | final target loss | final weights |"
     )
     print("|---|---|---|---|---|---|")
-    for f in figures:
-        f["runtime_over_uniform"] = f["train_runtime"] / base if base == base and base > 0 else float("nan")
+    for f in rows:
         weights = ", ".join(f"{k.removeprefix('demo_')} {v:.3f}" for k, v in (f["weights"] or {}).items())
         print(
             f"| {f['strategy']} | {f['update_seconds_median']:.2f} | {f['train_runtime']:.1f} | "
             f"{f['runtime_over_uniform']:.2f} | {f['target_loss']:.4f} | {weights} |"
         )
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"args": vars(args) | {"workdir": str(workdir)}, "rows": figures}, indent=2, default=str
-            )
-        )
+        payload = {"args": vars(args) | {"workdir": str(args.workdir)}, "rows": rows}
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
     return 0
 
 
