@@ -57,6 +57,12 @@ SCRIPTS: tuple[Script, ...] = (
     Script("gpu_path", "gpu_path.py", quick_argv=("--repeats", "1")),  # issue 7: says so without a GPU
     Script("repartition", "repartition.py", quick_argv=("--quick",)),  # issue 4: repartition throughput
     Script("quality", "quality/run.py", quick_argv=("--quick",)),  # issue 6: mixture quality
+    Script(  # issue 5: the paper's baselines through `compare`
+        "baselines",
+        "baselines.py",
+        argv=("--budget", "320", "--updates", "8"),
+        quick_argv=("--budget", "80", "--updates", "2", "--strategies", "uniform", "dga", "doge", "doremi"),
+    ),
 )
 
 

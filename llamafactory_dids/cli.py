@@ -9,6 +9,7 @@ Subcommands:
   eval     score a trained output with lm-evaluation-harness, observation docs kept out.
   report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
   export   a run's learned mixture (final or time-averaged) as JSON and ready-to-paste YAML.
+  compare  train several strategies on one YAML and print one table (target-task losses, weights, time).
 """
 
 from __future__ import annotations
@@ -93,6 +94,24 @@ def _keys(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"{row['key']} (default: {row['default']!r})\n    {row['help']}")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import CompareError, run_compare
+
+    cli = find_llamafactory_cli()
+    if cli is None:
+        print("error: `llamafactory-cli` is not on PATH; install llamafactory (see README).", file=sys.stderr)
+        return 2
+    # `--strategies a b key=value` puts the overrides into the strategy list: move them back
+    strategies = [s for s in args.strategies if "=" not in s]
+    overrides = [s for s in args.strategies if "=" in s] + list(args.overrides)
+    try:
+        code, _ = run_compare(args.config, strategies, overrides, cli=cli)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return code
 
 
 def _evaluation_values(args: argparse.Namespace, cls: type) -> dict:
@@ -257,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mix_strategy of interleave.yaml (default %(default)s)",
     )
     export.set_defaults(func=_export)
+
+    compare = sub.add_parser("compare", help="train several strategies on one YAML and print one table")
+    compare.add_argument("config", help="training YAML with dids_target_datasets (and update interval)")
+    compare.add_argument("--strategies", nargs="+", required=True, help="e.g. uniform dids dga doge")
+    compare.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
+    compare.set_defaults(func=_compare)
     return parser
 
 

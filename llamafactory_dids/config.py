@@ -18,7 +18,11 @@ KEY_PREFIX = "dids_"
 
 # Strategy names the config accepts. The table of classes lives in algorithms.strategies; this tuple is
 # kept here (stdlib only) so validation does not import numpy. A test keeps the two in sync.
-STRATEGIES = ("uniform", "natural", "static", "dids")
+STRATEGIES = ("uniform", "natural", "static", "dids", "dga", "doge", "doremi", "velocitune")
+# Strategies that update during training and observe the downstream tasks (`dids_target_datasets`).
+DYNAMIC_STRATEGIES = ("dids", "dga", "doge", "doremi", "velocitune")
+# Strategies whose rule compares against a reference run (`dids_reference_dir`).
+REFERENCE_STRATEGIES = ("doremi", "velocitune")
 NORMALISERS = ("softmax", "clamp")
 IMPACT_METRICS = ("fim", "inner_product")
 FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
@@ -111,9 +115,11 @@ class DIDSConfig:
     dids_target_datasets: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Downstream tasks for `dids_strategy: dids`: LLaMA-Factory dataset names (in `dataset_dir`), "
-            "one per task, e.g. held-out slices of each task's validation data; processed with the run's "
-            "template and cutoff. One name = the paper's single-task mode."
+            "help": "Downstream tasks: LLaMA-Factory dataset names (in `dataset_dir`), one per task, e.g. held-out "
+            "slices of each task's validation data; processed with the run's template and cutoff. One name = "
+            "the paper's single-task mode. Required by dids, dga, doge, doremi, velocitune; with uniform, "
+            "natural or static the task losses are only observed (at the start, at every update, and at the "
+            "end into `dids_final.json`), which is how `llamafactory-dids compare` measures every strategy."
         },
     )
     dids_target_samples: int = field(
@@ -147,7 +153,10 @@ class DIDSConfig:
     )
     dids_impact_metric: str = field(
         default="fim",
-        metadata={"help": "`fim` (eq. 12) or `inner_product` (the DIDS-FIM ablation: DGA's eq. 6)."},
+        metadata={
+            "help": "`dids` only: `fim` (eq. 12) or `inner_product` (the DIDS-FIM ablation: DGA's eq. 6). The "
+            "baselines dga, doge, doremi and velocitune always use the inner product."
+        },
     )
     dids_use_trajectory: bool = field(
         default=True,
@@ -162,7 +171,10 @@ class DIDSConfig:
     )
     dids_ema_beta: float = field(
         default=0.1,
-        metadata={"help": "EMA weight of the previous probabilities (eq. 16; paper 0.1, App. F 0.1-0.3)."},
+        metadata={
+            "help": "EMA weight of the previous probabilities (dids eq. 16; paper 0.1, App. F 0.1-0.3). Also "
+            "read by `dga` (its EMA over the mirror descent iterates)."
+        },
     )
     dids_normaliser: str = field(
         default="softmax",
@@ -183,6 +195,30 @@ class DIDSConfig:
     dids_probe_include_lm_head: bool = field(
         default=False,
         metadata={"help": "Also probe `lm_head` (large: vocabulary x hidden)."},
+    )
+    dids_step_size: float = field(
+        default=1.0,
+        metadata={
+            "help": "Step size eta of the exponentiated-gradient (mirror descent) weight update of dga, doge, "
+            "doremi and velocitune (DoReMi's default: 1). The gradient inner products of dga/doge are not "
+            "scale-free: check `terms.scores` in history.jsonl and scale eta so eta * score is O(1)."
+        },
+    )
+    dids_smoothing: float = field(
+        default=1e-3,
+        metadata={
+            "help": "Mixing with the uniform distribution after each update, (1 - c) alpha + c / k, of doremi "
+            "and velocitune (DoReMi's default: 1e-3)."
+        },
+    )
+    dids_reference_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Output directory of a finished reference run of this plugin with the same domains and "
+            "`dids_target_datasets` (e.g. `dids_strategy: uniform`). Required by doremi (reference task "
+            "losses: the run's final ones) and velocitune (target losses: a scaling-law fit of its task losses "
+            "extrapolated to this run's budget)."
+        },
     )
     dids_seed: int | None = field(
         default=None,
@@ -304,6 +340,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_strategy = strategy.lower()
 
+    reference = values.get("dids_reference_dir")
+    if reference is not None:
+        if not isinstance(reference, str) or not reference.strip():
+            problems.append(
+                f"`dids_reference_dir` must be the output_dir of a reference run, got {reference!r}."
+            )
+        else:
+            cfg.dids_reference_dir = reference
+
     column = values.get("dids_domain_column")
     if column is not None:
         if not isinstance(column, str) or not column.strip():
@@ -399,13 +444,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         ("dids_ema_beta", 0.0, 1.0, False),
         ("dids_temperature", 0.0, math.inf, False),
         ("dids_probe_layers_fraction", 0.0, 1.0, True),
+        ("dids_step_size", 0.0, math.inf, False),
+        ("dids_smoothing", 0.0, 1.0, False),
     ):
         if values.get(key) is None:
             continue
         f = _as_float(values[key])
         ok = (
             f is not None
-            and (f >= low if key == "dids_ema_beta" else f > low)
+            and (f >= low if key in ("dids_ema_beta", "dids_smoothing") else f > low)
             and (f <= high if closed_high else f < high)
         )
         if not ok:
@@ -413,6 +460,8 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
                 "dids_ema_beta": "[0, 1)",
                 "dids_temperature": "(0, inf)",
                 "dids_probe_layers_fraction": "(0, 1]",
+                "dids_step_size": "(0, inf)",
+                "dids_smoothing": "[0, 1)",
             }
             problems.append(f"`{key}` must be in {bounds[key]}, got {values[key]!r}.")
         else:
@@ -442,20 +491,27 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_static_weights` is only used by `dids_strategy: static`, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
-    if cfg.dids_strategy == "dids":
+    if cfg.dids_strategy in DYNAMIC_STRATEGIES:
+        name = cfg.dids_strategy
         if not cfg.dids_target_datasets:
             problems.append(
-                "`dids_strategy: dids` needs `dids_target_datasets`: the LLaMA-Factory datasets of the downstream "
-                "tasks (e.g. `dids_target_datasets: [gsm8k_obs, mmlu_obs]`)."
+                f"`dids_strategy: {name}` needs `dids_target_datasets`: the LLaMA-Factory datasets of the "
+                "downstream tasks (e.g. `dids_target_datasets: [gsm8k_obs, mmlu_obs]`)."
             )
         if cfg.dids_update_interval is None and cfg.dids_num_updates is None:
             problems.append(
-                "`dids_strategy: dids` updates the mixture during training: set `dids_update_interval` "
+                f"`dids_strategy: {name}` updates the mixture during training: set `dids_update_interval` "
                 "(optimizer steps) or `dids_num_updates` (updates over the run; the paper used 25 to 95)."
             )
-    elif cfg.dids_target_datasets:
+    if cfg.dids_strategy in REFERENCE_STRATEGIES and cfg.dids_reference_dir is None:
         problems.append(
-            f"`dids_target_datasets` is only used by `dids_strategy: dids`, but the strategy is {cfg.dids_strategy!r}."
+            f"`dids_strategy: {cfg.dids_strategy}` needs `dids_reference_dir`: the output_dir of a finished run "
+            "with the same data and `dids_target_datasets` (e.g. the same YAML with `dids_strategy: uniform`)."
+        )
+    if cfg.dids_strategy not in REFERENCE_STRATEGIES and cfg.dids_reference_dir is not None:
+        problems.append(
+            f"`dids_reference_dir` is only used by {' and '.join(REFERENCE_STRATEGIES)}, but the strategy is "
+            f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
     if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
         problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")

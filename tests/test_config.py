@@ -70,7 +70,7 @@ def test_split_keys():
         ),
         (
             {"dids_strategy": "magic"},
-            r"`dids_strategy` must be one of uniform, natural, static, dids, got 'magic'",
+            r"`dids_strategy` must be one of uniform, natural, static, dids, dga, doge, doremi, velocitune, got 'magic'",
         ),
         (
             {"dids_strategy": "uniform", "dids_domain_column": ""},
@@ -165,7 +165,25 @@ def test_host_conflicts(host, match):
     [
         ({"dids_strategy": "dids", "dids_update_interval": 5}, r"needs `dids_target_datasets`"),
         ({"dids_strategy": "dids", "dids_target_datasets": ["t"]}, r"set `dids_update_interval`"),
-        ({"dids_strategy": "uniform", "dids_target_datasets": "t"}, r"only used by `dids_strategy: dids`"),
+        (
+            {"dids_strategy": "dga", "dids_update_interval": 5},
+            r"`dids_strategy: dga` needs `dids_target_datasets`",
+        ),
+        (
+            {"dids_strategy": "doge", "dids_target_datasets": ["t"]},
+            r"`dids_strategy: doge` updates the mixture",
+        ),
+        (
+            {"dids_strategy": "doremi", "dids_target_datasets": "t", "dids_update_interval": 5},
+            r"`dids_strategy: doremi` needs `dids_reference_dir`",
+        ),
+        ({"dids_strategy": "uniform", "dids_reference_dir": "ref"}, r"only used by doremi and velocitune"),
+        (
+            {"dids_strategy": "uniform", "dids_reference_dir": " "},
+            r"must be the output_dir of a reference run",
+        ),
+        ({"dids_strategy": "uniform", "dids_step_size": 0}, r"`dids_step_size` must be in \(0, inf\)"),
+        ({"dids_strategy": "uniform", "dids_smoothing": 1.0}, r"`dids_smoothing` must be in \[0, 1\)"),
         (
             {"dids_strategy": "dids", "dids_target_datasets": [], "dids_num_updates": 3},
             r"must be a list of dataset",
@@ -204,6 +222,25 @@ def test_dids_keys_parse():
     assert cfg.dids_target_datasets == ["gsm", "mmlu"] and cfg.dids_num_updates == 25
     assert cfg.dids_ema_beta == 0.2 and cfg.dids_impact_metric == "inner_product"
     assert cfg.dids_use_trajectory is False
+
+
+def test_baseline_keys_parse_and_static_strategies_may_observe_targets():
+    cfg = parse_dids_config(
+        {
+            "dids_strategy": "velocitune",
+            "dids_target_datasets": "t",
+            "dids_update_interval": 5,
+            "dids_reference_dir": "runs/uniform",
+            "dids_step_size": "0.5",
+            "dids_smoothing": 0,
+        }
+    )
+    assert cfg.dids_reference_dir == "runs/uniform" and cfg.dids_step_size == 0.5 and cfg.dids_smoothing == 0
+    assert parse_dids_config(
+        {"dids_strategy": "uniform", "dids_target_datasets": "t"}
+    ).dids_target_datasets == ["t"]
+    cfg = parse_dids_config({"dids_strategy": "dga", "dids_target_datasets": "t", "dids_update_interval": 5})
+    check_host_arguments(cfg, **_host(deepspeed={"zero_optimization": {"stage": 3}}))  # the sharded probe
 
 
 def test_host_check_passes_and_ignores_disabled_config():

@@ -139,6 +139,28 @@ def normalise_impacts(values: np.ndarray, *, kind: str = "distance") -> np.ndarr
     return np.where(total > 0, score / np.where(total > 0, total, 1.0), uniform)
 
 
+def alignment_shares(alignment: np.ndarray) -> np.ndarray:
+    """Per task, each domain's share of the first-order loss reduction: max(<g_D, g_S>, 0) / sum over domains.
+
+    A step of size eta on domain i lowers task j's loss by about eta <g_Di, g_Sj> (eq. 6), so the positive
+    parts, normalised per column, say which domains can reduce that task's loss and by how much. A column
+    with no positive entry (no domain helps) becomes uniform. Used by the baselines that observe per-task
+    losses (DoReMi, Velocitune) to hand each task's signal to the training domains.
+
+    Args:
+        alignment: float [k, m] gradient inner products.
+
+    Returns:
+        float64 [k, m], non-negative, every column summing to 1.
+    """
+    a = np.clip(
+        np.nan_to_num(np.asarray(alignment, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, None
+    )
+    total = a.sum(axis=0, keepdims=True)
+    uniform = np.full_like(a, 1.0 / a.shape[0])
+    return np.where(total > 0, a / np.where(total > 0, total, 1.0), uniform)
+
+
 def exact_impact(domain_grads: np.ndarray, task_grads: np.ndarray, fisher: np.ndarray) -> np.ndarray:
     """Reference: the [k, m] matrix of eq. 12 with every gradient in memory (tests, small models)."""
     diff = task_grads[None, :, :] - domain_grads[:, None, :]

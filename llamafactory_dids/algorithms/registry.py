@@ -1,7 +1,8 @@
 """Strategy table: `dids_strategy` name -> class, and the builder that checks declared signals.
 
 Role: the one place that knows every mixing rule (static ones in algorithms.strategies, DIDS in
-algorithms.dids); the integration layer builds strategies only through `build_strategy`.
+algorithms.dids, the paper's baselines in algorithms.{dga,doge,doremi,velocitune}); the integration
+layer builds strategies only through `build_strategy`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .dga import DGAStrategy
 from .dids import DIDSStrategy
+from .doge import DoGEStrategy
+from .doremi import DoReMiStrategy
 from .strategies import KNOWN_SIGNALS, MixingStrategy, NaturalStrategy, StaticStrategy, UniformStrategy
+from .velocitune import VelocituneStrategy
 
 STRATEGY_CLASSES: dict[str, type[MixingStrategy]] = {
-    cls.name: cls for cls in (UniformStrategy, NaturalStrategy, StaticStrategy, DIDSStrategy)
+    cls.name: cls
+    for cls in (
+        UniformStrategy,
+        NaturalStrategy,
+        StaticStrategy,
+        DIDSStrategy,
+        DGAStrategy,
+        DoGEStrategy,
+        DoReMiStrategy,
+        VelocituneStrategy,
+    )
 }
 
 

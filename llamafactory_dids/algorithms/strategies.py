@@ -24,9 +24,18 @@ import numpy as np
 #   realised_counts   int64 [k]    samples trained per domain since the start of the run
 #   step              int          optimizer step of this update
 #   impact            float64 [k, m] eq. 12 distances (or inner products) of domains to tasks
+#   alignment         float64 [k, m] eq. 6 gradient inner products <g_D, g_S> (whatever dids_impact_metric)
 #   task_loss_history float64 [t+1, m] task losses at the start and at every update so far
 KNOWN_SIGNALS = frozenset(
-    {"domain_sizes", "domain_train_loss", "realised_counts", "step", "impact", "task_loss_history"}
+    {
+        "domain_sizes",
+        "domain_train_loss",
+        "realised_counts",
+        "step",
+        "impact",
+        "alignment",
+        "task_loss_history",
+    }
 )
 
 

@@ -4,7 +4,9 @@ Role: the schedule step (repartition -> impact -> *schedule* -> sampler) inside 
 The trainer feeds it each micro-batch's domain ids and per-row token losses; at every update it
 gathers the signals the strategy declared, asks the strategy (rank 0) for new probabilities,
 broadcasts them so every rank keeps the identical sample stream, applies them to the sampler and
-appends one record to `history.jsonl`. Its state (sampler schedule, strategy state, counters) is
+appends one record to `history.jsonl`. With target sets (a probe), the task losses are measured at the
+start, at every update and, at the end of training, into `dids_final.json`, whatever the strategy, so
+every strategy's final model is measured the same way. Its state (sampler schedule, strategy state, counters) is
 saved in every checkpoint and restored on resume.
 """
 
@@ -23,11 +25,11 @@ import torch.distributed as dist
 
 from ..algorithms.strategies import MixingStrategy, normalise
 from ..data.sampler import DomainMixtureSampler
+from .runs import FINAL_FILE, FINAL_VERSION, HISTORY_FILE
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "dids_state.json"
-HISTORY_FILE = "history.jsonl"
 STATE_VERSION = 1
 HISTORY_VERSION = 1
 
@@ -160,13 +162,19 @@ class DomainMixture:
             for name, value in zip(self.task_names, self.task_loss_history[-1], strict=True):
                 out[f"dids/task_loss/{name}"] = round(float(value), 6)
         terms = getattr(self.strategy, "last_terms", None)
-        if terms:  # the latest update's terms (eq. 13-15), for report_to
+        if (
+            terms and "impact_normalised" in terms
+        ):  # the latest DIDS update's terms (eq. 13-15), for report_to
             impact = np.asarray(terms["impact_normalised"]).mean(axis=1)
             for name, value in zip(self.names, impact, strict=True):
                 out[f"dids/impact/{name}"] = round(float(value), 6)
             for j, name in enumerate(self.task_names):
                 out[f"dids/l_c/{name}"] = round(float(terms["l_c"][j]), 6)
                 out[f"dids/l_p/{name}"] = round(float(terms["l_p"][j]), 6)
+            out["dids/update_seconds"] = self.last_update_seconds
+        elif terms and "scores" in terms:  # a baseline's per-domain score (alignment, excess loss, velocity)
+            for name, value in zip(self.names, terms["scores"], strict=True):
+                out[f"dids/score/{name}"] = round(float(value), 6)
             out["dids/update_seconds"] = self.last_update_seconds
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
@@ -181,10 +189,20 @@ class DomainMixture:
             "domain_train_loss": self._train_loss_since_update,
             "step": lambda: step,
             "impact": lambda: self.probe.impact(self.num_updates + 1),
+            "alignment": self._alignment,
             "task_loss_history": self._measure_task_losses,
         }
         # sorted: some signals are collective, and every rank must run them in the same order
         return {name: available[name]() for name in sorted(self.strategy.signals)}
+
+    def _alignment(self) -> np.ndarray:
+        """[k, m] eq. 6 gradient inner products (collective); the probe must use the inner product."""
+        if self.probe.metric != "inner_product":
+            raise RuntimeError(
+                f"strategy {self.strategy.name!r} needs gradient inner products, but the probe uses "
+                f"{self.probe.metric!r}."
+            )
+        return self.probe.impact(self.num_updates + 1)
 
     def _measure_task_losses(self) -> np.ndarray:
         """Append the current task losses to the history; return the whole history [t+1, m]."""
@@ -210,6 +228,8 @@ class DomainMixture:
         self.sync()
         before = self.weights
         signals = self.signals(step)
+        if self.probe is not None and "task_loss_history" not in self.strategy.signals:
+            self._measure_task_losses()  # observed for the record (history, logs, compare)
         rank, _ = _world()
         new = None
         if rank == 0:
@@ -233,7 +253,9 @@ class DomainMixture:
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
             "signals": {
-                k: _jsonable(v) for k, v in signals.items() if k not in ("impact", "task_loss_history")
+                k: _jsonable(v)
+                for k, v in signals.items()
+                if k not in ("impact", "alignment", "task_loss_history")
             },
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,
@@ -268,6 +290,33 @@ class DomainMixture:
         self.write_history(record)
         return record
 
+    def final_evaluation(self, step: int) -> dict[str, Any] | None:
+        """Task losses of the final model into `output_dir/dids_final.json` (collective; None without targets)."""
+        if self.probe is None:
+            return None
+        self.sync()
+        losses = self.probe.task_losses().tolist()
+        average = getattr(self.strategy, "average", None)
+        record = {
+            "schema": FINAL_VERSION,
+            "step": step,
+            "strategy": self.strategy.name,
+            "domains": self.names,
+            "weights": self.weights.tolist(),
+            "average_weights": None if average is None else np.asarray(average).tolist(),
+            "realised_counts": self.realised_total.tolist(),
+            "tasks": self.task_names,
+            "task_losses": losses,
+            "num_updates": self.num_updates,
+        }
+        if _world()[0] == 0:
+            os.makedirs(self.output_dir, exist_ok=True)
+            path = os.path.join(self.output_dir, FINAL_FILE)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            os.replace(path + ".tmp", path)
+        return record
+
     # ------------------------------------------------------------------------------------- history
     @property
     def history_path(self) -> str:
@@ -281,8 +330,16 @@ class DomainMixture:
             f.write(json.dumps(record) + "\n")
 
     def truncate_history(self, last_step: int | None) -> None:
-        """Start a fresh history (`None`) or keep only the records up to `last_step` (resume)."""
-        if _world()[0] != 0 or not os.path.exists(self.history_path):
+        """Start a fresh history (`None`) or keep only the records up to `last_step` (resume).
+
+        A `dids_final.json` left by an earlier run in this output_dir is removed: this run has not ended.
+        """
+        if _world()[0] != 0:
+            return
+        final = os.path.join(self.output_dir, FINAL_FILE)
+        if os.path.exists(final):
+            os.remove(final)
+        if not os.path.exists(self.history_path):
             return
         kept = []
         if last_step is not None:

@@ -26,10 +26,15 @@ from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..algorithms.registry import build_strategy
+from ..algorithms.velocitune import scaling_law_target
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from .loader import dids_config_of
 from .mixture import DomainMixture
 from .probe import GradientProbe
+from .runs import read_reference
+
+# signals computed by the gradient probe
+PROBE_SIGNALS = frozenset({"impact", "alignment", "task_loss_history"})
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +113,9 @@ class DIDSTrainerMixin:
         self._dids_domain_ids = np.asarray(self.train_dataset[DOMAIN_ID_COLUMN])
         self._dids_seed = int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed)
         sizes = np.bincount(self._dids_domain_ids, minlength=len(names))
-        strategy = build_strategy(cfg.dids_strategy, names, sizes, **_strategy_options(cfg))
+        strategy = build_strategy(
+            cfg.dids_strategy, names, sizes, **_strategy_options(cfg, names, self._dids_planned_samples())
+        )
         self.dids_mixture = DomainMixture(
             strategy,
             seed=self._dids_seed,
@@ -119,8 +126,10 @@ class DIDSTrainerMixin:
         )
         self.dids_mixture.domain_column = cfg.dids_domain_column
         self.data_collator = DomainCollator(self.data_collator)
-        if "impact" in strategy.signals:
-            self.dids_mixture.probe = self._build_probe(len(names))
+        # gradient strategies need the probe; with target sets any strategy observes the task losses
+        if strategy.signals & PROBE_SIGNALS or getattr(cfg, "target_sets", None):
+            metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
+            self.dids_mixture.probe = self._build_probe(len(names), metric)
             self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
@@ -136,11 +145,24 @@ class DIDSTrainerMixin:
             np.round(self.dids_mixture.weights, 4).tolist(),
         )
 
-    def _build_probe(self, num_domains: int) -> GradientProbe:
+    def _dids_planned_samples(self) -> int:
+        """Training samples the run will draw: the budget, max_steps batches, or epochs of the training set."""
+        cfg, args = self.dids_config, self.args
+        if cfg.dids_budget:
+            return int(cfg.dids_budget)
+        if args.max_steps > 0:
+            return int(
+                args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            )
+        return int(len(self._dids_domain_ids) * args.num_train_epochs)
+
+    def _build_probe(self, num_domains: int, metric: str) -> GradientProbe:
         cfg = self.dids_config
         targets = getattr(cfg, "target_sets", None)
         if not targets:
-            raise ValueError("`dids_strategy: dids` needs `dids_target_datasets`; no target set was loaded.")
+            raise ValueError(
+                f"`dids_strategy: {cfg.dids_strategy}` needs `dids_target_datasets`; no target set was loaded."
+            )
         train = self.train_dataset
         return GradientProbe(
             self.model,
@@ -152,7 +174,7 @@ class DIDSTrainerMixin:
             probe_samples=cfg.dids_probe_samples,
             fisher_batch_size=cfg.dids_fisher_batch_size,
             eval_batch_size=self.args.per_device_eval_batch_size,
-            metric=cfg.dids_impact_metric,
+            metric=metric,
             layers_fraction=cfg.dids_probe_layers_fraction,
             include_lm_head=cfg.dids_probe_include_lm_head,
             seed=self._dids_seed,
@@ -264,9 +286,27 @@ class DIDSTrainerMixin:
             f.writelines(kept)
 
 
-def _strategy_options(cfg: Any) -> dict[str, Any]:
-    if cfg.dids_strategy == "static":
+def _strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dict[str, Any]:
+    """The strategy's constructor arguments from the config (and, for doremi/velocitune, the reference run)."""
+    name = cfg.dids_strategy
+    if name == "static":
         return {"weights": cfg.dids_static_weights}
+    if name == "dga":
+        return {"step_size": cfg.dids_step_size, "beta": cfg.dids_ema_beta}
+    if name == "doge":
+        return {"step_size": cfg.dids_step_size}
+    if name in ("doremi", "velocitune"):
+        tasks = list(cfg.dids_target_datasets)
+        reference = read_reference(cfg.dids_reference_dir, domains, tasks)
+        options = {"step_size": cfg.dids_step_size, "smoothing": cfg.dids_smoothing}
+        if name == "doremi":
+            return {**options, "reference_losses": reference.final_losses}
+        targets = [
+            scaling_law_target(reference.samples, reference.losses[:, j], planned_samples)[0]
+            for j in range(len(tasks))
+        ]
+        logger.info("[dids] velocitune target losses at %d samples: %s", planned_samples, targets)
+        return {**options, "target_losses": targets}
     if cfg.dids_strategy == "dids":
         return {
             "beta": cfg.dids_ema_beta,
@@ -323,6 +363,14 @@ class MixtureCallback(TrainerCallback):
                 record["update"],
                 record["step"],
                 np.round(record["weights"], 4).tolist(),
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # collective: every rank measures its share of the observation rows; rank 0 writes dids_final.json
+        record = self.mixture.final_evaluation(state.global_step)
+        if record is not None:
+            logger.info(
+                "[dids] final task losses: %s", dict(zip(record["tasks"], record["task_losses"], strict=True))
             )
 
     def on_save(self, args, state, control, **kwargs):

@@ -99,7 +99,10 @@ def test_invalid_override_fails_before_model_load(demo_assets, tmp_path):
     )
     assert result.returncode != 0
     text = result.stdout + result.stderr
-    assert "`dids_strategy` must be one of uniform, natural, static, dids, got 'bogus'" in text
+    assert (
+        "`dids_strategy` must be one of uniform, natural, static, dids, dga, doge, doremi, velocitune, got 'bogus'"
+        in text
+    )
     assert "Unknown key `dids_bugdet`" in text
     assert "Loading checkpoint" not in text and not (tmp_path / "out" / "model.safetensors").exists()
 
