@@ -194,6 +194,7 @@ class GradientProbe:
         projection_dim: int = 0,
         fisher_estimator: str = "batch",
         sharded: bool | None = None,
+        gradients: bool = True,
     ):
         self.model = model
         self.collate = collate
@@ -212,21 +213,30 @@ class GradientProbe:
             )
         self.fisher_estimator = fisher_estimator
         self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
-        self.params = select_probe_parameters(
-            model, layers_fraction=layers_fraction, include_lm_head=include_lm_head
+        # without gradient signals (a static strategy observing task losses) only forward passes run
+        self.params = (
+            select_probe_parameters(model, layers_fraction=layers_fraction, include_lm_head=include_lm_head)
+            if gradients
+            else []
         )
         self.shapes = [full_shape(p) for _, p in self.params]
         self.num_probe_parameters = sum(math.prod(shape) for shape in self.shapes)
         # ZeRO-3: forward passes are collective (parameters are gathered), so ranks run in lockstep
-        self.sharded = any(is_partitioned(p) for _, p in self.params) if sharded is None else sharded
-        logger.info(
-            "[dids] impact probe over %d tensors (%d parameters%s): %s%s",
-            len(self.params),
-            self.num_probe_parameters,
-            ", sharded across ranks" if self.sharded else "",
-            ", ".join(n for n, _ in self.params[:4]),
-            " ..." if len(self.params) > 4 else "",
-        )
+        if sharded is None:
+            sharded = any(
+                is_partitioned(p)
+                for p in (model.parameters() if not gradients else (p for _, p in self.params))
+            )
+        self.sharded = sharded
+        if gradients:
+            logger.info(
+                "[dids] impact probe over %d tensors (%d parameters%s): %s%s",
+                len(self.params),
+                self.num_probe_parameters,
+                ", sharded across ranks" if self.sharded else "",
+                ", ".join(n for n, _ in self.params[:4]),
+                " ..." if len(self.params) > 4 else "",
+            )
 
     # ------------------------------------------------------------------------------------- batches
     def _batch(self, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -129,7 +129,8 @@ class DIDSTrainerMixin:
         # gradient strategies need the probe; with target sets any strategy observes the task losses
         if strategy.signals & PROBE_SIGNALS or getattr(cfg, "target_sets", None):
             metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
-            self.dids_mixture.probe = self._build_probe(len(names), metric)
+            gradients = bool(strategy.signals & {"impact", "alignment"})
+            self.dids_mixture.probe = self._build_probe(len(names), metric, gradients)
             self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
@@ -156,7 +157,7 @@ class DIDSTrainerMixin:
             )
         return int(len(self._dids_domain_ids) * args.num_train_epochs)
 
-    def _build_probe(self, num_domains: int, metric: str) -> GradientProbe:
+    def _build_probe(self, num_domains: int, metric: str, gradients: bool) -> GradientProbe:
         cfg = self.dids_config
         targets = getattr(cfg, "target_sets", None)
         if not targets:
@@ -180,6 +181,7 @@ class DIDSTrainerMixin:
             seed=self._dids_seed,
             projection_dim=cfg.dids_projection_dim,
             fisher_estimator=cfg.dids_fisher_estimator,
+            gradients=gradients,
         )
 
     # ------------------------------------------------------------------------------ host overrides

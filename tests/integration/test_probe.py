@@ -257,3 +257,17 @@ def test_per_example_hook_fisher_is_the_exact_fisher_from_batched_passes():
         model, train, pools, tasks, probe_samples=8, fisher_batch_size=4, fisher_estimator="per_example"
     ).impact(1)
     np.testing.assert_allclose(batched, exact, rtol=1e-4)
+
+
+def test_loss_only_probe_needs_no_trainable_probed_layer():
+    """Static strategies observing task losses: forward passes only, even with every parameter frozen."""
+    model = tiny_llama()
+    train, tasks = make_rows(10, seed=1), [make_rows(5, seed=2)]
+    expected = make_probe(model, train, [np.arange(10)], tasks).task_losses()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="No trainable matrix"):
+        make_probe(model, train, [np.arange(10)], tasks)
+    probe = make_probe(model, train, [np.arange(10)], tasks, gradients=False)
+    assert probe.params == [] and not probe.sharded
+    np.testing.assert_allclose(probe.task_losses(), expected)
