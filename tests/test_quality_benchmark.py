@@ -40,6 +40,7 @@ def test_hidden_mix_holds_both_kinds_with_their_labels(pools):
     name = build.train_name("mixed")
     kinds = manifest["datasets"][name]["kinds"]
     assert len(kinds) == len(datasets[name]) == SIZES.train
+    assert len(datasets[build.train_name("c")]) == round(SIZES.train * build.SOURCE_SCALE["c"])
     assert sorted(set(kinds)) == ["comments", "metadata"] and kinds.count("comments") == SIZES.train // 2
     by_kind = {k: _outputs(pools[k]) for k in ("comments", "metadata")}
     for row, kind in zip(datasets[name], kinds, strict=True):

@@ -29,7 +29,7 @@ from llamafactory_dids import demo
 
 from . import corpus
 
-__all__ = ["IRRELEVANT_TASKS", "SOURCES", "TASKS", "QualityAssets", "Sizes", "build_assets"]
+__all__ = ["IRRELEVANT_TASKS", "SOURCES", "SOURCE_SCALE", "TASKS", "QualityAssets", "Sizes", "build_assets"]
 
 _FORMAT_VERSION = 1
 _MARKER = ".complete"
@@ -43,6 +43,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "licenses": ("licenses",),
     "mixed": ("comments", "metadata"),
 }
+#: sources larger than `Sizes.train` rows: both are irrelevant to every task, so they are the paper's
+#: added irrelevant data, and `natural` (proportional to sizes) differs from `uniform`
+SOURCE_SCALE: dict[str, float] = {"c": 1.5, "licenses": 1.5}
 #: downstream task -> the kind of content its observation and held-out rows are drawn from
 TASKS: dict[str, str] = {"python": "python", "comments": "comments", "tables": "tables"}
 #: tasks whose kind appears in no training source (the irrelevant observation domain)
@@ -53,7 +56,7 @@ MIXED_INSTRUCTION = "Continue the next entry of the archive."
 
 @dataclass(frozen=True)
 class Sizes:
-    """Rows per part. `train` per single-kind source; the mixed source holds `train` rows split evenly."""
+    """Rows per part. A source holds `train` rows (times `SOURCE_SCALE`), split evenly among its kinds."""
 
     train: int = 400
     observe: int = 40
@@ -94,11 +97,16 @@ def heldout_name(task: str) -> str:
     return f"quality_heldout_{task}"
 
 
+def source_rows(source: str, sizes: Sizes) -> int:
+    """Training rows of one source."""
+    return round(sizes.train * SOURCE_SCALE.get(source, 1.0))
+
+
 def _kind_needs(sizes: Sizes) -> dict[str, dict[str, int]]:
     """kind -> rows needed in each part."""
     needs: dict[str, dict[str, int]] = {}
     for source, kinds in SOURCES.items():
-        per_kind = sizes.train // len(kinds)
+        per_kind = source_rows(source, sizes) // len(kinds)
         if per_kind < 1:
             raise ValueError(
                 f"Sizes.train={sizes.train} is too small to split source {source!r} in {len(kinds)}."

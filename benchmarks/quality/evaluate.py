@@ -66,7 +66,9 @@ def heldout_losses(
     import torch
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars, one per model
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     out: dict[str, dict[str, float]] = {}
