@@ -105,15 +105,14 @@ def strategy_keys(strategy: str, ctx: RunContext) -> dict[str, Any]:
         raise ValueError(f"Unknown strategy {strategy!r}; registered: {sorted(STRATEGY_CLASSES)}.")
     s = ctx.setting
     keys: dict[str, Any] = {"dids_strategy": strategy, "dids_budget": s.budget}
+    observe = {
+        "dids_target_datasets": [observe_name(t) for t in TASKS],
+        "dids_target_samples": s.target_samples,
+    }
     if STRATEGY_CLASSES[strategy].dynamic:  # every dynamic strategy steers by the observation sets
-        keys.update(
-            {
-                "dids_num_updates": s.num_updates,
-                "dids_target_datasets": [observe_name(t) for t in TASKS],
-                "dids_target_samples": s.target_samples,
-                "dids_probe_samples": s.probe_samples,
-            }
-        )
+        keys.update({**observe, "dids_num_updates": s.num_updates, "dids_probe_samples": s.probe_samples})
+    elif any(ref == strategy and user in STRATEGY_CLASSES for user, ref in REFERENCE_RUNS.items()):
+        keys.update(observe)  # a reference run only measures the task losses its users read
     if strategy == "dids":  # the settings of examples/yaml/dids_sft_demo.yaml
         keys.update({"dids_normaliser": "clamp", "dids_ema_beta": 0.3})
     if strategy in EXTRA_KEYS:
