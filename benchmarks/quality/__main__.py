@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies", default=None, help="comma list (default: every registered dids_strategy)"
     )
     parser.add_argument(
-        "--seeds", default=None, help="comma list of training seeds (default: full 0,1; quick 0)"
+        "--seeds",
+        default=None,
+        help="comma list of training seeds (default: 0; e.g. 0,1 for a spread over seeds)",
     )
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the row sampling and model init")
     parser.add_argument(

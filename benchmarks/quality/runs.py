@@ -73,17 +73,20 @@ def _static_keys(ctx: RunContext) -> dict[str, Any]:
     return {"dids_static_weights": {k: v / total for k, v in weights.items()}}
 
 
-def _doremi_keys(ctx: RunContext) -> dict[str, Any]:
-    return {"dids_reference_dir": str(ctx.outputs[REFERENCE_RUNS["doremi"]])}
+def _reference_keys(strategy: str) -> Callable[[RunContext], dict[str, Any]]:
+    """`dids_reference_dir`: the output_dir of the strategy's reference run (trained first, same seed)."""
+    return lambda ctx: {"dids_reference_dir": str(ctx.outputs[REFERENCE_RUNS[strategy]])}
 
 
-#: strategy -> extra `dids_*` keys it needs beyond the shared ones
+#: strategy -> the strategy whose finished run it reads (trained first, in the same seed): DoReMi's
+#: reference losses and Velocitune's scaling-law targets (docs/baselines.md)
+REFERENCE_RUNS: dict[str, str] = {"doremi": "uniform", "velocitune": "uniform"}
+#: strategy -> extra `dids_*` keys it needs beyond the shared ones; options of the baselines
+#: (e.g. `dids_step_size`) stay at their defaults unless added here
 EXTRA_KEYS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     "static": _static_keys,
-    "doremi": _doremi_keys,
+    **{name: _reference_keys(name) for name in REFERENCE_RUNS},
 }
-#: strategy -> the strategy whose finished run it reads (trained first, in the same seed)
-REFERENCE_RUNS: dict[str, str] = {"doremi": "uniform"}
 #: display names for rows whose strategy uses a benchmark-chosen setting
 LABELS: dict[str, str] = {"static": "static (task sources x4)"}
 
@@ -127,18 +130,16 @@ def training_config(
     from llamafactory_dids.demo import demo_training_config
 
     s = ctx.setting
-    return demo_training_config(
-        ctx.assets.demo_assets(),
-        output_dir,
-        dataset=",".join(train_name(src) for src in ctx.sources),
-        cutoff_len=s.cutoff_len,
-        per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        logging_steps=25,
-        seed=ctx.seed,
-        **{**dict(dids_keys), **overrides},
-    )
+    shared = {
+        "dataset": ",".join(train_name(src) for src in ctx.sources),
+        "cutoff_len": s.cutoff_len,
+        "per_device_train_batch_size": s.batch_size,
+        "per_device_eval_batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "logging_steps": 25,
+        "seed": ctx.seed,
+    }
+    return demo_training_config(ctx.assets.demo_assets(), output_dir, **{**shared, **dids_keys, **overrides})
 
 
 # ------------------------------------------------------------------------------------ processes
