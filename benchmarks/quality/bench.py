@@ -177,7 +177,11 @@ def run_benchmark(
         if "error" in part or "dids" not in strategies:
             continue
         _log(f"seed {seed}: training dids on the repartitioned domains")
-        data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
+        try:
+            data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
+        except (OSError, ValueError, KeyError) as exc:
+            records.append({"label": REPARTITIONED, "strategy": "dids", "seed": seed, "error": str(exc)})
+            continue
         keys = runs.strategy_keys("dids", ctx)
         config = runs.training_config(
             ctx,
