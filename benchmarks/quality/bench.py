@@ -125,7 +125,40 @@ def run_benchmark(
         {"label": INIT, "strategy": None, "seed": None, "losses": score(assets.model_dir)}
     ]
     partitions: list[dict[str, Any]] = []
+
+    def report(done_seeds: tuple[int, ...]) -> dict[str, Any]:
+        """Write quality.json and quality.md for the seeds finished so far (after every seed)."""
+        results = {
+            "schema_version": 1,
+            "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
+            "preset": preset,
+            "sizes": asdict(sizes),
+            "setting": asdict(setting),
+            "seeds": list(done_seeds),
+            "data_seed": data_seed,
+            "strategies": order,
+            "tasks": list(TASKS),
+            "irrelevant_tasks": list(IRRELEVANT_TASKS),
+            "sources": {train_name(s): list(k) for s, k in SOURCES.items()},
+            "pool_sizes": manifest["pool_sizes"],
+            "runs": records,
+            "repartition": partitions,
+            "summary": summarise(records),
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": _cpus(),
+            },
+            "seconds": round(time.perf_counter() - start, 1),
+            "assets": str(assets.root),
+        }
+        (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "quality.md").write_text(format_markdown(results), encoding="utf-8")
+        return results
+
     for seed in seeds:
+        if seed != seeds[0]:
+            report(seeds[: seeds.index(seed)])
         ctx = runs.RunContext(assets=assets, setting=setting, seed=seed, sources=tuple(SOURCES))
         seed_dir = workdir / f"seed{seed}"
         for strategy in order:
@@ -198,29 +231,7 @@ def run_benchmark(
             record["task_source_share"] = _task_source_share(record, _domain_sources(part_dir))
         records.append(record)
 
-    results = {
-        "schema_version": 1,
-        "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
-        "preset": preset,
-        "sizes": asdict(sizes),
-        "setting": asdict(setting),
-        "seeds": list(seeds),
-        "data_seed": data_seed,
-        "strategies": order,
-        "tasks": list(TASKS),
-        "irrelevant_tasks": list(IRRELEVANT_TASKS),
-        "sources": {train_name(s): list(k) for s, k in SOURCES.items()},
-        "pool_sizes": manifest["pool_sizes"],
-        "runs": records,
-        "repartition": partitions,
-        "summary": summarise(records),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
-        "seconds": round(time.perf_counter() - start, 1),
-        "assets": str(assets.root),
-    }
-    (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "quality.md").write_text(format_markdown(results), encoding="utf-8")
-    return results
+    return report(seeds)
 
 
 def _cpus() -> int:
