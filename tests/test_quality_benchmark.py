@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.quality import build, corpus, evaluate, runs  # noqa: E402
+from benchmarks.quality import bench, build, corpus, evaluate, runs  # noqa: E402
 
 SIZES = build.Sizes(train=20, observe=5, heldout=8)
 KINDS = sorted({k for ks in build.SOURCES.values() for k in ks} | set(build.TASKS.values()))
@@ -131,3 +131,31 @@ def test_strategy_keys_share_the_budget(tmp_path):
     weights = runs.strategy_keys("static", ctx)["dids_static_weights"]
     assert sum(weights.values()) == pytest.approx(1.0)
     assert weights[build.train_name("python")] == pytest.approx(4 * weights[build.train_name("c")])
+
+
+def test_summary_ratios_are_per_seed_and_figures_fit_run_all():
+    def run(label, seed, python, comments, tables=5.0):
+        return {
+            "label": label,
+            "seed": seed,
+            "losses": {"python": python, "comments": comments, "tables": tables},
+        }
+
+    records = [
+        run("uniform", 0, 4.0, 6.0),
+        run("uniform", 1, 5.0, 7.0),
+        run("dids", 0, 3.0, 5.0),  # target mean 4.0 vs 5.0 -> 0.8
+        run("dids", 1, 5.0, 7.0),  # 6.0 vs 6.0 -> 1.0
+        {"label": "doremi", "seed": 0, "error": "boom"},
+    ]
+    rows = {row["label"]: row for row in bench.summarise(records)}
+    assert rows["dids"]["ratio"] == pytest.approx(0.9) and rows["dids"]["ratio_spread"] == pytest.approx(0.1)
+    assert rows["dids"]["target_mean"] == pytest.approx(5.0) and rows["dids"]["tasks"][
+        "python"
+    ] == pytest.approx(4.0)
+    assert rows["doremi"]["failed"] == 1 and "tasks" not in rows["doremi"]
+    results = {"summary": list(rows.values()), "repartition": [{"seed": 0, "purity": 0.75, "ari": 0.2}]}
+    figures = bench.figure_records(results)
+    assert [f["value"] for f in figures] == pytest.approx([0.9, 0.75, 0.2])
+    fields = {"name", "value", "unit", "target", "comparator", "text", "target_text", "command"}
+    assert all(set(f) <= fields for f in figures)  # benchmarks/_figures.Figure(**f) accepts them

@@ -186,7 +186,8 @@ def run_benchmark(
                 _log(f"seed {seed}: {strategy} failed: {record['error'].splitlines()[0]}")
             records.append(record)
         if not has_repartition:
-            partitions.append({"seed": seed, "error": "repartition: not available"})
+            why = "not available" if repartition else "skipped (--no-repartition)"
+            partitions.append({"seed": seed, "error": f"repartition: {why}"})
             continue
         proxy = ctx.outputs.get("uniform", assets.model_dir)
         part_dir = seed_dir / "repartition" / "output"
@@ -340,31 +341,23 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 
 def figure_records(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Flat figures for a combined benchmark report: one per strategy ratio and per repartition score."""
+    """Informational figures (the fields of benchmarks/_figures.Figure): each ratio, purity and ARI."""
     records = []
     for row in results["summary"]:
-        if row.get("ratio") is not None:
+        if row.get("ratio") is not None and row["label"] != "uniform":
+            spread = f" ± {row['ratio_spread']:.4f}" if row.get("ratio_spread") is not None else ""
             records.append(
                 {
-                    "benchmark": "quality",
-                    "figure": f"held-out target loss, {row['label']} / uniform",
+                    "name": f"held-out target loss {row['label']} / uniform (lower is better)",
                     "value": row["ratio"],
-                    "spread": row["ratio_spread"],
-                    "unit": "ratio",
-                    "lower_is_better": True,
+                    "unit": "x",
+                    "text": f"{row['ratio']:.4f}{spread} x",
                 }
             )
     for part in results["repartition"]:
         for key in ("purity", "ari"):
             if key in part:
                 records.append(
-                    {
-                        "benchmark": "quality",
-                        "figure": f"repartition {key} on the hidden mix (seed {part['seed']})",
-                        "value": part[key],
-                        "spread": None,
-                        "unit": key,
-                        "lower_is_better": False,
-                    }
+                    {"name": f"repartition {key} on the hidden mix (seed {part['seed']})", "value": part[key]}
                 )
     return records
