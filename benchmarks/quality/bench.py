@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -160,79 +161,88 @@ def run_benchmark(
         if seed != seeds[0]:
             report(seeds[: seeds.index(seed)])
         ctx = runs.RunContext(assets=assets, setting=setting, seed=seed, sources=tuple(SOURCES))
-        seed_dir = workdir / f"seed{seed}"
-        for strategy in order:
-            if strategy in runs.REFERENCE_RUNS and runs.REFERENCE_RUNS[strategy] not in ctx.outputs:
-                records.append(
-                    {
-                        "label": runs.LABELS.get(strategy, strategy),
-                        "strategy": strategy,
-                        "seed": seed,
-                        "error": f"reference run {runs.REFERENCE_RUNS[strategy]!r} failed or missing",
-                    }
-                )
-                continue
-            _log(f"seed {seed}: training {strategy}")
-            config = runs.training_config(
-                ctx, seed_dir / strategy / "output", runs.strategy_keys(strategy, ctx)
-            )
-            record = runs.run_training(config, seed_dir / strategy, setting.threads)
-            record.update({"label": runs.LABELS.get(strategy, strategy), "strategy": strategy, "seed": seed})
-            if "error" not in record:
-                ctx.outputs[strategy] = Path(record["output_dir"])
-                record["losses"] = score(Path(record["output_dir"]))
-                record["task_source_share"] = _task_source_share(record)
-            else:
-                _log(f"seed {seed}: {strategy} failed: {record['error'].splitlines()[0]}")
-            records.append(record)
+        records += _train_strategies(ctx, order, workdir / f"seed{seed}", score)
         if not has_repartition:
             why = "not available" if repartition else "skipped (--no-repartition)"
             partitions.append({"seed": seed, "error": f"repartition: {why}"})
             continue
-        proxy = ctx.outputs.get("uniform", assets.model_dir)
-        part_dir = seed_dir / "repartition" / "output"
-        _log(f"seed {seed}: repartition with proxy {proxy}")
-        part = runs.run_repartition(
-            runs.repartition_config(ctx, proxy, part_dir), seed_dir / "repartition", threads
-        )
-        part.update({"seed": seed, "proxy": str(proxy)})
-        if "error" not in part:
-            mixed = train_name("mixed")
-            mixed_rows = json.loads((assets.dataset_dir / f"{mixed}.json").read_text(encoding="utf-8"))
-            try:
-                part.update(
-                    evaluate.mixed_source_purity(
-                        part_dir / "data.jsonl", mixed_rows, manifest["datasets"][mixed]["kinds"]
-                    )
-                )
-            except (OSError, ValueError) as exc:
-                part["error"] = f"scoring the repartition failed: {exc}"
+        part, record = _repartition_and_train(ctx, workdir / f"seed{seed}", score, "dids" in strategies)
         partitions.append(part)
-        if "error" in part or "dids" not in strategies:
-            continue
-        _log(f"seed {seed}: training dids on the repartitioned domains")
-        try:
-            data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
-        except (OSError, ValueError, KeyError) as exc:
-            records.append({"label": REPARTITIONED, "strategy": "dids", "seed": seed, "error": str(exc)})
-            continue
-        keys = runs.strategy_keys("dids", ctx)
-        config = runs.training_config(
-            ctx,
-            seed_dir / "dids_repartitioned" / "output",
-            keys,
-            dataset="dids_repartitioned",
-            dataset_dir=str(data_dir),
-            dids_domain_column="dids_domain",
-        )
-        record = runs.run_training(config, seed_dir / "dids_repartitioned", setting.threads)
-        record.update({"label": REPARTITIONED, "strategy": "dids", "seed": seed})
-        if "error" not in record:
-            record["losses"] = score(Path(record["output_dir"]))
-            record["task_source_share"] = _task_source_share(record, _domain_sources(part_dir))
-        records.append(record)
+        records += [record] if record else []
 
     return report(seeds)
+
+
+Scorer = Callable[[Path], dict[str, float]]
+
+
+def _train_strategies(ctx: runs.RunContext, order: list[str], seed_dir: Path, score: Scorer) -> list[dict]:
+    """Train and score every strategy of `order` for one seed; a failed run is a record with `error`."""
+    records = []
+    for strategy in order:
+        record: dict[str, Any] = {
+            "label": runs.LABELS.get(strategy, strategy),
+            "strategy": strategy,
+            "seed": ctx.seed,
+        }
+        reference = runs.REFERENCE_RUNS.get(strategy)
+        if reference is not None and reference not in ctx.outputs:
+            records.append({**record, "error": f"reference run {reference!r} failed or missing"})
+            continue
+        _log(f"seed {ctx.seed}: training {strategy}")
+        config = runs.training_config(ctx, seed_dir / strategy / "output", runs.strategy_keys(strategy, ctx))
+        record.update(runs.run_training(config, seed_dir / strategy, ctx.setting.threads))
+        if "error" in record:
+            _log(f"seed {ctx.seed}: {strategy} failed: {record['error'].splitlines()[0]}")
+        else:
+            ctx.outputs[strategy] = Path(record["output_dir"])
+            record["losses"] = score(ctx.outputs[strategy])
+            record["task_source_share"] = _task_source_share(record)
+        records.append(record)
+    return records
+
+
+def _repartition_and_train(
+    ctx: runs.RunContext, seed_dir: Path, score: Scorer, train_dids: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Repartition with the seed's uniform model as proxy, score the mix, train dids on the new domains."""
+    proxy = ctx.outputs.get("uniform", ctx.assets.model_dir)
+    part_dir = seed_dir / "repartition" / "output"
+    _log(f"seed {ctx.seed}: repartition with proxy {proxy}")
+    config = runs.repartition_config(ctx, proxy, part_dir)
+    part = {**runs.run_repartition(config, seed_dir / "repartition", ctx.setting.threads), "seed": ctx.seed}
+    part["proxy"] = str(proxy)
+    if "error" in part:
+        return part, None
+    mixed = train_name("mixed")
+    rows = json.loads((ctx.assets.dataset_dir / f"{mixed}.json").read_text(encoding="utf-8"))
+    try:
+        kinds = ctx.assets.manifest["datasets"][mixed]["kinds"]
+        part.update(evaluate.mixed_source_purity(part_dir / "data.jsonl", rows, kinds))
+    except (OSError, ValueError) as exc:
+        part["error"] = f"scoring the repartition failed: {exc}"
+        return part, None
+    if not train_dids:
+        return part, None
+    record: dict[str, Any] = {"label": REPARTITIONED, "strategy": "dids", "seed": ctx.seed}
+    _log(f"seed {ctx.seed}: training dids on the repartitioned domains")
+    try:
+        data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
+    except (OSError, ValueError, KeyError) as exc:
+        return part, {**record, "error": str(exc)}
+    config = runs.training_config(
+        ctx,
+        seed_dir / "dids_repartitioned" / "output",
+        runs.strategy_keys("dids", ctx),
+        dataset="dids_repartitioned",
+        dataset_dir=str(data_dir),
+        dids_domain_column="dids_domain",
+    )
+    record.update(runs.run_training(config, seed_dir / "dids_repartitioned", ctx.setting.threads))
+    if "error" not in record:
+        record["losses"] = score(Path(record["output_dir"]))
+        record["task_source_share"] = _task_source_share(record, _domain_sources(part_dir))
+    return part, record
 
 
 def _cpus() -> int:
