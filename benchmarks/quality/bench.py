@@ -1,0 +1,373 @@
+"""Orchestration of the quality benchmark: build, train every strategy, repartition, evaluate, report.
+
+Role: ties `benchmarks/quality` together (corpus -> build -> train -> evaluate) and formats the results.
+For each training seed: every selected strategy is trained once (reference runs first); the uniform
+run's model then serves as the proxy for `llamafactory-dids repartition` (paper section 4.1) over the
+training sources, whose clusters of the mixed source are scored against the hidden kinds (purity, ARI),
+and `dids` is trained once more on the repartitioned domains. Every final model (and the initial one)
+is scored by the held-out loss of each task (`evaluate.heldout_losses`); a strategy's figure is the
+mean over the tasks whose content is in the training data, and its ratio to `uniform` is taken per
+seed, then averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import evaluate, runs
+from .build import (
+    IRRELEVANT_TASKS,
+    SOURCES,
+    TASKS,
+    Sizes,
+    build_assets,
+    heldout_name,
+    train_name,
+)
+
+__all__ = ["PRESETS", "figure_records", "format_markdown", "run_benchmark"]
+
+#: name -> (data sizes, shared hyper-parameters, training seeds)
+PRESETS: dict[str, tuple[Sizes, runs.Setting, tuple[int, ...]]] = {
+    "full": (Sizes(train=400, observe=40, heldout=100), runs.Setting(), (0,)),
+    "quick": (
+        Sizes(train=120, observe=16, heldout=40),
+        runs.Setting(cutoff_len=128, budget=480, num_updates=4, target_samples=16, probe_samples=4),
+        (0,),
+    ),
+}
+REPARTITIONED = "dids (repartitioned)"
+INIT = "init (no training)"
+
+
+def _log(message: str) -> None:
+    print(f"[quality] {message}", file=sys.stderr, flush=True)
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _task_source_share(record: dict[str, Any], domain_sources: dict[str, str] | None = None) -> float | None:
+    """Share of the run's samples (realised counts, else final weights) drawn from sources holding a task's kind."""
+    task_sources = {train_name(s) for s, kinds in SOURCES.items() if set(kinds) & set(TASKS.values())}
+    counts = record.get("realised_counts") or {}
+    mass = counts if sum(counts.values()) > 0 else record.get("final_weights") or {}
+    total = sum(mass.values())
+    if not total:
+        return None
+    source = domain_sources or {}
+    return sum(v for d, v in mass.items() if source.get(d, d) in task_sources) / total
+
+
+def _domain_sources(repartition_dir: Path) -> dict[str, str]:
+    """Repartitioned domain -> its source dataset, from domain_map.json (empty when unreadable)."""
+    try:
+        domains = json.loads((repartition_dir / "domain_map.json").read_text(encoding="utf-8"))["domains"]
+        return {name: str(entry["source"]) for name, entry in domains.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def run_benchmark(
+    out_dir: Path,
+    *,
+    preset: str = "full",
+    strategies: list[str] | None = None,
+    seeds: tuple[int, ...] | None = None,
+    data_seed: int = 0,
+    threads: int = 1,
+    repartition: bool = True,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the whole benchmark; write `out_dir/quality.json` and `out_dir/quality.md`; return the results."""
+    start = time.perf_counter()
+    sizes, setting, default_seeds = PRESETS[preset]
+    setting = runs.Setting(**{**asdict(setting), "threads": threads})
+    seeds = tuple(seeds if seeds is not None else default_seeds)
+    registered = runs.registered_strategies()
+    strategies = list(strategies or registered)
+    unknown = [s for s in strategies if s not in registered]
+    if unknown:
+        raise ValueError(f"--strategies: {unknown} not registered; registered: {registered}.")
+    order = [
+        s for s in registered if s in strategies or s in {runs.REFERENCE_RUNS.get(x) for x in strategies}
+    ]
+    workdir = Path(workdir or out_dir / "work").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    _log(f"building assets in {workdir / 'assets'} ({sizes})")
+    assets = build_assets(workdir / "assets", sizes, seed=data_seed)
+    manifest = assets.manifest
+    heldout = {
+        task: json.loads((assets.dataset_dir / f"{heldout_name(task)}.json").read_text(encoding="utf-8"))
+        for task in TASKS
+    }
+    encoded = evaluate.encode_tasks(assets.model_dir, heldout, setting.cutoff_len)
+    from transformers import AutoTokenizer
+
+    pad_id = AutoTokenizer.from_pretrained(assets.model_dir).pad_token_id or 0
+
+    def score(model_dir: Path) -> dict[str, float]:
+        return {t: v["loss"] for t, v in evaluate.heldout_losses(model_dir, encoded, pad_id=pad_id).items()}
+
+    has_repartition = repartition and runs.repartition_available()
+    if repartition and not has_repartition:
+        _log("repartition: not available (`llamafactory-dids repartition --help` failed)")
+    records: list[dict[str, Any]] = [
+        {"label": INIT, "strategy": None, "seed": None, "losses": score(assets.model_dir)}
+    ]
+    partitions: list[dict[str, Any]] = []
+
+    def report(done_seeds: tuple[int, ...]) -> dict[str, Any]:
+        """Write quality.json and quality.md for the seeds finished so far (after every seed)."""
+        results = {
+            "schema_version": 1,
+            "command": " ".join(["python -m benchmarks.quality", *sys.argv[1:]]),
+            "preset": preset,
+            "sizes": asdict(sizes),
+            "setting": asdict(setting),
+            "seeds": list(done_seeds),
+            "data_seed": data_seed,
+            "strategies": order,
+            "tasks": list(TASKS),
+            "irrelevant_tasks": list(IRRELEVANT_TASKS),
+            "sources": {train_name(s): list(k) for s, k in SOURCES.items()},
+            "pool_sizes": manifest["pool_sizes"],
+            "runs": records,
+            "repartition": partitions,
+            "summary": summarise(records),
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": _cpus(),
+            },
+            "seconds": round(time.perf_counter() - start, 1),
+            "assets": str(assets.root),
+        }
+        (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "quality.md").write_text(format_markdown(results), encoding="utf-8")
+        return results
+
+    for seed in seeds:
+        if seed != seeds[0]:
+            report(seeds[: seeds.index(seed)])
+        ctx = runs.RunContext(assets=assets, setting=setting, seed=seed, sources=tuple(SOURCES))
+        records += _train_strategies(ctx, order, workdir / f"seed{seed}", score)
+        if not has_repartition:
+            why = "not available" if repartition else "skipped (--no-repartition)"
+            partitions.append({"seed": seed, "error": f"repartition: {why}"})
+            continue
+        part, record = _repartition_and_train(ctx, workdir / f"seed{seed}", score, "dids" in strategies)
+        partitions.append(part)
+        records += [record] if record else []
+
+    return report(seeds)
+
+
+Scorer = Callable[[Path], dict[str, float]]
+
+
+def _train_strategies(ctx: runs.RunContext, order: list[str], seed_dir: Path, score: Scorer) -> list[dict]:
+    """Train and score every strategy of `order` for one seed; a failed run is a record with `error`."""
+    records = []
+    for strategy in order:
+        record: dict[str, Any] = {
+            "label": runs.LABELS.get(strategy, strategy),
+            "strategy": strategy,
+            "seed": ctx.seed,
+        }
+        reference = runs.REFERENCE_RUNS.get(strategy)
+        if reference is not None and reference not in ctx.outputs:
+            records.append({**record, "error": f"reference run {reference!r} failed or missing"})
+            continue
+        _log(f"seed {ctx.seed}: training {strategy}")
+        config = runs.training_config(ctx, seed_dir / strategy / "output", runs.strategy_keys(strategy, ctx))
+        record.update(runs.run_training(config, seed_dir / strategy, ctx.setting.threads))
+        if "error" in record:
+            _log(f"seed {ctx.seed}: {strategy} failed: {record['error'].splitlines()[0]}")
+        else:
+            ctx.outputs[strategy] = Path(record["output_dir"])
+            record["losses"] = score(ctx.outputs[strategy])
+            record["task_source_share"] = _task_source_share(record)
+        records.append(record)
+    return records
+
+
+def _repartition_and_train(
+    ctx: runs.RunContext, seed_dir: Path, score: Scorer, train_dids: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Repartition with the seed's uniform model as proxy, score the mix, train dids on the new domains."""
+    proxy = ctx.outputs.get("uniform", ctx.assets.model_dir)
+    part_dir = seed_dir / "repartition" / "output"
+    _log(f"seed {ctx.seed}: repartition with proxy {proxy}")
+    config = runs.repartition_config(ctx, proxy, part_dir)
+    part = {**runs.run_repartition(config, seed_dir / "repartition", ctx.setting.threads), "seed": ctx.seed}
+    part["proxy"] = str(proxy)
+    if "error" in part:
+        return part, None
+    mixed = train_name("mixed")
+    rows = json.loads((ctx.assets.dataset_dir / f"{mixed}.json").read_text(encoding="utf-8"))
+    try:
+        kinds = ctx.assets.manifest["datasets"][mixed]["kinds"]
+        part.update(evaluate.mixed_source_purity(part_dir / "data.jsonl", rows, kinds))
+    except (OSError, ValueError) as exc:
+        part["error"] = f"scoring the repartition failed: {exc}"
+        return part, None
+    if not train_dids:
+        return part, None
+    record: dict[str, Any] = {"label": REPARTITIONED, "strategy": "dids", "seed": ctx.seed}
+    _log(f"seed {ctx.seed}: training dids on the repartitioned domains")
+    try:
+        data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
+    except (OSError, ValueError, KeyError) as exc:
+        return part, {**record, "error": str(exc)}
+    config = runs.training_config(
+        ctx,
+        seed_dir / "dids_repartitioned" / "output",
+        runs.strategy_keys("dids", ctx),
+        dataset="dids_repartitioned",
+        dataset_dir=str(data_dir),
+        dids_domain_column="dids_domain",
+    )
+    record.update(runs.run_training(config, seed_dir / "dids_repartitioned", ctx.setting.threads))
+    if "error" not in record:
+        record["losses"] = score(Path(record["output_dir"]))
+        record["task_source_share"] = _task_source_share(record, _domain_sources(part_dir))
+    return part, record
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per label: per-task mean loss over seeds, the target mean, its ratio to uniform (per seed)."""
+    relevant = [t for t in TASKS if t not in IRRELEVANT_TASKS]
+    uniform = {r["seed"]: r for r in records if r["label"] == "uniform" and "losses" in r}
+    rows = []
+    for label in dict.fromkeys(r["label"] for r in records):
+        group = [r for r in records if r["label"] == label]
+        done = [r for r in group if "losses" in r]
+        row: dict[str, Any] = {
+            "label": label,
+            "seeds": [r["seed"] for r in done],
+            "failed": len(group) - len(done),
+        }
+        if not done:
+            row["error"] = group[0].get("error", "")
+            rows.append(row)
+            continue
+        row["tasks"] = {t: _mean([r["losses"][t] for r in done]) for t in TASKS}
+        targets = [_mean([r["losses"][t] for t in relevant]) for r in done]
+        everything = [_mean([r["losses"][t] for t in TASKS]) for r in done]
+        row["target_mean"], row["all_mean"] = _mean(targets), _mean(everything)
+        row["target_spread"] = (max(targets) - min(targets)) / 2 if len(targets) > 1 else None
+        ratios = [
+            _mean([r["losses"][t] for t in relevant])
+            / _mean([uniform[r["seed"]]["losses"][t] for t in relevant])
+            for r in done
+            if r["seed"] in uniform
+        ]
+        ratios_all = [
+            _mean([r["losses"][t] for t in TASKS]) / _mean([uniform[r["seed"]]["losses"][t] for t in TASKS])
+            for r in done
+            if r["seed"] in uniform
+        ]
+        row["ratio"] = _mean(ratios) if ratios else None
+        row["ratio_spread"] = (max(ratios) - min(ratios)) / 2 if len(ratios) > 1 else None
+        row["ratio_all"] = _mean(ratios_all) if ratios_all else None
+        shares = [r["task_source_share"] for r in done if r.get("task_source_share") is not None]
+        row["task_source_share"] = _mean(shares) if shares else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, spread: float | None = None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread is not None else "")
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """The results table, the purity of the repartition and the setting, as markdown."""
+    tasks = results["tasks"]
+    irrelevant = set(results["irrelevant_tasks"])
+    head = [f"{t} (irrelevant)" if t in irrelevant else t for t in tasks]
+    lines = [
+        "| strategy | "
+        + " | ".join(head)
+        + " | target mean | ratio to uniform | all-task ratio | task-source share |",
+        "|---|" + "---:|" * (len(tasks) + 4),
+    ]
+    for row in results["summary"]:
+        if "tasks" not in row:
+            lines.append(
+                f"| {row['label']} | failed: {row.get('error', '').splitlines()[0] if row.get('error') else ''} |"
+            )
+            continue
+        cells = [_fmt(row["tasks"][t]) for t in tasks]
+        lines.append(
+            f"| {row['label']} | "
+            + " | ".join(cells)
+            + f" | {_fmt(row['target_mean'], row['target_spread'])} | {_fmt(row['ratio'], row['ratio_spread'], 4)}"
+            + f" | {_fmt(row['ratio_all'], None, 4)} | {_fmt(row['task_source_share'], None, 2)} |"
+        )
+    lines.append("")
+    for part in results["repartition"]:
+        if "purity" in part:
+            lines.append(
+                f"Repartition (seed {part['seed']}): purity {part['purity']:.3f}, ARI {part['ari']:.3f} of the "
+                f"{len(part['clusters'])} clusters over the {part['rows']} rows of the mixed source; clusters: "
+                + "; ".join(f"{c}: {kinds}" for c, kinds in part["clusters"].items())
+            )
+        else:
+            msg = part.get("error", "").splitlines()[0] if part.get("error") else ""
+            lines.append(f"Repartition (seed {part['seed']}): {msg or 'failed'}")
+    s, z = results["setting"], results["sizes"]
+    lines += [
+        "",
+        f"Seeds {results['seeds']}; {z['train']} training rows per source, {z['observe']} observation and "
+        f"{z['heldout']} held-out rows per task; budget {s['budget']} samples (batch {s['batch_size']}, "
+        f"cutoff {s['cutoff_len']}, lr {s['learning_rate']}); {s['num_updates']} mixture updates for dynamic "
+        f"strategies. Losses: token-weighted mean response cross-entropy on the held-out rows (nats, lower is "
+        f"better); target mean over the tasks whose content is in the training data; ratio per seed, then "
+        f"averaged (± half the range over seeds). Task-source share: fraction of the trained samples drawn "
+        f"from the sources holding a task's content. {results['seconds']:.0f} s on {results['machine']['cpus']} "
+        f"CPUs, Python {results['machine']['python']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figure_records(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Informational figures (the fields of benchmarks/_figures.Figure): each ratio, purity and ARI."""
+    records = []
+    for row in results["summary"]:
+        if row.get("ratio") is not None and row["label"] != "uniform":
+            spread = f" ± {row['ratio_spread']:.4f}" if row.get("ratio_spread") is not None else ""
+            records.append(
+                {
+                    "name": f"held-out target loss {row['label']} / uniform (lower is better)",
+                    "value": row["ratio"],
+                    "unit": "x",
+                    "text": f"{row['ratio']:.4f}{spread} x",
+                }
+            )
+    for part in results["repartition"]:
+        for key in ("purity", "ari"):
+            if key in part:
+                records.append(
+                    {"name": f"repartition {key} on the hidden mix (seed {part['seed']})", "value": part[key]}
+                )
+    return records

@@ -1,0 +1,70 @@
+"""Command line of the quality benchmark: `python -m benchmarks.quality [--quick] [--out DIR] ...`.
+
+Also `python benchmarks/quality/run.py ...` (the same), whose `figures(argv)` is what
+`benchmarks/run_all.py` collects. Run from the repository root with the environment that has the plugin
+installed. See docs/quality-benchmark.md for the setting and the figures; `bench.run_benchmark` does
+the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .bench import figure_records, run_benchmark
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a few-minute smoke version (small data, short runs)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("quality_results"), help="results dir (quality.json, .md)"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="assets and runs (default: OUT/work)")
+    parser.add_argument(
+        "--strategies", default=None, help="comma list (default: every registered dids_strategy)"
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma list of training seeds (default: 0; e.g. 0,1 for a spread over seeds)",
+    )
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the row sampling and model init")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OMP threads per training process (0: torch default)"
+    )
+    parser.add_argument("--no-repartition", action="store_true", help="skip `llamafactory-dids repartition`")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    return run_benchmark(
+        args.out,
+        preset="quick" if args.quick else "full",
+        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None,
+        seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
+        data_seed=args.data_seed,
+        threads=args.threads,
+        repartition=not args.no_repartition,
+        workdir=args.workdir,
+    )
+
+
+def figures(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run as `python -m benchmarks.quality ARGV` does; the figures as `_figures.Figure` fields."""
+    argv = list(argv or [])
+    command = " ".join(["python -m benchmarks.quality", *argv])
+    return [
+        {**record, "command": command} for record in figure_records(_run(build_parser().parse_args(argv)))
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = _run(args)
+    print((args.out / "quality.md").read_text(encoding="utf-8"))
+    failed = sum(1 for r in results["runs"] if "error" in r)
+    return 1 if failed else 0

@@ -1,0 +1,152 @@
+"""Scores of the quality benchmark: held-out task loss of a trained model, and purity of a repartition.
+
+Role: last step of `benchmarks/quality` (corpus -> build -> train -> *evaluate*). The held-out loss of a
+task is the token-weighted mean cross-entropy of the response tokens of its held-out rows, the rows
+built exactly as LLaMA-Factory's supervised preprocessing builds them for training (template, prompt
+masked, `infer_seqlen` truncation at `cutoff_len`):
+    loss(task) = sum over rows, response tokens of -log p(token | prefix) / number of response tokens.
+Purity of a clustering against true labels: (1/n) * sum over clusters of the size of its largest true
+class; the adjusted Rand index comes from scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["encode_rows", "encode_tasks", "heldout_losses", "mixed_source_purity", "purity_and_ari"]
+
+
+def encode_rows(
+    tokenizer: Any, rows: Sequence[Mapping[str, str]], cutoff_len: int
+) -> list[dict[str, list[int]]]:
+    """Alpaca rows -> `input_ids` / `labels` as LLaMA-Factory's supervised processor builds them."""
+    from llamafactory.data.processor.processor_utils import infer_seqlen
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    template = get_template_and_fix_tokenizer(
+        tokenizer, DataArguments(template="default", cutoff_len=cutoff_len)
+    )
+    encoded = []
+    for row in rows:
+        prompt = row["instruction"] + (("\n" + row["input"]) if row.get("input") else "")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
+        source, target = template.encode_oneturn(tokenizer, messages)
+        extra = 1 if template.efficient_eos else 0
+        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - extra)
+        source, target = source[:source_len], target[:target_len]
+        input_ids, labels = source + target, [-100] * source_len + target
+        if template.efficient_eos:
+            input_ids, labels = input_ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
+        encoded.append({"input_ids": input_ids, "labels": labels})
+    return encoded
+
+
+def encode_tasks(
+    tokenizer_dir: str | Path, tasks: Mapping[str, Sequence[Mapping[str, str]]], cutoff_len: int
+) -> dict[str, list[dict[str, list[int]]]]:
+    """task -> its rows encoded with the tokenizer in `tokenizer_dir` (done once, shared by all models)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return {task: encode_rows(tokenizer, rows, cutoff_len) for task, rows in tasks.items()}
+
+
+def heldout_losses(
+    model_dir: str | Path,
+    encoded: Mapping[str, Sequence[Mapping[str, list[int]]]],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+) -> dict[str, dict[str, float]]:
+    """task -> {"loss": token-weighted mean response cross-entropy, "tokens": response tokens counted}."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars, one per model
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    out: dict[str, dict[str, float]] = {}
+    for task, rows in encoded.items():
+        total, count = 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(r["input_ids"]) for r in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for i, r in enumerate(batch):
+                n = len(r["input_ids"])
+                ids[i, :n] = torch.tensor(r["input_ids"])
+                mask[i, :n] = 1
+                labels[i, :n] = torch.tensor(r["labels"])
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, width, vocab]
+            shifted = labels[:, 1:]  # token t is predicted from the prefix ending at t - 1
+            total += F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                shifted.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            ).item()
+            count += int((shifted != -100).sum())
+        if count == 0:
+            raise ValueError(f"Task {task!r}: no response token survives the cutoff.")
+        out[task] = {"loss": total / count, "tokens": count}
+    return out
+
+
+def purity_and_ari(true_labels: Sequence[Any], cluster_labels: Sequence[Any]) -> tuple[float, float]:
+    """(purity, adjusted Rand index) of `cluster_labels` against `true_labels` (equal lengths, n >= 1)."""
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.metrics.cluster import contingency_matrix
+
+    if len(true_labels) != len(cluster_labels) or not true_labels:
+        raise ValueError(
+            f"purity needs two equally long non-empty label lists, got {len(true_labels)} and {len(cluster_labels)}."
+        )
+    table = contingency_matrix(true_labels, cluster_labels)  # [classes, clusters]
+    purity = float(table.max(axis=0).sum() / table.sum())
+    return purity, float(adjusted_rand_score(true_labels, cluster_labels))
+
+
+def mixed_source_purity(
+    data_jsonl: str | Path, mixed_rows: Sequence[Mapping[str, str]], kinds: Sequence[str]
+) -> dict:
+    """Purity / ARI of the `dids_domain` clusters of the mixed source's rows against their hidden kinds.
+
+    The rows of `data_jsonl` (repartition output: every input row plus `dids_domain`) are matched to the
+    mixed source by (instruction, input, output); every mixed row must be found exactly once.
+    """
+    if len(mixed_rows) != len(kinds):
+        raise ValueError(f"{len(mixed_rows)} mixed rows but {len(kinds)} hidden kinds.")
+
+    def key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+        return (row.get("instruction", ""), row.get("input", "") or "", row.get("output", ""))
+
+    wanted = {key(row): i for i, row in enumerate(mixed_rows)}
+    clusters: list[str | None] = [None] * len(mixed_rows)
+    with open(data_jsonl, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            i = wanted.get(key(row))
+            if i is not None:
+                if "dids_domain" not in row:
+                    raise ValueError(f"{data_jsonl}: row without a `dids_domain` column: {str(row)[:200]}")
+                clusters[i] = str(row["dids_domain"])
+    missing = sum(c is None for c in clusters)
+    if missing:
+        raise ValueError(f"{data_jsonl}: {missing} of the {len(mixed_rows)} mixed-source rows are missing.")
+    purity, ari = purity_and_ari(list(kinds), clusters)
+    table: dict[str, dict[str, int]] = {}
+    for kind, cluster in zip(kinds, clusters, strict=True):
+        table.setdefault(str(cluster), {}).setdefault(kind, 0)
+        table[str(cluster)][kind] += 1
+    return {"purity": purity, "ari": ari, "rows": len(kinds), "clusters": dict(sorted(table.items()))}

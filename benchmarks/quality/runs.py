@@ -1,0 +1,269 @@
+"""Training and repartition runs of the quality benchmark, each through the unchanged command line.
+
+Role: third step of `benchmarks/quality` (corpus -> build -> *train* -> evaluate). Every strategy
+registered in `llamafactory_dids.algorithms.registry.STRATEGY_CLASSES` is trained by
+`llamafactory-cli train` in its own process, from the same initial model, with the same budget
+(`dids_budget` samples), seed and hyper-parameters; only the `dids_*` keys a strategy needs are added
+(`strategy_keys`). Domain repartitioning (paper section 4.1) goes through
+`llamafactory-dids repartition CONFIG.yaml` (the project's CLI contract) when that command exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
+
+__all__ = [
+    "REFERENCE_RUNS",
+    "RunContext",
+    "Setting",
+    "registered_strategies",
+    "repartition_available",
+    "run_repartition",
+    "run_training",
+    "strategy_keys",
+    "training_config",
+]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Hyper-parameters shared by every run of one benchmark invocation."""
+
+    cutoff_len: int = 256
+    batch_size: int = 8
+    learning_rate: float = 4.0e-3  # 1e-3 (the demo's) leaves the tiny model near unigram statistics here
+    budget: int = 2400  # samples per run (dids_budget): budget / batch_size optimizer steps
+    num_updates: int = 10  # mixture updates of dynamic strategies over the run
+    target_samples: int = 40  # observation rows per task a strategy may read (dids_target_samples)
+    probe_samples: int = 8  # rows per domain / task in one impact probe (dids_probe_samples)
+    threads: int = 1  # OMP threads per training process
+    domains_per_source: int = 2  # repartition: clusters per source
+
+
+@dataclass
+class RunContext:
+    """What a strategy's extra keys may depend on: the assets and the runs already done in this seed."""
+
+    assets: QualityAssets
+    setting: Setting
+    seed: int
+    sources: tuple[str, ...]
+    outputs: dict[str, Path] = field(default_factory=dict)  # strategy -> finished run's output_dir
+
+
+# ------------------------------------------------------------------ per-strategy wiring (edit here)
+
+
+def _static_keys(ctx: RunContext) -> dict[str, Any]:
+    """A hand-set prior: sources that hold some task's kind of content weigh 4x the others."""
+    task_kinds = set(TASKS.values())
+    weights = {train_name(s): (4.0 if task_kinds & set(SOURCES[s]) else 1.0) for s in ctx.sources}
+    total = sum(weights.values())
+    return {"dids_static_weights": {k: v / total for k, v in weights.items()}}
+
+
+def _reference_keys(strategy: str) -> Callable[[RunContext], dict[str, Any]]:
+    """`dids_reference_dir`: the output_dir of the strategy's reference run (trained first, same seed)."""
+    return lambda ctx: {"dids_reference_dir": str(ctx.outputs[REFERENCE_RUNS[strategy]])}
+
+
+#: strategy -> the strategy whose finished run it reads (trained first, in the same seed): DoReMi's
+#: reference losses and Velocitune's scaling-law targets (docs/baselines.md)
+REFERENCE_RUNS: dict[str, str] = {"doremi": "uniform", "velocitune": "uniform"}
+#: strategy -> extra `dids_*` keys it needs beyond the shared ones; options of the baselines
+#: (e.g. `dids_step_size`) stay at their defaults unless added here
+EXTRA_KEYS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+    "static": _static_keys,
+    **{name: _reference_keys(name) for name in REFERENCE_RUNS},
+}
+#: display names for rows whose strategy uses a benchmark-chosen setting
+LABELS: dict[str, str] = {"static": "static (task sources x4)"}
+
+
+def registered_strategies() -> list[str]:
+    """Every registered `dids_strategy`, reference runs before the strategies reading them."""
+    from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
+
+    names = list(STRATEGY_CLASSES)
+    first = [n for n in dict.fromkeys(REFERENCE_RUNS.values()) if n in names]
+    return first + [n for n in names if n not in first]
+
+
+def strategy_keys(strategy: str, ctx: RunContext) -> dict[str, Any]:
+    """The `dids_*` keys of one strategy's run (the budget is shared by all)."""
+    from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
+
+    if strategy not in STRATEGY_CLASSES:
+        raise ValueError(f"Unknown strategy {strategy!r}; registered: {sorted(STRATEGY_CLASSES)}.")
+    s = ctx.setting
+    keys: dict[str, Any] = {"dids_strategy": strategy, "dids_budget": s.budget}
+    observe = {
+        "dids_target_datasets": [observe_name(t) for t in TASKS],
+        "dids_target_samples": s.target_samples,
+    }
+    if STRATEGY_CLASSES[strategy].dynamic:  # every dynamic strategy steers by the observation sets
+        keys.update({**observe, "dids_num_updates": s.num_updates, "dids_probe_samples": s.probe_samples})
+    elif any(ref == strategy and user in STRATEGY_CLASSES for user, ref in REFERENCE_RUNS.items()):
+        keys.update(observe)  # a reference run only measures the task losses its users read
+    if strategy == "dids":  # the settings of examples/yaml/dids_sft_demo.yaml
+        keys.update({"dids_normaliser": "clamp", "dids_ema_beta": 0.3})
+    if strategy in EXTRA_KEYS:
+        keys.update(EXTRA_KEYS[strategy](ctx))
+    return keys
+
+
+def training_config(
+    ctx: RunContext, output_dir: Path, dids_keys: Mapping[str, Any], **overrides: Any
+) -> dict[str, Any]:
+    """The shared LLaMA-Factory SFT config (the demo's, at this benchmark's sizes) plus `dids_keys`."""
+    from llamafactory_dids.demo import demo_training_config
+
+    s = ctx.setting
+    shared = {
+        "dataset": ",".join(train_name(src) for src in ctx.sources),
+        "cutoff_len": s.cutoff_len,
+        "per_device_train_batch_size": s.batch_size,
+        "per_device_eval_batch_size": s.batch_size,
+        "learning_rate": s.learning_rate,
+        "logging_steps": 25,
+        "seed": ctx.seed,
+    }
+    return demo_training_config(ctx.assets.demo_assets(), output_dir, **{**shared, **dids_keys, **overrides})
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+def _env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _dids_cli() -> list[str]:
+    exe = shutil.which("llamafactory-dids", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "llamafactory_dids.cli"]
+
+
+def _run(command: list[str], config: dict[str, Any], run_dir: Path, threads: int) -> tuple[int, float, str]:
+    """Write `config` as run_dir/config.yaml, run `command + [config.yaml]`; (exit code, seconds, log tail)."""
+    import yaml
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    start = time.perf_counter()
+    with open(run_dir / "run.log", "w", encoding="utf-8") as log:
+        proc = subprocess.run(
+            [*command, str(path)], env=_env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=run_dir
+        )
+    seconds = time.perf_counter() - start
+    tail = (
+        (run_dir / "run.log").read_text(encoding="utf-8", errors="replace")[-3000:] if proc.returncode else ""
+    )
+    return proc.returncode, seconds, tail
+
+
+def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
+    """One `llamafactory-cli train` run; the record holds timings and the final mixture, or the error."""
+    from llamafactory_dids.cli import find_llamafactory_cli
+
+    code, seconds, tail = _run(
+        [find_llamafactory_cli() or "llamafactory-cli", "train"], config, run_dir, threads
+    )
+    output_dir = Path(config["output_dir"])
+    record: dict[str, Any] = {"output_dir": str(output_dir), "process_seconds": round(seconds, 1)}
+    if code != 0:
+        record["error"] = f"llamafactory-cli train exited {code}; see {run_dir / 'run.log'}:\n{tail}"
+        return record
+    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
+    record["train_runtime"] = float(results["train_runtime"])
+    record["train_loss"] = float(results.get("train_loss", float("nan")))
+    history = output_dir / "history.jsonl"
+    if history.is_file():
+        records = [
+            json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+        if records:
+            last = records[-1]
+            record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
+            record["updates"] = sum(1 for r in records if r.get("update", 0) > 0)
+            if last.get("realised_counts") is not None:
+                record["realised_counts"] = dict(zip(last["domains"], last["realised_counts"], strict=True))
+    return record
+
+
+def repartition_available() -> bool:
+    """Whether `llamafactory-dids repartition --help` succeeds with this interpreter's plugin."""
+    try:
+        proc = subprocess.run(
+            [*_dids_cli(), "repartition", "--help"], env=_env(1), capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def repartition_config(ctx: RunContext, proxy_dir: Path, output_dir: Path) -> dict[str, Any]:
+    """The repartition YAML (CLI contract): every training source, each split in `domains_per_source`."""
+    s = ctx.setting
+    return {
+        "model_name_or_path": str(proxy_dir),
+        "dataset": ",".join(train_name(src) for src in ctx.sources),
+        "dataset_dir": str(ctx.assets.dataset_dir),
+        "template": "default",
+        "cutoff_len": s.cutoff_len,
+        "output_dir": str(output_dir),
+        "dids_domains_per_source": s.domains_per_source,
+        "dids_seed": ctx.seed,
+    }
+
+
+def run_repartition(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
+    """Run `llamafactory-dids repartition CONFIG.yaml`; the record has the output_dir or the error."""
+    code, seconds, tail = _run([*_dids_cli(), "repartition"], config, run_dir, threads)
+    record: dict[str, Any] = {"output_dir": config["output_dir"], "process_seconds": round(seconds, 1)}
+    if code != 0:
+        record["error"] = f"llamafactory-dids repartition exited {code}; see {run_dir / 'run.log'}:\n{tail}"
+    return record
+
+
+def repartitioned_dataset_dir(ctx: RunContext, repartition_dir: Path, into: Path) -> Path:
+    """A dataset_dir with `dids_repartitioned` (the repartition output) and the observation sets.
+
+    The repartition output's `dataset_info.json` entry is kept as written, with its file made absolute
+    (LLaMA-Factory joins dataset_dir and file_name, and an absolute file_name wins).
+    """
+    info = json.loads((repartition_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    if "dids_repartitioned" not in info:
+        raise ValueError(
+            f"{repartition_dir / 'dataset_info.json'} has no `dids_repartitioned` entry (keys: {sorted(info)}); "
+            "the repartition CLI contract promises one."
+        )
+    entry = dict(info["dids_repartitioned"])
+    entry["file_name"] = str((repartition_dir / entry["file_name"]).resolve())
+    ours = json.loads((ctx.assets.dataset_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    merged = {"dids_repartitioned": entry}
+    for task in TASKS:
+        name = observe_name(task)
+        merged[name] = {**ours[name], "file_name": str(ctx.assets.dataset_dir / ours[name]["file_name"])}
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "dataset_info.json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return into
