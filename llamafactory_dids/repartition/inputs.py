@@ -158,6 +158,10 @@ def _load_raw(cfg: RepartitionConfig, name: str, attr: Any) -> Any:
     try:
         dataset = load_dataset(kinds.pop(), data_files=files, split=attr.split)
     except Exception as err:  # datasets raises many types for a malformed file
+        if "corresponds to no data" in str(err):  # a file with no rows
+            raise RepartitionInputError(
+                f"Empty source(s): dataset(s) {[name]} have no rows ({path}). Remove them from `dataset`."
+            ) from err
         raise RepartitionInputError(f"Dataset {name!r}: cannot read {path}: {err}") from err
     if attr.num_samples is not None:
         logger.warning(
