@@ -11,7 +11,9 @@ from llamafactory_dids.config import parse_dids_config, split_dids_keys
 
 from conftest import REPO
 
-EXAMPLES = sorted((REPO / "examples" / "yaml").glob("*.yaml"))
+# `repartition_*.yaml` are `llamafactory-dids repartition` configs, not training YAMLs
+REPARTITION = sorted((REPO / "examples" / "yaml").glob("repartition_*.yaml"))
+EXAMPLES = sorted(set((REPO / "examples" / "yaml").glob("*.yaml")) - set(REPARTITION))
 
 
 def test_there_are_examples():
@@ -28,3 +30,11 @@ def test_example_parses(path: Path):
     assert parse_dids_config(dids).enabled
     # LLaMA-Factory's own parser accepts every other key (raises on unknown keys)
     HfArgumentParser(_TRAIN_ARGS).parse_dict(rest, allow_extra_keys=False)
+
+
+@pytest.mark.parametrize("path", REPARTITION, ids=lambda p: p.name)
+def test_repartition_example_parses(path: Path):
+    from llamafactory_dids.repartition import parse_repartition_config
+
+    cfg = parse_repartition_config(yaml.safe_load(path.read_text()))
+    assert cfg.output_dir and cfg.dataset
