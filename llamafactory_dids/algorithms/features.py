@@ -15,8 +15,10 @@ Two ways to get there:
   (P_out (x) P_in) vec(G_i) = P_out G_i P_in^T = sum_t (P_out delta_{i,t}) (P_in x_{i,t})^T,
   so it is built from the layer's forward activations x and backward output-gradients delta, projected on
   each side before the product: the [out, in] gradient is never formed. The concatenated [r_o, r_i]
-  blocks then go through a second, small dense JL projection to `proj_dim`. Only output-gradients are
-  requested from autograd, so no weight gradient is computed either.
+  blocks then go through a second JL projection to `proj_dim`, a sparse one (`SparseJLProjection`, one
+  signed bucket per coordinate, regenerated from the seed), which costs O(blocks) per example and stores
+  nothing whatever the number of layers. Only output-gradients are requested from autograd, so no
+  weight gradient is computed either.
 
 The per-example loss is the mean token cross-entropy over that example's supervised tokens (labels !=
 -100: the response tokens of an SFT row, as in training).
@@ -29,6 +31,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .impact import SparseJLProjection
 
 IGNORE_INDEX = -100
 
@@ -237,7 +241,7 @@ class FactoredGradientFeatures:
         self.kron = KroneckerProjection(
             [(m.out_features, m.in_features) for m in self.linears], factor_dim, seed
         )
-        self.jl = RademacherProjection(self.kron.dim, proj_dim, seed + 1)
+        self.jl = SparseJLProjection(proj_dim, seed + 1)
         self.topk_fraction = topk_fraction
         self._device: torch.device | None = None
 
@@ -305,7 +309,7 @@ class FactoredGradientFeatures:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         """[B, proj_dim] features of a right-padded batch (input_ids, attention_mask, labels: [B, T])."""
-        return self.jl(self.block_features(input_ids, attention_mask, labels))
+        return self.jl.project([self.block_features(input_ids, attention_mask, labels)]).float()
 
 
 def exact_example_gradients(
