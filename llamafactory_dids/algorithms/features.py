@@ -93,8 +93,12 @@ class RademacherProjection:
     def _chunk(self, index: int, device: torch.device) -> torch.Tensor:
         rows = min(self.CHUNK, self.in_dim - index * self.CHUNK)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        signs = torch.randint(0, 2, (rows, self.out_dim), generator=g, dtype=torch.int8)
-        return (signs.float() * 2 - 1).div_(math.sqrt(self.out_dim)).to(device)
+        n = rows * self.out_dim
+        # one random byte gives 8 signs: 8x fewer generator draws than one draw per entry
+        packed = torch.randint(0, 256, ((n + 7) // 8,), generator=g, dtype=torch.uint8)
+        bits = (packed[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1
+        signs = bits.flatten()[:n].view(rows, self.out_dim).float().mul_(2).sub_(1)
+        return signs.div_(math.sqrt(self.out_dim)).to(device)
 
     def matrix(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """[h, s] the full matrix R (cached if small)."""
