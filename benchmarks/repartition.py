@@ -90,7 +90,7 @@ def train_proxy(model, encoded, steps: int, lr: float = 2e-3) -> float:
         loss.backward()
         optimizer.step()
     model.requires_grad_(False).eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def c_header_rows(limit: int, seed: int) -> list[dict[str, str]]:
@@ -167,7 +167,7 @@ def batches(encoded, size: int):
 
 
 def run_factored(feats, encoded, size=8) -> np.ndarray:
-    out = np.zeros((len(encoded), feats.jl.out_dim), dtype=np.float32)
+    out = np.zeros((len(encoded), feats.jl.dim), dtype=np.float32)
     for rows, batch in batches(encoded, size):
         out[rows] = feats(*batch).numpy()
     return out
