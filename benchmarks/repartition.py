@@ -12,7 +12,7 @@ demo assets' real text (Python stdlib code, docstrings,
 comments), tokenised by the product's own input pipeline with the demo template, `cutoff_len` 128.
 
 A. Throughput (examples/s), same rows, same length-sorted batches of 8:
-   - `factored`: the default path (`FactoredGradientFeatures`, r = 64 per side, sparse JL to 1024);
+   - `factored`: the default path (`FactoredGradientFeatures`, r = 128 per side, sparse JL to 1024);
    - (a) `exact`: one `autograd.grad` per example + the dense Appendix A projection to 1024 (the
      reference code's approach), on `--exact-rows` rows;
    - (b) `fwd+bwd`: a plain batched forward + `loss.backward()` over all parameters of the same proxy.
@@ -274,7 +274,7 @@ def main() -> int:
     params = [p for _, p in named]
     h = sum(p.numel() for p in params)
     feats = FactoredGradientFeatures(
-        model, linear_modules_for(model, named), factor_dim=64, proj_dim=1024, seed=0
+        model, linear_modules_for(model, named), factor_dim=128, proj_dim=1024, seed=0
     )
     dense = RademacherProjection(h, 1024, seed=0)
     print(

@@ -73,7 +73,7 @@ class RepartitionConfig:
         },
     )
     dids_factor_dim: int = field(
-        default=64, metadata={"help": "Per-side dimension of the factored projection of each layer (r x r)."}
+        default=128, metadata={"help": "Per-side dimension of the factored projection of each layer (r x r)."}
     )
     dids_num_domains: int | None = field(
         default=None,
