@@ -10,6 +10,8 @@ Subcommands:
   report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
   export   a run's learned mixture (final or time-averaged) as JSON and ready-to-paste YAML.
   compare  train several strategies on one YAML and print one table (target-task losses, weights, time).
+  repartition  split a training set into gradient-based domains with a proxy model (paper section 4.1);
+           writes a labelled dataset that a training YAML uses with `dids_domain_column: dids_domain`.
 """
 
 from __future__ import annotations
@@ -219,6 +221,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repartition(args: argparse.Namespace) -> int:
+    import logging
+
+    import yaml
+
+    from .repartition import RepartitionConfigError, RepartitionInputError, run_repartition
+
+    try:
+        with open(args.config, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        print(f"error: cannot read {args.config}: {err}", file=sys.stderr)
+        return 2
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: override {item!r} must be key=value (e.g. dids_num_domains=12).", file=sys.stderr)
+            return 2
+        config[key.strip()] = yaml.safe_load(value)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = run_repartition(config)
+    except (RepartitionConfigError, RepartitionInputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"[dids] repartitioned dataset: {out / 'data.jsonl'} (dataset_info.json entry `dids_repartitioned`)"
+    )
+    print(f"[dids] domain map and report:  {out / 'domain_map.json'}, {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--strategies", nargs="+", required=True, help="e.g. uniform dids dga doge")
     compare.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     compare.set_defaults(func=_compare)
+
+    repartition = sub.add_parser(
+        "repartition", help="split a dataset into gradient-based domains (proxy model)"
+    )
+    repartition.add_argument("config", help="repartition YAML (see docs/repartition.md)")
+    repartition.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
+    repartition.set_defaults(func=_repartition)
     return parser
 
 

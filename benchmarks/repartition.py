@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""Cost and fidelity of `llamafactory-dids repartition` features and clustering, measured in one run.
+
+    python benchmarks/repartition.py                       # a few minutes on 2 cores
+    python benchmarks/repartition.py --kmeans-only --kmeans-n 100000 --kmeans-dim 1024 --kmeans-k 72 1024 --sklearn-max-k 1024
+    python benchmarks/repartition.py --json repartition.json
+
+Proxy: a Llama (hidden 256, 4 blocks, ~0.8M parameters in the last block, which is what
+`dids_layers_fraction: 0.1` selects), trained for `--proxy-steps` AdamW steps on held-out demo rows (a
+random-init proxy has nearly structureless gradients, unlike the pretrained proxy a user brings), on the
+demo assets' real text (Python stdlib code, docstrings,
+comments), tokenised by the product's own input pipeline with the demo template, `cutoff_len` 128.
+
+A. Throughput (examples/s), same rows, same length-sorted batches of 8:
+   - `factored`: the default path (`FactoredGradientFeatures`, r = 128 per side, sparse JL to 1024);
+   - (a) `exact`: one `autograd.grad` per example + the dense Appendix A projection to 1024 (the
+     reference code's approach), on `--exact-rows` rows;
+   - (b) `fwd+bwd`: a plain batched forward + `loss.backward()` over all parameters of the same proxy.
+   Targets: factored / exact >= 10, factored / fwd+bwd >= 0.5.
+B. Fidelity on `--fidelity-rows` rows against exact per-example gradients: correlation of pairwise
+   cosine similarities (target >= 0.95) for the factored features and for the dense JL projection of
+   the exact gradients (the paper's features); adjusted Rand index of spherical k-means clusters
+   (k = 3, `--seeds` seeds) against the exact gradients' clusters with the same seed, and of the exact
+   gradients' clusters between consecutive seeds (k-means' own instability, for scale).
+C. Planted domains that differ in kind, mixed in one source: Python function sources (demo_code) and C
+   code from the system headers (/usr/include), same instruction wording; ARI of 2-means on the
+   factored features against the truth (target >= 0.8); the same for code vs docstrings vs comments.
+D. k-means time on `--kmeans-n` x `--kmeans-dim` synthetic features (a planted mixture on the sphere)
+   into each `--kmeans-k`: faiss (spherical) and scikit-learn KMeans (n_init=1, up to `--sklearn-max-k`),
+   through `algorithms.clustering.spherical_kmeans` with sampling disabled (fit on all rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llamafactory_dids.algorithms.clustering import faiss_available, normalise_rows, spherical_kmeans  # noqa: E402
+from llamafactory_dids.algorithms.features import (  # noqa: E402
+    FactoredGradientFeatures,
+    RademacherProjection,
+    exact_example_gradients,
+    example_losses,
+    last_block_matrices,
+    linear_modules_for,
+)
+from llamafactory_dids.demo import build_demo_assets  # noqa: E402
+from llamafactory_dids.integration.probe import transformer_blocks  # noqa: E402
+
+
+def proxy_model(vocab: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+def train_proxy(model, encoded, steps: int, lr: float = 2e-3) -> float:
+    """A few AdamW steps on held-out demo rows: a proxy is a trained model, not a random one. Returns the loss."""
+    model.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = batches(encoded, 8)
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        _, (ids, mask, labels) = schedule[step % len(schedule)]
+        loss = example_losses(model(input_ids=ids, attention_mask=mask).logits, labels).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.requires_grad_(False).eval()
+    return float(loss.detach())
+
+
+def c_header_rows(limit: int, seed: int) -> list[dict[str, str]]:
+    """Snippets of C from the system headers (comment-free blocks with code), as alpaca rows."""
+    rows = []
+    for path in sorted(Path("/usr/include").glob("*.h")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for block in text.split("\n\n"):
+            code = "\n".join(
+                line
+                for line in block.splitlines()
+                if line.strip() and not line.lstrip().startswith(("/*", "*", "//"))
+            )
+            if 120 <= len(code) <= 600 and (";" in code or "#define" in code):
+                rows.append({"instruction": f"Write the code of `{path.name}`.", "input": "", "output": code})
+    random.Random(seed).shuffle(rows)
+    return rows[:limit]
+
+
+def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff: int):
+    """Token ids and labels of the rows through the product's own input pipeline."""
+    from llamafactory_dids.repartition.config import parse_repartition_config
+    from llamafactory_dids.repartition.inputs import load_inputs
+    from llamafactory_dids.repartition.run import _tokenizer_and_template
+
+    data = workdir / "bench_data"
+    data.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name, rows in rows_by_source.items():
+        (data / f"{name}.json").write_text(json.dumps(rows))
+        info[name] = {
+            "file_name": f"{name}.json",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        }
+    (data / "dataset_info.json").write_text(json.dumps(info))
+    cfg = parse_repartition_config(
+        {
+            "model_name_or_path": str(assets.model_dir),
+            "dataset": list(rows_by_source),
+            "dataset_dir": str(data),
+            "template": "default",
+            "cutoff_len": cutoff,
+            "output_dir": str(workdir / "unused"),
+            "dids_domains_per_source": 1,
+        }
+    )
+    tokenizer, template = _tokenizer_and_template(cfg)
+    inputs = load_inputs(cfg, tokenizer, template)
+    keep = np.flatnonzero(inputs.trainable())
+    return [inputs.encoded[i] for i in keep], inputs.sources[keep]
+
+
+def batches(encoded, size: int):
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    out = []
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        width = max(len(encoded[i][0]) for i in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100)
+        for j, i in enumerate(rows):
+            n = len(encoded[i][0])
+            ids[j, :n], mask[j, :n], labels[j, :n] = (
+                torch.tensor(encoded[i][0]),
+                1,
+                torch.tensor(encoded[i][1]),
+            )
+        out.append((rows, (ids, mask, labels)))
+    return out
+
+
+def run_factored(feats, encoded, size=8) -> np.ndarray:
+    out = np.zeros((len(encoded), feats.jl.dim), dtype=np.float32)
+    for rows, batch in batches(encoded, size):
+        out[rows] = feats(*batch).numpy()
+    return out
+
+
+def run_exact(
+    model, params, encoded, projection, *, per_batch: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact per-example gradients [n, h] and their dense projection [n, s] (per batch as the product does,
+    or in one pass over all rows, which regenerates the matrix once)."""
+    for p in params:
+        p.requires_grad_(True)
+    full = None
+    proj = np.zeros((len(encoded), projection.out_dim), dtype=np.float32) if projection is not None else None
+    for rows, batch in batches(encoded, 8):
+        g = exact_example_gradients(model, params, *batch)
+        if full is None:
+            full = np.zeros((len(encoded), g.shape[1]), dtype=np.float32)
+        full[rows] = g.numpy()
+        if projection is not None and per_batch:
+            proj[rows] = projection(g).numpy()
+    for p in params:
+        p.requires_grad_(False)
+    if projection is not None and not per_batch:
+        proj = projection(torch.from_numpy(full)).numpy()
+    return full, proj
+
+
+def run_plain(model, encoded):
+    model.requires_grad_(True).train()
+    for _, (ids, mask, labels) in batches(encoded, 8):
+        model.zero_grad(set_to_none=True)
+        example_losses(model(input_ids=ids, attention_mask=mask).logits, labels).mean().backward()
+    model.requires_grad_(False).eval()
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
+def cosine_corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = normalise_rows(a), normalise_rows(b)
+    iu = np.triu_indices(len(a), 1)
+    return float(np.corrcoef((a @ a.T)[iu], (b @ b.T)[iu])[0, 1])
+
+
+def ari(a, b) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(a, b))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=96, help="rows for factored and fwd+bwd throughput")
+    parser.add_argument("--exact-rows", type=int, default=8, help="rows for the per-example reference")
+    parser.add_argument("--fidelity-rows", type=int, default=90, help="rows (a third per demo domain)")
+    parser.add_argument("--planted-rows", type=int, default=60, help="rows per planted domain")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--proxy-steps", type=int, default=200, help="AdamW steps that train the random proxy"
+    )
+    parser.add_argument("--kmeans-n", type=int, default=20000)
+    parser.add_argument("--kmeans-dim", type=int, default=256)
+    parser.add_argument("--kmeans-k", type=int, nargs="+", default=[72, 1024])
+    parser.add_argument("--sklearn-max-k", type=int, default=72, help="skip scikit-learn above this k (slow)")
+    parser.add_argument("--kmeans-only", action="store_true", help="run only part D")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids_bench_repartition_"))
+    figures: dict = {}
+
+    if args.kmeans_only:
+        kmeans_figures(args, figures)
+        return _finish(args, figures)
+    per_domain = max(args.fidelity_rows // 3, args.planted_rows, -(-args.rows // 3))
+    held_out = 48
+    assets = build_demo_assets(workdir / "assets", examples_per_domain=per_domain + held_out, seed=0)
+    demo = {
+        n: json.loads((assets.dataset_dir / f"demo_{n}.json").read_text())
+        for n in ("code", "docs", "comments")
+    }
+    mixed = {n: rows[:per_domain] for n, rows in demo.items()}
+    encoded, truth = encode(assets, mixed, workdir, cutoff=128)
+    interleave = np.argsort(np.argsort(np.arange(len(encoded)) % per_domain, kind="stable"), kind="stable")
+    order = np.argsort(interleave, kind="stable")  # domains interleaved, so any prefix mixes them
+    encoded, truth = [encoded[i] for i in order], truth[order]
+
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(assets.model_dir))
+    model = proxy_model(vocab)
+    train_rows, _ = encode(
+        assets, {n: rows[-held_out:] for n, rows in demo.items()}, workdir / "train", cutoff=128
+    )
+    seconds, loss = timed(train_proxy, model, train_rows, args.proxy_steps)
+    print(
+        f"proxy trained {args.proxy_steps} steps on {len(train_rows)} held-out rows: loss {loss:.2f} ({seconds:.0f} s)"
+    )
+    named = last_block_matrices(model, transformer_blocks(model), 0.1)
+    params = [p for _, p in named]
+    h = sum(p.numel() for p in params)
+    feats = FactoredGradientFeatures(
+        model, linear_modules_for(model, named), factor_dim=128, proj_dim=1024, seed=0
+    )
+    dense = RademacherProjection(h, 1024, seed=0)
+    print(
+        f"proxy: {sum(p.numel() for p in model.parameters())} parameters, {h} selected (last block); "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+
+    # ---------------------------------------------------------------------------- A. throughput
+    rows = encoded[: args.rows]
+    run_factored(feats, rows[:8])  # warm-up
+    t_fact, _ = timed(run_factored, feats, rows)
+    t_plain, _ = timed(run_plain, model, rows)
+    t_exact, _ = timed(run_exact, model, params, encoded[: args.exact_rows], dense)
+    tokens = sum(len(e[0]) for e in rows) / len(rows)
+    a = {
+        "factored_ex_per_s": args.rows / t_fact,
+        "exact_ex_per_s": args.exact_rows / t_exact,
+        "fwd_bwd_ex_per_s": args.rows / t_plain,
+        "mean_tokens": tokens,
+    }
+    a["factored_over_exact"] = a["factored_ex_per_s"] / a["exact_ex_per_s"]
+    a["factored_over_fwd_bwd"] = a["factored_ex_per_s"] / a["fwd_bwd_ex_per_s"]
+    figures["throughput"] = a
+    print(f"\nA. feature throughput (examples/s; mean {tokens:.0f} tokens per row)")
+    print(f"   factored (default)            {a['factored_ex_per_s']:8.2f}")
+    print(
+        f"   (a) exact + dense projection  {a['exact_ex_per_s']:8.2f}   factored / exact   = {a['factored_over_exact']:6.1f}x  (target >= 10)"
+    )
+    print(
+        f"   (b) plain batched fwd+bwd     {a['fwd_bwd_ex_per_s']:8.2f}   factored / fwd+bwd = {a['factored_over_fwd_bwd']:6.2f}x  (target >= 0.5)",
+        flush=True,
+    )
+
+    # ------------------------------------------------------------------------------ B. fidelity
+    rows, labels_true = encoded[: args.fidelity_rows], truth[: args.fidelity_rows]
+    exact, dense_feats = run_exact(model, params, rows, dense, per_batch=False)
+    fact = run_factored(feats, rows)
+    b = {
+        "cosine_corr_factored": cosine_corr(fact, exact),
+        "cosine_corr_dense_jl": cosine_corr(dense_feats, exact),
+    }
+    ari_fact, ari_dense, ari_self, ari_truth = [], [], [], {"exact": [], "factored": [], "dense_jl": []}
+    for seed in range(args.seeds):
+        km = {
+            name: spherical_kmeans(x, 3, seed=seed, backend="sklearn")[0]
+            for name, x in (("exact", exact), ("factored", fact), ("dense_jl", dense_feats))
+        }
+        ari_fact.append(ari(km["exact"], km["factored"]))
+        ari_dense.append(ari(km["exact"], km["dense_jl"]))
+        ari_self.append(ari(km["exact"], spherical_kmeans(exact, 3, seed=seed + 1000, backend="sklearn")[0]))
+        for name in ari_truth:
+            ari_truth[name].append(ari(labels_true, km[name]))
+    b.update(
+        ari_factored_vs_exact=statistics.mean(ari_fact),
+        ari_dense_jl_vs_exact=statistics.mean(ari_dense),
+        ari_exact_vs_exact_other_seed=statistics.mean(ari_self),
+        ari_vs_source={k: statistics.mean(v) for k, v in ari_truth.items()},
+    )
+    figures["fidelity"] = b
+    print(f"\nB. fidelity on {len(rows)} rows vs exact per-example gradients ({h} dims)")
+    print(
+        f"   corr of pairwise cosines: factored {b['cosine_corr_factored']:.3f}, dense JL {b['cosine_corr_dense_jl']:.3f}  (target >= 0.95)"
+    )
+    print(
+        f"   ARI of 3-means vs exact's clusters (mean of {args.seeds} seeds): factored {b['ari_factored_vs_exact']:.3f}, "
+        f"dense JL {b['ari_dense_jl_vs_exact']:.3f}; exact vs exact with another seed {b['ari_exact_vs_exact_other_seed']:.3f}"
+    )
+    print(
+        "   ARI vs the demo domains (code/docs/comments): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in b["ari_vs_source"].items()),
+        flush=True,
+    )
+
+    # ----------------------------------------------------------------------- C. planted domains
+    c_rows = c_header_rows(args.planted_rows, seed=0)
+    py_rows = [
+        dict(r, instruction=f"Write the code of `{r['instruction'].split('`')[1]}`.")
+        for r in demo["code"][: args.planted_rows]
+    ]
+    c = {}
+    if len(c_rows) >= args.planted_rows // 2:
+        enc, src = encode(assets, {"python": py_rows, "c": c_rows}, workdir / "planted", cutoff=128)
+        x = run_factored(feats, enc)
+        scores = [ari(src, spherical_kmeans(x, 2, seed=s, backend="sklearn")[0]) for s in range(args.seeds)]
+        c["python_vs_c_ari"] = statistics.mean(scores)
+        c["python_vs_c_rows"] = [int((src == 0).sum()), int((src == 1).sum())]
+    c["code_docs_comments_ari"] = b["ari_vs_source"]["factored"]
+    figures["planted"] = c
+    print("\nC. planted domains mixed in one source, k-means on factored features (mean ARI vs truth)")
+    if "python_vs_c_ari" in c:
+        print(
+            f"   Python vs C ({c['python_vs_c_rows'][0]} + {c['python_vs_c_rows'][1]} rows): {c['python_vs_c_ari']:.3f}  (target >= 0.8)"
+        )
+    else:
+        print("   Python vs C: skipped (too few C snippets under /usr/include)")
+    print(f"   code vs docstrings vs comments: {c['code_docs_comments_ari']:.3f}", flush=True)
+
+    kmeans_figures(args, figures)
+    return _finish(args, figures)
+
+
+def _finish(args, figures) -> int:
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def kmeans_figures(args, figures) -> None:
+    # ---------------------------------------------------------------------------- D. k-means
+    rng = np.random.default_rng(0)
+    centres = normalise_rows(rng.standard_normal((200, args.kmeans_dim)))
+    planted = rng.integers(0, 200, args.kmeans_n)
+    x = centres[planted] + 0.5 * rng.standard_normal((args.kmeans_n, args.kmeans_dim)).astype(
+        np.float32
+    ) / np.sqrt(args.kmeans_dim)
+    d = {}
+    print(f"\nD. spherical k-means on {args.kmeans_n} x {args.kmeans_dim} features (seconds)")
+    for k in args.kmeans_k:
+        for backend in ("faiss", "sklearn"):
+            if backend == "faiss" and not faiss_available():
+                continue
+            if backend == "sklearn" and k > args.sklearn_max_k:
+                continue
+            fit = functools.partial(
+                spherical_kmeans, seed=0, backend=backend, max_points_per_centroid=args.kmeans_n
+            )
+            seconds, _ = timed(fit, x, k)
+            d[f"{backend}_k{k}_s"] = seconds
+            print(f"   k={k:5d} {backend:8s} {seconds:8.2f}", flush=True)
+    if "faiss_k72_s" in d and "sklearn_k72_s" in d:
+        print(f"   sklearn / faiss at k=72: {d['sklearn_k72_s'] / d['faiss_k72_s']:.1f}x")
+    figures["kmeans"] = d
+
+
+if __name__ == "__main__":
+    sys.exit(main())

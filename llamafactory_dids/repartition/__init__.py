@@ -1,0 +1,18 @@
+"""Gradient-based domain repartition (paper section 4.1, App. A): `llamafactory-dids repartition`.
+
+Role: the first step of DIDS (*repartition* -> impact -> schedule -> sampler), run once offline. An
+integration-level package (it loads data and models through LLaMA-Factory and transformers): config ->
+inputs -> extract -> cache -> clustering (`algorithms.clustering`) -> outputs. See docs/repartition.md.
+"""
+
+from .config import RepartitionConfig, RepartitionConfigError, parse_repartition_config
+from .inputs import RepartitionInputError
+from .run import run_repartition
+
+__all__ = [
+    "RepartitionConfig",
+    "RepartitionConfigError",
+    "RepartitionInputError",
+    "parse_repartition_config",
+    "run_repartition",
+]

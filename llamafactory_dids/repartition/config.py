@@ -1,0 +1,265 @@
+"""Keys of a `llamafactory-dids repartition` YAML: one dataclass, validated before any model or data loads.
+
+Role: configuration of the repartition step (paper section 4.1, App. A), separate from `DIDSConfig`, which
+configures training runs. LLaMA-Factory-style keys name the proxy model and the data; `dids_*` keys set the
+features and the clustering. Every problem is collected and reported at once, naming the key, what it
+expects, what it got and the fix. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FEATURES = ("factored", "exact", "semantic")
+CLUSTERERS = ("auto", "sklearn", "faiss")
+
+
+class RepartitionConfigError(ValueError):
+    """Raised with every problem found in a repartition config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Invalid repartition configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass
+class RepartitionConfig:
+    """One repartition run (LLaMA-Factory-style keys plus `dids_*` keys)."""
+
+    model_name_or_path: str = field(
+        default="",
+        metadata={"help": "The proxy model (a local directory): same family, smaller (paper: 500M)."},
+    )
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LLaMA-Factory dataset names (list or comma-separated); each one is a source."},
+    )
+    dataset_dir: str = field(default="data", metadata={"help": "Folder holding dataset_info.json."})
+    template: str | None = field(default=None, metadata={"help": "Chat template, as in training."})
+    cutoff_len: int = field(default=2048, metadata={"help": "Tokens per row, as in training."})
+    output_dir: str = field(default="", metadata={"help": "Where the labelled dataset and reports go."})
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Take the first N rows of each dataset (as LLaMA-Factory does)."}
+    )
+    stage: str = field(default="sft", metadata={"help": "Only `sft`: the loss covers the response tokens."})
+    train_on_prompt: bool = field(default=False, metadata={"help": "As in training: also supervise prompts."})
+    mask_history: bool = field(
+        default=False, metadata={"help": "As in training: supervise the last turn only."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Passed to transformers when loading."})
+    dids_features: str = field(
+        default="factored",
+        metadata={
+            "help": "`factored`: batched Kronecker-factored projection of per-example gradients (default); "
+            "`exact`: one autograd call per example and a dense JL projection (the paper; reference); "
+            "`semantic`: mean-pooled embeddings (the DIDS-GC ablation)."
+        },
+    )
+    dids_proj_dim: int = field(default=1024, metadata={"help": "JL projection dimension (paper: 1024)."})
+    dids_layers_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Gradients of the linear layers of this last fraction of blocks (paper: 10%)."},
+    )
+    dids_topk_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep this fraction of largest-magnitude gradient entries before projecting (paper: 0.1); "
+            "0 = off. It needs the gradient coordinates, so it is slower."
+        },
+    )
+    dids_factor_dim: int = field(
+        default=128, metadata={"help": "Per-side dimension of the factored projection of each layer (r x r)."}
+    )
+    dids_num_domains: int | None = field(
+        default=None,
+        metadata={"help": "Total domains, split over sources in proportion to size (paper: 72 from 18)."},
+    )
+    dids_domains_per_source: int | None = field(
+        default=None,
+        metadata={"help": "Alternative to `dids_num_domains`: this many domains in every source."},
+    )
+    dids_source_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column naming each row's initial source. Unset: each `dataset:` entry is a source."
+        },
+    )
+    dids_clusterer: str = field(
+        default="auto",
+        metadata={"help": "`auto` (faiss when installed, else sklearn), `sklearn` or `faiss`."},
+    )
+    dids_kmeans_n_init: int = field(default=1, metadata={"help": "k-means restarts (best inertia kept)."})
+    dids_max_points_per_centroid: int = field(
+        default=256,
+        metadata={"help": "Fit centroids on a seeded sample of this many rows per cluster, then assign all."},
+    )
+    dids_embedding_model: str | None = field(
+        default=None,
+        metadata={"help": "`semantic` features: the embedding model directory (default: the proxy)."},
+    )
+    dids_batch_size: int = field(default=8, metadata={"help": "Rows per forward/backward."})
+    dids_shard_size: int = field(
+        default=512,
+        metadata={"help": "Rows per cached feature shard (the unit of resume and of data parallelism)."},
+    )
+    dids_seed: int = field(default=0, metadata={"help": "Seed of the projections, sampling and k-means."})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def known_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(RepartitionConfig)]
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _as_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
+    """Build a validated `RepartitionConfig`.
+
+    Raises:
+        RepartitionConfigError: listing every unknown key and invalid value at once.
+    """
+    problems: list[str] = []
+    known = known_keys()
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            problems.append(f"Unknown key `{key}`. Known repartition keys: {', '.join(known)}.")
+        elif value is not None:
+            values[key] = value
+    cfg = RepartitionConfig()
+
+    for key in ("model_name_or_path", "output_dir"):
+        value = values.get(key)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"`{key}` is required (a path), got {value!r}.")
+        else:
+            setattr(cfg, key, value)
+    for key in ("dataset_dir", "template", "dids_source_column", "dids_embedding_model"):
+        if key in values:
+            if not isinstance(values[key], str) or not values[key].strip():
+                problems.append(f"`{key}` must be a non-empty string, got {values[key]!r}.")
+            else:
+                setattr(cfg, key, values[key])
+
+    names = values.get("dataset")
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(
+            f"`dataset` must name one or more datasets of dataset_info.json, got {values.get('dataset')!r}."
+        )
+    elif len(set(names)) != len(names):
+        problems.append(f"`dataset` lists a dataset twice: {list(names)!r}.")
+    else:
+        cfg.dataset = list(names)
+
+    positive = (
+        "cutoff_len",
+        "max_samples",
+        "dids_proj_dim",
+        "dids_factor_dim",
+        "dids_num_domains",
+        "dids_domains_per_source",
+        "dids_kmeans_n_init",
+        "dids_max_points_per_centroid",
+        "dids_batch_size",
+        "dids_shard_size",
+    )
+    for key in positive:
+        if key in values:
+            n = _as_int(values[key])
+            if n is None or n <= 0:
+                problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
+            else:
+                setattr(cfg, key, n)
+    if "dids_seed" in values:
+        n = _as_int(values["dids_seed"])
+        if n is None or n < 0:
+            problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
+        else:
+            cfg.dids_seed = n
+
+    for key, low, high, low_open in (
+        ("dids_layers_fraction", 0.0, 1.0, True),
+        ("dids_topk_fraction", 0.0, 1.0, False),
+    ):
+        if key in values:
+            f = _as_float(values[key])
+            if f is None or not ((f > low if low_open else f >= low) and f <= high):
+                bounds = "(0, 1]" if low_open else "[0, 1]"
+                problems.append(f"`{key}` must be in {bounds}, got {values[key]!r}.")
+            else:
+                setattr(cfg, key, f)
+
+    for key in ("train_on_prompt", "mask_history", "trust_remote_code"):
+        if key in values:
+            b = _as_bool(values[key])
+            if b is None:
+                problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
+            else:
+                setattr(cfg, key, b)
+
+    for key, allowed in (("dids_features", FEATURES), ("dids_clusterer", CLUSTERERS), ("stage", ("sft",))):
+        if key in values:
+            if not isinstance(values[key], str) or values[key].lower() not in allowed:
+                problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
+            else:
+                setattr(cfg, key, values[key].lower())
+
+    if "dids_num_domains" in values and "dids_domains_per_source" in values:
+        problems.append("Set either `dids_num_domains` (total) or `dids_domains_per_source`, not both.")
+    elif "dids_num_domains" not in values and "dids_domains_per_source" not in values:
+        problems.append(
+            "Set the number of domains: `dids_num_domains` (total over all sources; the paper used 72 from 18 "
+            "sources) or `dids_domains_per_source`."
+        )
+    if cfg.dids_embedding_model is not None and cfg.dids_features != "semantic":
+        problems.append(
+            f"`dids_embedding_model` is only used with `dids_features: semantic`, got `dids_features: "
+            f"{cfg.dids_features}`. Remove it or switch the features."
+        )
+    if cfg.dids_topk_fraction > 0 and cfg.dids_features == "semantic":
+        problems.append(
+            "`dids_topk_fraction` applies to gradients; it has no meaning with `dids_features: semantic`."
+        )
+    if problems:
+        raise RepartitionConfigError(problems)
+    return cfg

@@ -1,0 +1,126 @@
+"""Files a repartition run leaves in `output_dir` (the contract a training YAML relies on).
+
+Role: the hand-over from repartition to training. `data.jsonl` holds every input row, in input order
+(datasets in `dataset:` order, rows in file order), with two added columns, `dids_domain` and
+`dids_source`; `dataset_info.json` registers it as `dids_repartitioned` with the sources' own formatting
+and column mapping, so a training YAML sets `dataset_dir: <output_dir>`, `dataset: dids_repartitioned`,
+`dids_domain_column: dids_domain`. `domain_map.json` (with a schema version) and `report.md` describe
+the domains: source, size, example rows, and how tightly their rows sit around the centroid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .inputs import DOMAIN_COLUMN, SOURCE_COLUMN, Inputs
+
+SCHEMA_VERSION = 1
+DATASET_NAME = "dids_repartitioned"
+DATA_FILE = "data.jsonl"
+EXAMPLE_ROWS = 5
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_dataset(out: Path, inputs: Inputs, domain_names: list[str], row_domain: np.ndarray) -> int:
+    """Write data.jsonl and dataset_info.json; return the number of rows written (checked = rows in)."""
+    tmp = out / f"{DATA_FILE}.tmp{os.getpid()}"
+    written = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for dataset in inputs.raw:
+            for row in dataset:
+                row = dict(row)
+                row[DOMAIN_COLUMN] = domain_names[row_domain[written]]
+                row[SOURCE_COLUMN] = inputs.source_names[inputs.sources[written]]
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                written += 1
+    if written != inputs.num_rows:
+        raise RuntimeError(f"wrote {written} rows for {inputs.num_rows} input rows; output discarded")
+    os.replace(tmp, out / DATA_FILE)
+    entry = {"file_name": DATA_FILE, **inputs.info_entry}
+    _atomic_text(out / "dataset_info.json", json.dumps({DATASET_NAME: entry}, indent=2) + "\n")
+    return written
+
+
+def build_domain_map(
+    inputs: Inputs,
+    domain_names: list[str],
+    domain_source: list[int],
+    row_domain: np.ndarray,
+    stats: list[dict[str, Any]],
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The domain map: schema_version, run settings, sources and domains -> {source, size, rows, stats}."""
+    domains = {}
+    for d, name in enumerate(domain_names):
+        rows = np.flatnonzero(row_domain == d)
+        domains[name] = {
+            "source": inputs.source_names[domain_source[d]],
+            "size": int(len(rows)),
+            "example_rows": rows[:EXAMPLE_ROWS].tolist(),
+            "centroid": stats[d],
+        }
+    sources = {}
+    for s, name in enumerate(inputs.source_names):
+        sources[name] = {
+            "rows": int((inputs.sources == s).sum()),
+            "domains": [n for d, n in enumerate(domain_names) if domain_source[d] == s],
+        }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": DATASET_NAME,
+        "domain_column": DOMAIN_COLUMN,
+        "source_column": SOURCE_COLUMN,
+        "num_rows": inputs.num_rows,
+        "run": run,
+        "sources": sources,
+        "domains": domains,
+    }
+
+
+def _snippet(text: str, limit: int = 70) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None:
+    """domain_map.json and report.md."""
+    _atomic_text(out / "domain_map.json", json.dumps(domain_map, indent=2) + "\n")
+    run = domain_map["run"]
+    lines = [
+        "# Domain repartition report",
+        "",
+        f"{domain_map['num_rows']} rows from {len(domain_map['sources'])} source(s) into "
+        f"{len(domain_map['domains'])} domains. Features: `{run['features']}` "
+        f"({run['feature_dim']} dims) from `{run['model']}`; clusterer `{run['clusterer']}`, seed {run['seed']}.",
+        f"Rows without a loss (no gradient, placed in their source's largest domain): {run['rows_without_loss']}.",
+        "",
+        "Cohesion = mean cosine of a domain's rows to its centroid (1 = identical directions).",
+        "",
+    ]
+    for source, info in domain_map["sources"].items():
+        lines += [
+            f"## {source} ({info['rows']} rows)",
+            "",
+            "| domain | size | cohesion | min cos | examples |",
+        ]
+        lines.append("|---|---:|---:|---:|---|")
+        for name in info["domains"]:
+            d = domain_map["domains"][name]
+            c = d["centroid"]
+            examples = " / ".join(_snippet(inputs.texts[r]) for r in d["example_rows"][:2])
+            lines.append(
+                f"| {name} | {d['size']} | {c.get('cosine_mean', float('nan')):.3f} | "
+                f"{c.get('cosine_min', float('nan')):.3f} | {examples} |"
+            )
+        lines.append("")
+    _atomic_text(out / "report.md", "\n".join(lines))
