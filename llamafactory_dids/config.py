@@ -244,7 +244,7 @@ def split_dids_keys(args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return dids, rest
 
 
-def _as_bool(value: Any) -> bool | None:
+def as_bool(value: Any) -> bool | None:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
@@ -254,7 +254,7 @@ def _as_bool(value: Any) -> bool | None:
     return None
 
 
-def _as_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -269,7 +269,7 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:
@@ -288,7 +288,7 @@ def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[f
     if isinstance(value, Mapping):
         out: dict[str, float] = {}
         for name, w in value.items():
-            f = _as_float(w)
+            f = as_float(w)
             if f is None or f < 0:
                 problems.append(
                     f"`{key}` must map domain names to non-negative numbers, got {name!r}: {w!r}. "
@@ -298,7 +298,7 @@ def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[f
             out[str(name)] = f
         return out
     if isinstance(value, list | tuple):
-        floats = [_as_float(w) for w in value]
+        floats = [as_float(w) for w in value]
         if any(f is None or f < 0 for f in floats):
             problems.append(
                 f"`{key}` must be a list of non-negative numbers (one per domain, in domain order), "
@@ -370,14 +370,14 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     for key in positive_ints:
         if values.get(key) is None:
             continue
-        n = _as_int(values[key])
+        n = as_int(values[key])
         if n is None or n <= 0:
             problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
         else:
             setattr(cfg, key, n)
 
     if values.get("dids_projection_dim") is not None:
-        n = _as_int(values["dids_projection_dim"])
+        n = as_int(values["dids_projection_dim"])
         if n is None or n < 0:
             problems.append(
                 f"`dids_projection_dim` must be 0 (exact) or a positive integer, got {values['dids_projection_dim']!r}."
@@ -386,14 +386,14 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             cfg.dids_projection_dim = n
 
     if values.get("dids_seed") is not None:
-        n = _as_int(values["dids_seed"])
+        n = as_int(values["dids_seed"])
         if n is None or n < 0:
             problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
         else:
             cfg.dids_seed = n
 
     if values.get("dids_min_weight") is not None:
-        f = _as_float(values["dids_min_weight"])
+        f = as_float(values["dids_min_weight"])
         if f is None or not 0.0 <= f < 1.0:
             problems.append(f"`dids_min_weight` must be in [0, 1), got {values['dids_min_weight']!r}.")
         else:
@@ -407,7 +407,7 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     ):
         if values.get(key) is None:
             continue
-        b = _as_bool(values[key])
+        b = as_bool(values[key])
         if b is None:
             problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
         else:
@@ -449,7 +449,7 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     ):
         if values.get(key) is None:
             continue
-        f = _as_float(values[key])
+        f = as_float(values[key])
         ok = (
             f is not None
             and (f >= low if key in ("dids_ema_beta", "dids_smoothing") else f > low)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import _as_bool, _as_int
+from ..config import as_bool, as_int
 
 BACKENDS = ("auto", "hf", "vllm")
 OVERLAP_POLICIES = ("exclude", "refuse")
@@ -145,15 +145,15 @@ def _parse_value(key: str, value: Any, meta: Mapping[str, Any], problems: list[s
             return None
         return [v.strip() for v in items if v.strip()]
     if kind == "bool":
-        out = _as_bool(value)
+        out = as_bool(value)
         if out is None:
             problems.append(f"`{key}` must be true or false, got {value!r}.")
         return out
     if kind == "bool_or_str":
-        out = _as_bool(value)
+        out = as_bool(value)
         return out if out is not None else str(value)
     if kind == "int":
-        out = _as_int(value)
+        out = as_int(value)
         if out is None or out < meta.get("minimum", out):
             problems.append(f"`{key}` must be an integer >= {meta.get('minimum', '-inf')}, got {value!r}.")
             return None
@@ -166,7 +166,7 @@ def _parse_value(key: str, value: Any, meta: Mapping[str, Any], problems: list[s
     if kind == "batch":
         text = str(value)
         number = text.split(":", 1)[1] if text.startswith("auto:") else text
-        if text != "auto" and (_as_int(number) is None or _as_int(number) < 1):
+        if text != "auto" and (as_int(number) is None or as_int(number) < 1):
             problems.append(f"`{key}` must be a positive integer, `auto` or `auto:N`, got {value!r}.")
             return None
         return text

@@ -9,10 +9,11 @@ expects, what it got and the fix. Stdlib only.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..config import as_bool, as_float, as_int
 
 FEATURES = ("factored", "exact", "semantic")
 CLUSTERERS = ("auto", "sklearn", "faiss")
@@ -117,39 +118,6 @@ def known_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RepartitionConfig)]
 
 
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            return None
-    return None
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _as_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return None
-
-
 def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     """Build a validated `RepartitionConfig`.
 
@@ -205,13 +173,13 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     )
     for key in positive:
         if key in values:
-            n = _as_int(values[key])
+            n = as_int(values[key])
             if n is None or n <= 0:
                 problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
             else:
                 setattr(cfg, key, n)
     if "dids_seed" in values:
-        n = _as_int(values["dids_seed"])
+        n = as_int(values["dids_seed"])
         if n is None or n < 0:
             problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
         else:
@@ -222,7 +190,7 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
         ("dids_topk_fraction", 0.0, 1.0, False),
     ):
         if key in values:
-            f = _as_float(values[key])
+            f = as_float(values[key])
             if f is None or not ((f > low if low_open else f >= low) and f <= high):
                 bounds = "(0, 1]" if low_open else "[0, 1]"
                 problems.append(f"`{key}` must be in {bounds}, got {values[key]!r}.")
@@ -231,7 +199,7 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
 
     for key in ("train_on_prompt", "mask_history", "trust_remote_code"):
         if key in values:
-            b = _as_bool(values[key])
+            b = as_bool(values[key])
             if b is None:
                 problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
             else:
