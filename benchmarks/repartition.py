@@ -60,6 +60,8 @@ from llamafactory_dids.algorithms.features import (  # noqa: E402
 from llamafactory_dids.demo import build_demo_assets  # noqa: E402
 from llamafactory_dids.integration.probe import transformer_blocks  # noqa: E402
 
+from _figures import Figure  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 
 def proxy_model(vocab: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -222,7 +224,7 @@ def ari(a, b) -> float:
     return float(adjusted_rand_score(a, b))
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=96, help="rows for factored and fwd+bwd throughput")
     parser.add_argument("--exact-rows", type=int, default=8, help="rows for the per-example reference")
@@ -239,7 +241,27 @@ def main() -> int:
     parser.add_argument("--kmeans-only", action="store_true", help="run only part D")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller settings (proxy 60 steps, fewer rows and seeds, k-means 5000 rows)",
+    )
+    return parser
+
+
+QUICK = {"rows": 32, "fidelity_rows": 45, "planted_rows": 30, "seeds": 2, "proxy_steps": 60, "kmeans_n": 5000}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Every figure of parts A-D (printed as they come), as one dict."""
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids_bench_repartition_"))
     figures: dict = {}
 
@@ -377,9 +399,76 @@ def main() -> int:
     return _finish(args, figures)
 
 
-def _finish(args, figures) -> int:
+def _finish(args, figures) -> dict:
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def figures(argv: list[str] | None = None) -> list[Figure]:
+    """Measure as `python benchmarks/repartition.py ARGV` does and return the figures (see _figures.py)."""
+    argv = list(argv or [])
+    got = measure(parse_args(argv))
+    command = " ".join(["python benchmarks/repartition.py", *argv])
+    out: list[Figure] = []
+    if "throughput" in got:
+        a, b, c = got["throughput"], got["fidelity"], got["planted"]
+        out += [
+            Figure(
+                "repartition: factored / per-example + dense projection",
+                a["factored_over_exact"],
+                unit="x",
+                target=10,
+                comparator=">=",
+                command=command,
+            ),
+            Figure(
+                "repartition: factored / plain forward+backward",
+                a["factored_over_fwd_bwd"],
+                unit="x",
+                target=0.5,
+                comparator=">=",
+                command=command,
+            ),
+            Figure(
+                "repartition: cosine correlation with exact gradients (factored)",
+                b["cosine_corr_factored"],
+                target=0.95,
+                comparator=">=",
+                command=command,
+            ),
+            Figure(
+                "repartition: ARI vs exact clusters, factored - dense JL",
+                b["ari_factored_vs_exact"] - b["ari_dense_jl_vs_exact"],
+                target=0.0,
+                comparator=">=",
+                command=command,
+            ),
+        ]
+        if "python_vs_c_ari" in c:
+            out.append(
+                Figure(
+                    "repartition: planted Python vs C, ARI",
+                    c["python_vs_c_ari"],
+                    target=0.8,
+                    comparator=">=",
+                    command=command,
+                )
+            )
+    for key, seconds in got.get("kmeans", {}).items():
+        out.append(
+            Figure(
+                f"repartition: k-means {key.replace('_s', '')} on {got.get('kmeans_shape', '')}",
+                seconds,
+                unit="s",
+                command=command,
+            )
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    measure(parse_args(argv))
     return 0
 
 
@@ -408,6 +497,7 @@ def kmeans_figures(args, figures) -> None:
     if "faiss_k72_s" in d and "sklearn_k72_s" in d:
         print(f"   sklearn / faiss at k=72: {d['sklearn_k72_s'] / d['faiss_k72_s']:.1f}x")
     figures["kmeans"] = d
+    figures["kmeans_shape"] = f"{args.kmeans_n} x {args.kmeans_dim}"
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,8 @@ def availability(script: Script, root: Path | None = None) -> str | None:
     path = (root or HERE) / script.path
     if not path.is_file():
         return f"benchmarks/{script.path} does not exist yet"
-    if "def figures(" not in path.read_text(encoding="utf-8"):
+    text = path.read_text(encoding="utf-8")
+    if "def figures(" not in text and not re.search(r"^from \S+ import .*\bfigures\b", text, re.MULTILINE):
         return f"benchmarks/{script.path} has no `figures(argv)` function"
     return None
 
