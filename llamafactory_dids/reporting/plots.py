@@ -142,8 +142,9 @@ def plot_task_losses(run: RunOutputs, path: Path, *, horizon: float = 1.0) -> tu
     """
     if run.task_losses is None:
         raise PlotUnavailable(
-            f"strategy {run.strategy!r} measures no downstream task losses (only `dids_strategy: dids` with "
-            "`dids_target_datasets` does)."
+            f"the run ({run.strategy!r}) recorded no downstream task losses at its updates: they are "
+            "measured at every update when `dids_target_datasets` is set (static strategies have no updates; "
+            "their final task losses are in dids_final.json)."
         )
     m = len(run.tasks)
     shown = min(m, MAX_TASK_PANELS)
