@@ -29,13 +29,21 @@ FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
-class DIDSConfigError(ValueError):
-    """Raised with every problem found in the `dids_*` keys, one per line."""
+class ConfigProblems(ValueError):
+    """Every problem found in one configuration, reported at once, one per line."""
 
-    def __init__(self, problems: list[str]):
+    subject = "llamafactory-dids"
+
+    def __init__(self, problems: list[str], subject: str | None = None):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"Invalid llamafactory-dids configuration ({len(problems)} problem(s)):\n{lines}")
+        super().__init__(
+            f"Invalid {subject or self.subject} configuration ({len(problems)} problem(s)):\n{lines}"
+        )
+
+
+class DIDSConfigError(ConfigProblems):
+    """Raised with every problem found in the `dids_*` keys, one per line."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import as_bool, as_int
+from ..config import ConfigProblems, as_bool, as_int
 
 BACKENDS = ("auto", "hf", "vllm")
 OVERLAP_POLICIES = ("exclude", "refuse")
@@ -22,15 +22,11 @@ OBSERVATION_MANIFEST = "observation_manifest.json"
 RESULTS_FILE = "eval_results.json"
 
 
-class EvalConfigError(ValueError):
+class EvalConfigError(ConfigProblems):
     """Raised with every problem found in an eval/observe configuration, one per line."""
 
     def __init__(self, command: str, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"Invalid `llamafactory-dids {command}` configuration ({len(problems)} problem(s)):\n{lines}"
-        )
+        super().__init__(problems, subject=f"`llamafactory-dids {command}`")
 
 
 def _field(default: Any, kind: str, help: str, **extra: Any) -> Any:

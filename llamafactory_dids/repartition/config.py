@@ -13,19 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import as_bool, as_float, as_int
+from ..algorithms.clustering import CLUSTERERS
+from ..config import ConfigProblems, as_bool, as_float, as_int
 
 FEATURES = ("factored", "exact", "semantic")
-CLUSTERERS = ("auto", "sklearn", "faiss")
 
 
-class RepartitionConfigError(ValueError):
+class RepartitionConfigError(ConfigProblems):
     """Raised with every problem found in a repartition config, one per line."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"Invalid repartition configuration ({len(problems)} problem(s)):\n{lines}")
+    subject = "repartition"
 
 
 @dataclass
