@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import new_run
+from _runs import encode_alpaca_rows, new_run, offline_env
 
 BATCH = 8
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
@@ -112,17 +112,6 @@ TARGETS: dict[str, str] = {
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def _clean_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if threads > 0:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return env
 
 
 def _cli() -> str:
@@ -172,7 +161,7 @@ def run_training(
     with open(run_dir / "train.log", "w", encoding="utf-8") as log:
         proc = subprocess.run(
             [_cli(), "train", str(config_path)],
-            env=_clean_env(threads),
+            env=offline_env(threads),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=run_dir,
@@ -210,30 +199,6 @@ def run_training(
 
 
 # --------------------------------------------------------------------------------- 3. the floor
-
-
-def _encode_rows(assets: Any, tokenizer: Any, rows: list[dict[str, str]]) -> list[dict[str, list[int]]]:
-    """Alpaca rows -> input_ids/labels the way LLaMA-Factory's supervised processor builds them."""
-    from llamafactory.data.processor.processor_utils import infer_seqlen
-    from llamafactory.data.template import get_template_and_fix_tokenizer
-    from llamafactory.hparams import DataArguments
-
-    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template="default", cutoff_len=CUTOFF))
-    out = []
-    for row in rows:
-        prompt = row["instruction"] + (("\n" + row["input"]) if row.get("input") else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
-        source, target = template.encode_oneturn(tokenizer, messages)
-        total = 1 if template.efficient_eos else 0
-        source_len, target_len = infer_seqlen(len(source), len(target), CUTOFF - total)
-        source, target = source[:source_len], target[:target_len]
-        input_ids = source + target
-        labels = [-100] * len(source) + target
-        if template.efficient_eos:
-            input_ids = input_ids + [tokenizer.eos_token_id]
-            labels = labels + [tokenizer.eos_token_id]
-        out.append({"input_ids": input_ids, "labels": labels})
-    return out
 
 
 def _collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
@@ -278,12 +243,14 @@ class Floor:
         def load(name: str) -> list[dict[str, str]]:
             return json.loads((assets.dataset_dir / f"{name}.json").read_text(encoding="utf-8"))
 
-        target = self._usable(_encode_rows(assets, self.tokenizer, load(TARGET)))
+        target = self._usable(encode_alpaca_rows(self.tokenizer, load(TARGET), CUTOFF))
         # the loader's seeded subset (`load_target_sets`: dids_seed unset -> 0)
         rng = np.random.default_rng([0, 3])
         keep = min(TARGET_SAMPLES, len(target))
         self.target_rows = [target[i] for i in np.sort(rng.permutation(len(target))[:keep])]
-        self.domain_rows = [self._usable(_encode_rows(assets, self.tokenizer, load(d))) for d in DOMAINS]
+        self.domain_rows = [
+            self._usable(encode_alpaca_rows(self.tokenizer, load(d), CUTOFF)) for d in DOMAINS
+        ]
         self.rng = np.random.default_rng(1)
         self.passes = {
             "task_loss_forwards": math.ceil(len(self.target_rows) / BATCH),
@@ -483,7 +450,7 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
 def measure_memory(assets: Any, k: int, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", str(assets.model_dir), str(k)]
     cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, env=_clean_env(threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=offline_env(threads), capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory worker k={k} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

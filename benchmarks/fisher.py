@@ -38,9 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dids_update import _collate, _encode_rows
+from dids_update import CUTOFF, _collate
 
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+from _runs import encode_alpaca_rows
 
 DOMAINS = ("code", "docs", "comments")
 SPLITS = 8  # parts per demo domain -> 24 domains
@@ -56,7 +57,7 @@ ESTIMATORS = {  # name -> (fisher_estimator, fisher_batch_size)
 
 def _load_rows(assets: Any, tokenizer: Any, name: str) -> list[dict[str, list[int]]]:
     rows = json.loads((assets.dataset_dir / f"demo_{name}.json").read_text(encoding="utf-8"))
-    return _encode_rows(assets, tokenizer, rows)
+    return encode_alpaca_rows(tokenizer, rows, CUTOFF)
 
 
 def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[str, Any]:

@@ -28,10 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dids_update import _clean_env, _cli
+from dids_update import _cli
 
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import new_run
+from _runs import new_run, offline_env
 
 ZERO3 = {
     "train_batch_size": "auto",
@@ -103,7 +103,7 @@ def run(workdir: Path, assets: Any, model: Path, strategy: str, args: argparse.N
         return config
 
     run_dir, output_dir, config_path = new_run(workdir, tag, make_config)
-    env = _clean_env(0)
+    env = offline_env()
     if args.gpus > 1:
         env.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(args.gpus)})
     with open(run_dir / "train.log", "w", encoding="utf-8") as log:

@@ -97,7 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import new_run
+from _runs import new_run, offline_env
 
 BATCH = 8
 TRAIN_RATIO_TARGET = 1.02
@@ -150,19 +150,6 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _clean_env(**extra: str | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for key, value in extra.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
 # ------------------------------------------------------------------------------- A. training time
 
 
@@ -196,7 +183,7 @@ def run_training(
         workdir, tag, lambda out: train_config(assets, out, variant, steps, packing)
     )
     timings_path = run_dir / "timings.json"
-    env = _clean_env(LLAMAFACTORY_DIDS_DISABLE="1" if variant == "stock" else None)
+    env = offline_env(LLAMAFACTORY_DIDS_DISABLE="1" if variant == "stock" else None)
     if threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(config_path), str(timings_path)]
@@ -371,8 +358,8 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
         return out
     out["pth_text"] = pth.read_text(encoding="utf-8")
     modes = {
-        "as_is": _clean_env(),
-        "bytecode_cache": _clean_env(
+        "as_is": offline_env(),
+        "bytecode_cache": offline_env(
             PYTHONPYCACHEPREFIX=str(workdir / "pycache"), PYTHONDONTWRITEBYTECODE=None
         ),
     }
@@ -415,9 +402,9 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
             f"paired diff {r['wall_paired_diff_ms']:+.3f} ms",
             flush=True,
         )
-    env = _clean_env()
+    env = offline_env()
     out["finder_ns_per_import"] = float(_run_timed([sys.executable, "-c", _FINDER_CODE], env)[1])
-    count_env = _clean_env(LLAMAFACTORY_DIDS_DISABLE="1")  # count only: do not patch
+    count_env = offline_env(LLAMAFACTORY_DIDS_DISABLE="1")  # count only: do not patch
     out["modules_imported_by_tuner"] = int(
         _run_timed([sys.executable, "-c", _COUNT_CODE], count_env)[1].split()[-1]
     )

@@ -16,33 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["encode_rows", "encode_tasks", "heldout_losses", "mixed_source_purity", "purity_and_ari"]
+from benchmarks._runs import encode_alpaca_rows
 
-
-def encode_rows(
-    tokenizer: Any, rows: Sequence[Mapping[str, str]], cutoff_len: int
-) -> list[dict[str, list[int]]]:
-    """Alpaca rows -> `input_ids` / `labels` as LLaMA-Factory's supervised processor builds them."""
-    from llamafactory.data.processor.processor_utils import infer_seqlen
-    from llamafactory.data.template import get_template_and_fix_tokenizer
-    from llamafactory.hparams import DataArguments
-
-    template = get_template_and_fix_tokenizer(
-        tokenizer, DataArguments(template="default", cutoff_len=cutoff_len)
-    )
-    encoded = []
-    for row in rows:
-        prompt = row["instruction"] + (("\n" + row["input"]) if row.get("input") else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
-        source, target = template.encode_oneturn(tokenizer, messages)
-        extra = 1 if template.efficient_eos else 0
-        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - extra)
-        source, target = source[:source_len], target[:target_len]
-        input_ids, labels = source + target, [-100] * source_len + target
-        if template.efficient_eos:
-            input_ids, labels = input_ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
-        encoded.append({"input_ids": input_ids, "labels": labels})
-    return encoded
+__all__ = ["encode_tasks", "heldout_losses", "mixed_source_purity", "purity_and_ari"]
 
 
 def encode_tasks(
@@ -52,7 +28,7 @@ def encode_tasks(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return {task: encode_rows(tokenizer, rows, cutoff_len) for task, rows in tasks.items()}
+    return {task: encode_alpaca_rows(tokenizer, rows, cutoff_len) for task, rows in tasks.items()}
 
 
 def heldout_losses(

@@ -11,7 +11,6 @@ registered in `llamafactory_dids.algorithms.registry.STRATEGY_CLASSES` is traine
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks._runs import offline_env
 
 from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
 
@@ -145,17 +146,6 @@ def training_config(
 # ------------------------------------------------------------------------------------ processes
 
 
-def _env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LLAMAFACTORY_DIDS_DISABLE", None)
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if threads > 0:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return env
-
-
 def _dids_cli() -> list[str]:
     exe = shutil.which("llamafactory-dids", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "llamafactory_dids.cli"]
@@ -172,7 +162,7 @@ def _run(command: list[str], config: dict[str, Any], run_dir: Path, threads: int
     start = time.perf_counter()
     with open(run_dir / "run.log", "w", encoding="utf-8") as log:
         proc = subprocess.run(
-            [*command, str(path)], env=_env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=run_dir
+            [*command, str(path)], env=offline_env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=run_dir
         )
     seconds = time.perf_counter() - start
     tail = (
@@ -214,7 +204,11 @@ def repartition_available() -> bool:
     """Whether `llamafactory-dids repartition --help` succeeds with this interpreter's plugin."""
     try:
         proc = subprocess.run(
-            [*_dids_cli(), "repartition", "--help"], env=_env(1), capture_output=True, text=True, timeout=300
+            [*_dids_cli(), "repartition", "--help"],
+            env=offline_env(1),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     except (OSError, subprocess.TimeoutExpired):
         return False

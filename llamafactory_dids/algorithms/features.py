@@ -56,6 +56,37 @@ def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return per_token.sum(dim=1) / count
 
 
+def response_token_fit(
+    model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """How well a proxy predicts the supervised tokens of some rows, against their unigram entropy.
+
+    A gradient feature is only as informative as the proxy: an untrained or mismatched model predicts the
+    response tokens no better than their frequencies, and its gradients barely tell kinds of text apart.
+    Both figures are in nats per supervised token over all `batches` ((input_ids, attention_mask, labels),
+    labels -100 where not supervised, shifted as in `example_losses`):
+
+    * `loss`: the proxy's mean cross-entropy;
+    * `unigram_entropy`: the entropy of the same tokens' empirical distribution, i.e. the loss of the best
+      context-free model of exactly these tokens (a proxy that does not beat it has learnt no context);
+    * `tokens`: how many tokens were scored.
+    """
+    total, tokens, targets = 0.0, 0, []
+    with torch.no_grad():
+        for input_ids, attention_mask, labels in batches:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            shift = labels[:, 1:]
+            counts = (shift != IGNORE_INDEX).sum(dim=1)
+            total += float((example_losses(logits, labels).double() * counts).sum())
+            tokens += int(counts.sum())
+            targets.append(shift[shift != IGNORE_INDEX].cpu())
+    if tokens == 0:
+        return {"loss": float("nan"), "unigram_entropy": float("nan"), "tokens": 0}
+    _, freq = torch.unique(torch.cat(targets), return_counts=True)
+    p = freq.double() / tokens
+    return {"loss": total / tokens, "unigram_entropy": float(-(p * p.log()).sum()), "tokens": tokens}
+
+
 def topk_sparsify(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """Keep the ceil(fraction * h) largest-magnitude entries of each row (the paper's top-k step).
 

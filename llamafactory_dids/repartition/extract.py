@@ -23,12 +23,15 @@ from ..algorithms.features import (
     last_block_matrices,
     linear_modules_for,
     mean_pooled_embeddings,
+    response_token_fit,
 )
 from ..integration.probe import transformer_blocks
 from .config import RepartitionConfig
 from .inputs import Inputs, RepartitionInputError
 
 logger = logging.getLogger(__name__)
+
+PROXY_FIT_ROWS = 256  # rows scored by `GradientExtractor.proxy_fit` (a forward pass each, once per run)
 
 
 def check_model_path(path: str, key: str) -> None:
@@ -123,6 +126,34 @@ class GradientExtractor(Extractor):
             self.projection = RademacherProjection(
                 self.description["parameters"], cfg.dids_proj_dim, cfg.dids_seed
             )
+
+    def proxy_fit(self, limit: int = PROXY_FIT_ROWS) -> dict[str, float]:
+        """`response_token_fit` of the proxy on up to `limit` rows with a loss, spread evenly over the data;
+        logs it, with a warning when the proxy does not beat the unigram entropy of those tokens."""
+        usable = np.flatnonzero(self.usable)
+        if len(usable) > limit:
+            usable = usable[np.linspace(0, len(usable) - 1, limit).round().astype(int)]
+        fit = response_token_fit(self.model, [self._pad(rows) for rows in self._batches(usable.tolist())])
+        fit["rows"] = len(usable)
+        if fit["tokens"] and fit["loss"] >= fit["unigram_entropy"]:
+            logger.warning(
+                "[dids] the proxy %s predicts the response tokens no better than their frequencies (loss %.3f "
+                "nats/token vs unigram entropy %.3f on %d rows): its gradients will barely separate kinds of "
+                "text. Use a trained model of the target's family (the paper: a 500M one) as "
+                "`model_name_or_path`.",
+                self.cfg.model_name_or_path,
+                fit["loss"],
+                fit["unigram_entropy"],
+                fit["rows"],
+            )
+        else:
+            logger.info(
+                "[dids] proxy fit on %d rows: loss %.3f nats/token, unigram entropy %.3f",
+                fit["rows"],
+                fit["loss"],
+                fit["unigram_entropy"],
+            )
+        return fit
 
     def compute(self, batch):
         if self.cfg.dids_features == "factored":

@@ -92,6 +92,21 @@ def _snippet(text: str, limit: int = 70) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def _proxy_fit_lines(fit: dict[str, Any] | None) -> list[str]:
+    if not fit or not fit.get("tokens"):
+        return []
+    verdict = (
+        "below it, as a trained proxy should be"
+        if fit["loss"] < fit["unigram_entropy"]
+        else "NOT below it: the proxy predicts no better than token frequencies, so its gradients carry "
+        "little signal about kinds of text (use a trained proxy)"
+    )
+    return [
+        f"Proxy fit on {fit['rows']} rows ({fit['tokens']} response tokens): loss {fit['loss']:.3f} nats/token; "
+        f"unigram entropy of the same tokens {fit['unigram_entropy']:.3f}, {verdict}."
+    ]
+
+
 def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None:
     """domain_map.json and report.md."""
     _atomic_text(out / "domain_map.json", json.dumps(domain_map, indent=2) + "\n")
@@ -103,6 +118,7 @@ def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None
         f"{len(domain_map['domains'])} domains. Features: `{run['features']}` "
         f"({run['feature_dim']} dims) from `{run['model']}`; clusterer `{run['clusterer']}`, seed {run['seed']}.",
         f"Rows without a loss (no gradient, placed in their source's largest domain): {run['rows_without_loss']}.",
+        *_proxy_fit_lines(run.get("proxy_fit")),
         "",
         "Cohesion = mean cosine of a domain's rows to its centroid (1 = identical directions).",
         "",

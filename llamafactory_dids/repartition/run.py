@@ -29,7 +29,7 @@ from ..algorithms.clustering import (
 )
 from .cache import FeatureCache
 from .config import RepartitionConfig, parse_repartition_config
-from .extract import Extractor, build_extractor, check_model_path
+from .extract import Extractor, GradientExtractor, build_extractor, check_model_path
 from .inputs import Inputs, data_arguments, load_inputs
 from .outputs import build_domain_map, write_dataset, write_reports
 
@@ -172,7 +172,10 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
             cfg.dids_shard_size,
             extractor.dim,
         )
+        fit = None
         if rank == 0:
+            if isinstance(extractor, GradientExtractor):
+                fit = extractor.proxy_fit()
             out.mkdir(parents=True, exist_ok=True)
             finished = cache.prepare()
             if finished:
@@ -197,6 +200,13 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
             "config": cfg.to_dict(),
             **extractor.description,
         }
+        if fit is not None:
+            run["proxy_fit"] = {
+                "rows": fit["rows"],
+                "tokens": fit["tokens"],
+                "loss": round(fit["loss"], 4),
+                "unigram_entropy": round(fit["unigram_entropy"], 4),
+            }
         write_reports(out, inputs, build_domain_map(inputs, names, domain_source, row_domain, stats, run))
         logger.info("[dids] %d rows -> %d domains in %s", inputs.num_rows, len(names), out)
         return out

@@ -23,6 +23,7 @@ from llamafactory_dids.algorithms.features import (
     last_block_matrices,
     linear_modules_for,
     mean_pooled_embeddings,
+    response_token_fit,
     topk_sparsify,
 )
 from llamafactory_dids.integration.probe import transformer_blocks
@@ -215,3 +216,49 @@ def test_mean_pooled_embeddings_ignore_padding():
     keep = mask[0].bool()
     alone = mean_pooled_embeddings(model, ids[0, keep][None], mask[0, keep][None])
     assert torch.allclose(emb[0], alone[0], atol=1e-5)
+
+
+def test_response_token_fit_matches_a_per_token_loop():
+    model = tiny_llama()
+    batches = [padded_batch(5, seed=1), padded_batch(3, seed=2)]
+    losses, targets = [], []
+    for ids, mask, labels in batches:
+        for i in range(len(ids)):
+            n = int(mask[i].sum())  # unpadded row, one position at a time
+            logits = model(input_ids=ids[i : i + 1, :n]).logits[0]
+            for t in range(1, n):
+                if labels[i, t] != -100:
+                    target = int(labels[i, t])
+                    losses.append(-float(torch.log_softmax(logits[t - 1].double(), -1)[target]))
+                    targets.append(target)
+    counts = np.bincount(targets)
+    p = counts[counts > 0] / len(targets)
+    fit = response_token_fit(model, batches)
+    assert fit["tokens"] == len(targets)
+    assert fit["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert fit["unigram_entropy"] == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12)
+
+
+class UnigramModel(torch.nn.Module):
+    """Logits = log of fixed token frequencies at every position, whatever the context."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.log_probs = torch.log(probs)
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.log_probs.expand(*input_ids.shape, -1)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_a_unigram_model_of_the_tokens_scores_their_entropy_and_nothing_beats_it_without_context():
+    batches = [padded_batch(6, seed=3), padded_batch(4, seed=4)]
+    targets = torch.cat([b[2][:, 1:][b[2][:, 1:] != -100] for b in batches])
+    freq = torch.bincount(targets, minlength=VOCAB).double()
+    fitted = response_token_fit(UnigramModel(freq / freq.sum()), batches)
+    assert fitted["loss"] == pytest.approx(fitted["unigram_entropy"], rel=1e-6)  # float32 logits
+    # any other context-free distribution does worse (Gibbs' inequality)
+    other = response_token_fit(UnigramModel(torch.full((VOCAB,), 1.0 / VOCAB, dtype=torch.double)), batches)
+    assert other["loss"] > fitted["unigram_entropy"] + 0.1
+    empty = [(b[0], b[1], torch.full_like(b[2], -100)) for b in batches]
+    assert response_token_fit(UnigramModel(freq / freq.sum()), empty)["tokens"] == 0

@@ -92,6 +92,14 @@ def test_every_row_comes_back_in_order_with_its_domain(demo_assets, first_run):
     assert features_of(first_run).shape == (42, 64)
 
 
+def test_a_random_proxy_is_flagged_by_its_fit_against_token_frequencies(demo_assets, first_run):
+    """The demo model is randomly initialised: it must not beat the unigram entropy of the rows it scores."""
+    fit = json.loads((first_run / "domain_map.json").read_text())["run"]["proxy_fit"]
+    assert fit["rows"] == 42 and fit["tokens"] > 0
+    assert fit["loss"] > fit["unigram_entropy"] > 0
+    assert "NOT below it" in (first_run / "report.md").read_text()
+
+
 def test_training_loader_reads_the_output_with_its_domains(first_run, tmp_path):
     from datasets import load_dataset
 
