@@ -27,7 +27,7 @@ The per-example loss is the mean token cross-entropy over that example's supervi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def response_token_fit(
-    model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ) -> dict[str, float]:
     """How well a proxy predicts the supervised tokens of some rows, against their unigram entropy.
 

@@ -133,7 +133,7 @@ class GradientExtractor(Extractor):
         usable = np.flatnonzero(self.usable)
         if len(usable) > limit:
             usable = usable[np.linspace(0, len(usable) - 1, limit).round().astype(int)]
-        fit = response_token_fit(self.model, [self._pad(rows) for rows in self._batches(usable.tolist())])
+        fit = response_token_fit(self.model, (self._pad(rows) for rows in self._batches(usable.tolist())))
         fit["rows"] = len(usable)
         if fit["tokens"] and fit["loss"] >= fit["unigram_entropy"]:
             logger.warning(
