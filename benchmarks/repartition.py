@@ -61,6 +61,7 @@ from llamafactory_dids.algorithms.features import (  # noqa: E402
     example_losses,
     last_block_matrices,
     linear_modules_for,
+    mean_pooled_embeddings,
     response_token_fit,
 )
 from llamafactory_dids.demo import build_demo_assets  # noqa: E402
@@ -209,9 +210,8 @@ def planted_rows(assets, demo, c_all, count: int, workdir: Path):
     return encode(assets, {"python": py_rows, "c": c_rows}, workdir / "planted", cutoff=128)
 
 
-def planted_ari(feats, encoded, truth, seeds: int) -> float:
-    """Mean ARI against the truth of 2-means (seeds 0..seeds-1) on the factored features of the rows."""
-    x = run_factored(feats, encoded)
+def two_means_ari(x: np.ndarray, truth, seeds: int) -> float:
+    """Mean ARI against the truth of spherical 2-means (seeds 0..seeds-1) on the features `x`."""
     return statistics.mean(
         ari(truth, spherical_kmeans(x, 2, seed=s, backend="sklearn")[0]) for s in range(seeds)
     )
@@ -222,7 +222,7 @@ def planted_point(feats, model, encoded, truth, seeds: int) -> dict[str, float]:
     proxy fit: loss and unigram entropy in nats per response token)."""
     fit = response_token_fit(model, [batch for _, batch in batches(encoded, 8)])
     return {
-        "ari": planted_ari(feats, encoded, truth, seeds),
+        "ari": two_means_ari(run_factored(feats, encoded), truth, seeds),
         "fit_loss": fit["loss"],
         "unigram_entropy": fit["unigram_entropy"],
     }
@@ -261,13 +261,11 @@ def run_exact(
 def run_hidden_mean(model, encoded) -> np.ndarray:
     """Mean over real positions of the last hidden state per row (the semantic features of DIDS-GC)."""
     out = None
-    with torch.no_grad():
-        for rows, (ids, mask, _) in batches(encoded, 8):
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            if out is None:
-                out = np.zeros((len(encoded), pooled.shape[1]), dtype=np.float32)
-            out[rows] = pooled.numpy()
+    for rows, (ids, mask, _) in batches(encoded, 8):
+        pooled = mean_pooled_embeddings(model, ids, mask)
+        if out is None:
+            out = np.zeros((len(encoded), pooled.shape[1]), dtype=np.float32)
+        out[rows] = pooled.numpy()
     return out
 
 
@@ -469,14 +467,10 @@ def measure(args: argparse.Namespace) -> dict:
             if seed != args.proxy_seeds[0]:
                 model, named, feats = trained_proxy(vocab, train_rows, args.proxy_steps, seed)
             point = planted_point(feats, model, enc, src, args.seeds)
-            exact = run_exact(model, [p for _, p in named], enc, None)[0]
-            point["ari_exact"] = statistics.mean(
-                ari(src, spherical_kmeans(exact, 2, seed=s, backend="sklearn")[0]) for s in range(args.seeds)
+            point["ari_exact"] = two_means_ari(
+                run_exact(model, [p for _, p in named], enc, None)[0], src, args.seeds
             )
-            hidden = run_hidden_mean(model, enc)
-            point["ari_semantic"] = statistics.mean(
-                ari(src, spherical_kmeans(hidden, 2, seed=s, backend="sklearn")[0]) for s in range(args.seeds)
-            )
+            point["ari_semantic"] = two_means_ari(run_hidden_mean(model, enc), src, args.seeds)
             per_proxy[seed] = point
         c["by_proxy_seed"] = per_proxy
         for key, name in (("ari", ""), ("ari_exact", "_exact"), ("ari_semantic", "_semantic")):
