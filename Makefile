@@ -5,11 +5,20 @@ BIN := $(VENV)/bin
 
 .PHONY: install test test-fast lint bench demo clean
 
+# Two stamps: the runtime alone (what `make demo` needs), and runtime + test tools (deepspeed, lm_eval,
+# ruff, pytest: what tests, lint and benchmarks need). A venv with the full set serves the demo as is.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
+
+$(BIN)/.installed-runtime: pyproject.toml
+	if [ $(BIN)/.installed -nt pyproject.toml ]; then touch $@; else \
+		$(PYTHON) -m venv $(VENV) && \
+		$(BIN)/python -m pip install --upgrade pip && \
+		$(BIN)/python -m pip install -e . && \
+		touch $@; fi
 
 install: $(BIN)/.installed
 
@@ -26,7 +35,7 @@ lint: install
 bench: install  # every benchmark, one table of figures and targets; `make bench BENCH_ARGS=--quick`
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-demo: install
+demo: $(BIN)/.installed-runtime
 	$(BIN)/llamafactory-dids demo
 
 clean:

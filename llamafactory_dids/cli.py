@@ -4,7 +4,7 @@ Role: entry points around the training run (which itself stays `llamafactory-cli
 Subcommands:
   demo     build the embedded default (tiny Llama, tokenizer, 3-domain dataset from real text) and
            train it with `examples/yaml/demo_sft.yaml` through the unchanged `llamafactory-cli train`.
-  keys     list every `dids_*` key with its default and help.
+  keys     list every `dids_*` key (or a repartition/eval/observe config's keys) with default and help.
   observe  observation sets (`dids_target_datasets`) from lm-eval tasks' validation docs.
   eval     score a trained output with lm-evaluation-harness, observation docs kept out.
   report   PNG figures of a run's mixture (weights, impact, task losses, realised fractions) + report.md.
@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 DEMO_YAML = Path("examples/yaml/demo_sft.yaml")
 DEMO_WORKDIR = Path("dids_demo")
@@ -63,38 +64,77 @@ def _demo(args: argparse.Namespace) -> int:
     result = subprocess.run(command, check=False, env=env)
     if result.returncode != 0:
         return result.returncode
-    output_dir = _output_dir(config, args.overrides)
-    print(f"[dids] training outputs:  {output_dir}")
-    print(f"[dids] mixture history:   {output_dir / 'history.jsonl'}")
-    print(
-        f"[dids] training log:      {output_dir / 'trainer_log.jsonl'} (per-domain loss and fractions under dids/*)"
-    )
+    output_dir = Path(_run_value(config, args.overrides, "output_dir") or "")
+    for line in demo_output_lines(output_dir, _run_value(config, args.overrides, "report_to")):
+        print(line)
     return 0
 
 
-def _output_dir(config: Path, overrides: list[str]) -> Path:
+def demo_output_lines(output_dir: Path, report_to: Any) -> list[str]:
+    """Where a finished run's outputs are, one line each.
+
+    The `dids/*` scalars go where `Trainer.log` sends them: `trainer_state.json` (`log_history`),
+    `report_to` and the console; LLaMA-Factory's `trainer_log.jsonl` keeps only its fixed keys (loss, lr).
+    """
+    lines = [
+        f"[dids] training outputs:  {output_dir}",
+        f"[dids] mixture history:   {output_dir / 'history.jsonl'} (weights and signals at every update)",
+        f"[dids] per-domain logs:   {output_dir / 'trainer_state.json'} (log_history: dids/* keys)",
+    ]
+    reporters = report_to if isinstance(report_to, list) else str(report_to or "none").split(",")
+    if {r.strip() for r in reporters} & {"tensorboard", "all"}:
+        logdir = os.environ.get("TENSORBOARD_LOGGING_DIR") or output_dir / "runs"
+        lines.append(f"[dids] TensorBoard:       {logdir} (tensorboard --logdir {logdir})")
+    return lines
+
+
+def _run_value(config: Path, overrides: list[str], key: str) -> Any:
+    """A key of the training YAML, as a `key=value` override replaces it."""
     import yaml
 
     with open(config, encoding="utf-8") as f:
-        out = yaml.safe_load(f).get("output_dir", "")
+        value = (yaml.safe_load(f) or {}).get(key)
     for item in overrides:
-        if item.startswith("output_dir="):
-            out = item.split("=", 1)[1]
-    return Path(out)
+        name, sep, text = item.partition("=")
+        if sep and name.strip() == key:
+            value = text
+    return value
+
+
+def _config_class(command: str) -> type:
+    """The dataclass behind the keys of `command`: a training YAML, or a repartition/eval/observe config."""
+    if command == "repartition":
+        from .repartition.config import RepartitionConfig
+
+        return RepartitionConfig
+    if command in ("eval", "observe"):
+        from .evaluation.config import EvalConfig, ObserveConfig
+
+        return EvalConfig if command == "eval" else ObserveConfig
+    from .config import DIDSConfig
+
+    return DIDSConfig
+
+
+def key_rows(command: str = "train") -> list[dict]:
+    """Every key of `command`'s config with its default and help, in declaration order."""
+    rows = []
+    for f in dataclasses.fields(_config_class(command)):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        rows.append({"key": f.name, "default": default, "help": f.metadata.get("help", "")})
+    return rows
+
+
+def format_key_rows(rows: list[dict]) -> str:
+    return "\n".join(f"{row['key']} (default: {row['default']!r})\n    {row['help']}" for row in rows)
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .config import DIDSConfig
-
-    rows = [
-        {"key": f.name, "default": f.default, "help": f.metadata.get("help", "")}
-        for f in dataclasses.fields(DIDSConfig)
-    ]
+    rows = key_rows(args.config_kind)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        for row in rows:
-            print(f"{row['key']} (default: {row['default']!r})\n    {row['help']}")
+        print(format_key_rows(rows))
     return 0
 
 
@@ -263,7 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="key=value overrides passed to llamafactory-cli train")
     demo.set_defaults(func=_demo)
 
-    keys = sub.add_parser("keys", help="list the dids_* keys")
+    keys = sub.add_parser("keys", help="list the keys of a config with their defaults and help")
+    keys.add_argument(
+        "config_kind",
+        nargs="?",
+        choices=("train", "repartition", "eval", "observe"),
+        default="train",
+        help="whose keys: the `dids_*` keys of a training YAML (default), or a repartition/eval/observe config",
+    )
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
 
@@ -318,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(func=_compare)
 
     repartition = sub.add_parser(
-        "repartition", help="split a dataset into gradient-based domains (proxy model)"
+        "repartition",
+        help="split a dataset into gradient-based domains (proxy model)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="keys of the YAML (also `llamafactory-dids keys repartition`):\n\n"
+        + format_key_rows(key_rows("repartition")),
     )
     repartition.add_argument("config", help="repartition YAML (see docs/repartition.md)")
     repartition.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")

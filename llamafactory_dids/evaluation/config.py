@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigProblems, as_bool, as_int
+from ..unknown_keys import unknown_key_problem
 
 BACKENDS = ("auto", "hf", "vllm")
 OVERLAP_POLICIES = ("exclude", "refuse")
@@ -175,7 +176,11 @@ def _parse(cls: type, command: str, raw: Mapping[str, Any]) -> Any:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in fields:
-            problems.append(f"Unknown key `{key}`. Known keys: {', '.join(fields)}.")
+            problems.append(
+                unknown_key_problem(
+                    key, list(fields), family="keys", listing=f"llamafactory-dids keys {command}"
+                )
+            )
             continue
         parsed = _parse_value(key, value, fields[key].metadata, problems)
         if parsed is not None:

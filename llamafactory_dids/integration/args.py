@@ -3,9 +3,9 @@
 Role: integration layer, first thing that runs in `llamafactory-cli train` (and in every torchrun
 worker). LLaMA-Factory's HfArgumentParser rejects unknown keys, so the wrapper removes `dids_*` keys
 from the YAML dict (or from `--dids_x value` argv lists), builds a `DIDSConfig`, lets the stock parser
-handle the rest, then checks the combination and attaches the config as `.dids` on the data and
-finetuning argument objects, where the loader wrappers and the trainer find it. All of this happens
-before any model or dataset is loaded.
+handle the rest, then checks the combination and the data files (`data_checks`) and attaches the config
+as `.dids` on the data and finetuning argument objects, where the loader wrappers and the trainer find it.
+All of this happens before any model or dataset is loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..config import KEY_PREFIX, DIDSConfig, check_host_arguments, parse_dids_config, split_dids_keys
+from ..config import (
+    KEY_PREFIX,
+    DIDSConfig,
+    DIDSConfigError,
+    check_host_arguments,
+    parse_dids_config,
+    split_dids_keys,
+)
+from .data_checks import check_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +66,16 @@ def wrap_get_train_args(original: Callable[..., tuple]) -> Callable[..., tuple]:
         cfg = parse_dids_config(raw) if raw else DIDSConfig()
         model_args, data_args, training_args, finetuning_args, generating_args = original(rest)
         if cfg.enabled:
-            check_host_arguments(
-                cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
-            )
+            problems = []
+            try:
+                check_host_arguments(
+                    cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
+                )
+            except DIDSConfigError as err:
+                problems = err.problems
+            problems += check_training_data(cfg, data_args)
+            if problems:
+                raise DIDSConfigError(problems)
             if cfg.dids_budget is not None and training_args.num_train_epochs != 1:
                 logger.warning(
                     "[dids] `dids_budget: %d` sets the run length; `num_train_epochs: %s` is replaced by 1.",

@@ -13,6 +13,8 @@ Rebound names (module -> global):
 - llamafactory.data.loader._get_dataset_processor  tokenise domain by domain
 - llamafactory.train.{sft,pt}.workflow.get_dataset encode labels as `domain_ids`
 - llamafactory.train.sft.workflow.CustomSeq2SeqTrainer, llamafactory.train.pt.workflow.CustomTrainer
+- sys.excepthook                                    a config error that reaches the top of
+                                                    `llamafactory-cli train` prints as one `error:` block
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -95,8 +98,29 @@ def apply() -> None:
         setattr(module, attr, make(original))
         _ORIGINALS[(module_name, attr)] = original
         replaced.append(f"{module_name}.{attr}")
+    _ORIGINALS[("sys", "excepthook")] = sys.excepthook
+    sys.excepthook = print_config_problems(sys.excepthook)
+    replaced.append("sys.excepthook")
     _share_host_logging()
     logger.debug("llamafactory-dids hooked into llamafactory %s: %s", installed, ", ".join(replaced))
+
+
+def print_config_problems(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """An excepthook that prints an uncaught config error as its message alone, on the main process.
+
+    The problems are the whole story (key, expectation, value, fix); a traceback through LLaMA-Factory's
+    launcher would only bury them. Other ranks stay silent, so torchrun shows the block once. Errors that
+    are caught (the Python API) keep their type. The interpreter still exits with status 1.
+    """
+    from ..config import ConfigProblems
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not issubclass(exc_type, ConfigProblems):
+            previous(exc_type, exc, tb)
+        elif os.environ.get("RANK", "0") == "0":
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+
+    return excepthook
 
 
 class _MainProcessInfo(logging.Filter):

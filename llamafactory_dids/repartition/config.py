@@ -15,6 +15,7 @@ from typing import Any
 
 from ..algorithms.clustering import CLUSTERERS
 from ..config import ConfigProblems, as_bool, as_float, as_int
+from ..unknown_keys import unknown_key_problem
 
 FEATURES = ("factored", "exact", "semantic")
 
@@ -126,7 +127,11 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     values = {}
     for key, value in raw.items():
         if key not in known:
-            problems.append(f"Unknown key `{key}`. Known repartition keys: {', '.join(known)}.")
+            problems.append(
+                unknown_key_problem(
+                    key, known, family="repartition keys", listing="llamafactory-dids keys repartition"
+                )
+            )
         elif value is not None:
             values[key] = value
     cfg = RepartitionConfig()

@@ -31,6 +31,14 @@ def test_demo_command_trains_and_prints_where_outputs_are(tmp_path):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"[dids] mixture history:   {out / 'history.jsonl'}" in result.stdout
+    assert (
+        f"[dids] per-domain logs:   {out / 'trainer_state.json'} (log_history: dids/* keys)" in result.stdout
+    )
+    assert "TensorBoard" not in result.stdout  # report_to=none
+    logged = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert {"dids/loss/demo_code", "dids/target/demo_code", "dids/realised/demo_code"} <= set(logged[0])
+    # LLaMA-Factory's own log keeps its fixed keys only: the demo does not point there
+    assert not any(k.startswith("dids/") for row in read_jsonl(out / "trainer_log.jsonl") for k in row)
     history = read_jsonl(out / "history.jsonl")
     assert history[0]["domains"] == ["demo_code", "demo_docs", "demo_comments"]
     assert history[0]["weights"] == pytest.approx([0.5, 0.3, 0.2])

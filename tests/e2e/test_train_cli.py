@@ -99,11 +99,14 @@ def test_invalid_override_fails_before_model_load(demo_assets, tmp_path):
     )
     assert result.returncode != 0
     text = result.stdout + result.stderr
+    # one clean block, no traceback through LLaMA-Factory's launcher
     assert (
-        "`dids_strategy` must be one of uniform, natural, static, dids, dga, doge, doremi, velocitune, got 'bogus'"
-        in text
+        "error: Invalid llamafactory-dids configuration (2 problem(s)):\n"
+        "  - Unknown key `dids_bugdet`. Did you mean `dids_budget`? (`llamafactory-dids keys` lists every key.)\n"
+        "  - `dids_strategy` must be one of uniform, natural, static, dids, dga, doge, doremi, velocitune, "
+        "got 'bogus'." in result.stderr
     )
-    assert "Unknown key `dids_bugdet`" in text
+    assert "Traceback" not in text
     assert "Loading checkpoint" not in text and not (tmp_path / "out" / "model.safetensors").exists()
 
 

@@ -122,7 +122,9 @@ def test_bad_configuration_is_reported_at_once(tasks_dir, tmp_path):
         parse_observe_config({"n": 0, "bogus": 1, "allow_test_split": "maybe"})
     text = str(error.value)
     assert "5 problem(s)" in text
-    assert "Unknown key `bogus`" in text and "`n` must be an integer >= 1, got 0" in text
+    assert "Unknown key `bogus`. Known keys: tasks, output_dir, n," in text
+    assert "(`llamafactory-dids keys observe` explains each)" in text
+    assert "`n` must be an integer >= 1, got 0" in text
     assert "`allow_test_split` must be true or false" in text and "`tasks` is required" in text
     assert "`output_dir` is required" in text
     with pytest.raises(ValueError, match="Unknown lm-eval task.*nope"):

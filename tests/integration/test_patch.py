@@ -99,3 +99,30 @@ def test_startup_hook_imports_nothing_heavy():
         timeout=60,
     )
     assert hooks.stdout.strip() == "1"  # the .pth file installed exactly one hook
+
+
+def test_config_errors_reach_the_top_as_one_error_block(capsys, monkeypatch):
+    from llamafactory_dids.config import DIDSConfigError
+
+    seen = []
+    hook = patch.print_config_problems(lambda *exc: seen.append(exc[0]))
+    error = DIDSConfigError(["`dids_budget` must be a positive integer, got 0."])
+    monkeypatch.delenv("RANK", raising=False)
+    hook(DIDSConfigError, error, None)
+    assert capsys.readouterr().err == (
+        "error: Invalid llamafactory-dids configuration (1 problem(s)):\n"
+        "  - `dids_budget` must be a positive integer, got 0.\n"
+    )
+    monkeypatch.setenv("RANK", "1")  # other torchrun ranks stay silent: the block shows once
+    hook(DIDSConfigError, error, None)
+    assert capsys.readouterr().err == ""
+    hook(KeyError, KeyError("x"), None)  # everything else keeps its traceback
+    assert seen == [KeyError]
+
+
+def test_apply_installs_the_hook_and_revert_restores_it():
+    llamafactory_dids.apply()
+    assert sys.excepthook.__qualname__.startswith("print_config_problems")
+    llamafactory_dids.revert()
+    assert sys.excepthook is sys.__excepthook__
+    llamafactory_dids.apply()

@@ -209,7 +209,10 @@ def test_config_errors_are_collected():
     with pytest.raises(RepartitionConfigError) as err:
         parse_repartition_config({"dataset": "a,a", "dids_proj_dim": 0, "dids_clusterr": "faiss"})
     text = str(err.value)
-    assert "Unknown key `dids_clusterr`" in text
+    assert (
+        "Unknown key `dids_clusterr`. Did you mean `dids_clusterer`? "
+        "(`llamafactory-dids keys repartition` lists every key.)" in text
+    )
     assert "`model_name_or_path` is required" in text and "`output_dir` is required" in text
     assert "lists a dataset twice" in text and "`dids_proj_dim` must be a positive integer, got 0" in text
     assert "Set the number of domains" in text
