@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .unknown_keys import unknown_key_problem
+
 KEY_PREFIX = "dids_"
 
 # Strategy names the config accepts. The table of classes lives in algorithms.strategies; this tuple is
@@ -23,7 +25,23 @@ STRATEGIES = ("uniform", "natural", "static", "dids", "dga", "doge", "doremi", "
 DYNAMIC_STRATEGIES = ("dids", "dga", "doge", "doremi", "velocitune")
 # Strategies whose rule compares against a reference run (`dids_reference_dir`).
 REFERENCE_STRATEGIES = ("doremi", "velocitune")
-NORMALISERS = ("softmax", "clamp")
+NORMALISERS = ("softmax", "clamp", "evidence")
+# The DIDS rule's variants and components (the tables of values live in algorithms.dids; a test keeps
+# these tuples in sync, so validation stays stdlib-only).
+DIDS_VARIANTS = ("directional", "paper", "reference")
+IMPACT_FORMS = ("distance", "similarity", "cosine")
+TASK_WEIGHTINGS = ("absolute", "relative")
+PRIORS = ("uniform", "natural")
+# components a `reference` run takes from the authors' code, never from keys
+REFERENCE_FIXED_KEYS = (
+    "dids_impact",
+    "dids_pool_control",
+    "dids_task_weighting",
+    "dids_importance_correction",
+    "dids_normaliser",
+    "dids_prior",
+    "dids_smoothing",
+)
 IMPACT_METRICS = ("fim", "inner_product")
 FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
@@ -159,6 +177,57 @@ class DIDSConfig:
             "`kfac` (diagonal of the K-FAC factors, an outer product per row and layer)."
         },
     )
+    dids_variant: str = field(
+        default="directional",
+        metadata={
+            "help": "`dids` only: the update rule. `directional` (default): Fisher cosine of each domain with "
+            "each task, centred over domains; tasks weighted half equally and half by relative progress; "
+            "evidence accumulated over updates per task and read as signal-to-noise; natural-proportions "
+            "prior; 5% uniform floor. `paper`: eq. 12-16 literally (distance, /p, softmax "
+            "T = 1, uniform start). `reference`: the authors' code. docs/dids.md lists every departure with "
+            "its measurement; the component keys below override a variant (not `reference`)."
+        },
+    )
+    dids_impact: str | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component: `distance` (eq. 12, (max - I) / sum per task), `similarity` (Fisher "
+            "inner product shifted by its minimum) or `cosine` (Fisher cosine). Unset: the variant's."
+        },
+    )
+    dids_pool_control: bool | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component, with `dids_impact: cosine`: compare each domain's cosine with a task to "
+            "its cosine with a control gradient over rows of the whole training pool (one more probed "
+            "gradient per update); false centres the cosines over domains instead. Unset: the variant's."
+        },
+    )
+    dids_task_weighting: str | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component: `absolute` (l_c + l_p in nats, eq. 16) or `relative` (half 1/m, half "
+            "the task's share of the relative improvement (l_c + l_p) / L). Unset: the variant's."
+        },
+    )
+    dids_importance_correction: bool | None = field(
+        default=None,
+        metadata={"help": "`dids` component: divide utilities by p_{t-1} (eq. 16). Unset: the variant's."},
+    )
+    dids_prior: str | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component: the starting mixture and base measure of softmax/evidence, `uniform` "
+            "(Algorithm 1) or `natural` (domain sizes). Unset: the variant's."
+        },
+    )
+    dids_evidence_decay: float = field(
+        default=0.85,
+        metadata={
+            "help": "`dids_normaliser: evidence`: weight of past updates' utilities in the accumulated evidence "
+            "(0 = this update only; 0.85 = an effective memory of about 6 updates)."
+        },
+    )
     dids_impact_metric: str = field(
         default="fim",
         metadata={
@@ -177,22 +246,28 @@ class DIDSConfig:
             "many dimensions (regenerated from the seed, never stored); 0 computes eq. 12 exactly."
         },
     )
-    dids_ema_beta: float = field(
-        default=0.1,
+    dids_ema_beta: float | None = field(
+        default=None,
         metadata={
-            "help": "EMA weight of the previous probabilities (dids eq. 16; paper 0.1, App. F 0.1-0.3). Also "
-            "read by `dga` (its EMA over the mirror descent iterates)."
+            "help": "EMA weight of the previous probabilities (dids eq. 16; paper 0.1, App. F 0.1-0.3). Unset: "
+            "0.1 (`reference`: 0.2). Also read by `dga` (its EMA over the mirror descent iterates, default 0.1)."
         },
     )
-    dids_normaliser: str = field(
-        default="softmax",
+    dids_normaliser: str | None = field(
+        default=None,
         metadata={
-            "help": "`softmax` (Algorithm 1) or `clamp` (the reference code: negatives to 0, divide by sum)."
+            "help": "`dids` component: `softmax` (Algorithm 1), `clamp` (the reference code: negatives to 0, "
+            "divide by sum) or `evidence` (impact scores accumulated over updates, divided by their standard error, "
+            "a 1.5-standard-error dead zone, summed over the tasks with significant evidence, then "
+            "prior x exp(s / T)). Unset: the variant's."
         },
     )
-    dids_temperature: float = field(
-        default=1.0,
-        metadata={"help": "Softmax temperature of the utilities."},
+    dids_temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Temperature T of the softmax and evidence normalisers. Unset: the variant's "
+            "(`directional` 1/3, `paper` and `reference` 1)."
+        },
     )
     dids_probe_layers_fraction: float = field(
         default=0.1,
@@ -212,11 +287,12 @@ class DIDSConfig:
             "scale-free: check `terms.scores` in history.jsonl and scale eta so eta * score is O(1)."
         },
     )
-    dids_smoothing: float = field(
-        default=1e-3,
+    dids_smoothing: float | None = field(
+        default=None,
         metadata={
-            "help": "Mixing with the uniform distribution after each update, (1 - c) alpha + c / k, of doremi "
-            "and velocitune (DoReMi's default: 1e-3)."
+            "help": "Mixing with the uniform distribution after each update, (1 - c) p + c / k: a floor of "
+            "c / k on every domain. Unset: 1e-3 for doremi and velocitune (DoReMi's default), the variant's "
+            "for dids (`directional` 0.05, `paper` 0)."
         },
     )
     dids_reference_dir: str | None = field(
@@ -332,7 +408,9 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
-            problems.append(f"Unknown key `{key}`. Known `dids_*` keys: {', '.join(known)}.")
+            problems.append(
+                unknown_key_problem(key, known, family="`dids_*` keys", listing="llamafactory-dids keys")
+            )
         else:
             values[key] = value
 
@@ -412,6 +490,8 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         "dids_trace_samples",
         "dids_use_trajectory",
         "dids_probe_include_lm_head",
+        "dids_pool_control",
+        "dids_importance_correction",
     ):
         if values.get(key) is None:
             continue
@@ -440,6 +520,10 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         ("dids_impact_metric", IMPACT_METRICS),
         ("dids_normaliser", NORMALISERS),
         ("dids_fisher_estimator", FISHER_ESTIMATORS),
+        ("dids_variant", DIDS_VARIANTS),
+        ("dids_impact", IMPACT_FORMS),
+        ("dids_task_weighting", TASK_WEIGHTINGS),
+        ("dids_prior", PRIORS),
     ):
         if values.get(key) is None:
             continue
@@ -454,13 +538,14 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         ("dids_probe_layers_fraction", 0.0, 1.0, True),
         ("dids_step_size", 0.0, math.inf, False),
         ("dids_smoothing", 0.0, 1.0, False),
+        ("dids_evidence_decay", 0.0, 1.0, False),
     ):
         if values.get(key) is None:
             continue
         f = as_float(values[key])
         ok = (
             f is not None
-            and (f >= low if key in ("dids_ema_beta", "dids_smoothing") else f > low)
+            and (f >= low if key in ("dids_ema_beta", "dids_smoothing", "dids_evidence_decay") else f > low)
             and (f <= high if closed_high else f < high)
         )
         if not ok:
@@ -470,6 +555,7 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
                 "dids_probe_layers_fraction": "(0, 1]",
                 "dids_step_size": "(0, inf)",
                 "dids_smoothing": "[0, 1)",
+                "dids_evidence_decay": "[0, 1)",
             }
             problems.append(f"`{key}` must be in {bounds[key]}, got {values[key]!r}.")
         else:
@@ -521,6 +607,13 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_reference_dir` is only used by {' and '.join(REFERENCE_STRATEGIES)}, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
+    if cfg.dids_variant == "reference":
+        fixed = [k for k in REFERENCE_FIXED_KEYS if values.get(k) is not None]
+        if fixed:
+            problems.append(
+                f"`dids_variant: reference` runs the authors' code as it is, so {', '.join(f'`{k}`' for k in fixed)} "
+                "cannot be set with it. Remove them, or use `dids_variant: paper` or `directional` with them."
+            )
     if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
         problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")
     weights = cfg.dids_static_weights

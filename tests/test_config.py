@@ -66,7 +66,13 @@ def test_split_keys():
     [
         (
             {"dids_strategy": "uniform", "dids_bogus": 1},
-            r"Unknown key `dids_bogus`\. Known `dids_\*` keys: dids_strategy",
+            r"Unknown key `dids_bogus`\. Known `dids_\*` keys: dids_strategy, .* "
+            r"\(`llamafactory-dids keys` explains each\)\.",
+        ),
+        (
+            {"dids_strategy": "static", "dids_static_weight": {"a": 1}},
+            r"Unknown key `dids_static_weight`\. Did you mean `dids_static_weights`\? "
+            r"\(`llamafactory-dids keys` lists every key\.\)",
         ),
         (
             {"dids_strategy": "magic"},
@@ -196,6 +202,18 @@ def test_host_conflicts(host, match):
             r"`dids_normaliser` must be one of softmax, clamp",
         ),
         ({"dids_strategy": "uniform", "dids_impact_metric": "cos"}, r"must be one of fim, inner_product"),
+        ({"dids_strategy": "uniform", "dids_variant": "lit"}, r"`dids_variant` must be one of directional"),
+        ({"dids_strategy": "uniform", "dids_impact": "kl"}, r"`dids_impact` must be one of distance"),
+        ({"dids_strategy": "uniform", "dids_prior": "zipf"}, r"`dids_prior` must be one of uniform, natural"),
+        (
+            {"dids_strategy": "uniform", "dids_evidence_decay": 1},
+            r"`dids_evidence_decay` must be in \[0, 1\)",
+        ),
+        ({"dids_strategy": "uniform", "dids_pool_control": "maybe"}, r"`dids_pool_control` must be true or"),
+        (
+            {"dids_strategy": "uniform", "dids_variant": "reference", "dids_normaliser": "softmax"},
+            r"`dids_variant: reference` runs the authors' code as it is, so `dids_normaliser` cannot be set",
+        ),
         ({"dids_strategy": "uniform", "dids_probe_samples": 0}, r"`dids_probe_samples` must be a positive"),
         (
             {"dids_strategy": "uniform", "dids_projection_dim": -1},
@@ -222,6 +240,22 @@ def test_dids_keys_parse():
     assert cfg.dids_target_datasets == ["gsm", "mmlu"] and cfg.dids_num_updates == 25
     assert cfg.dids_ema_beta == 0.2 and cfg.dids_impact_metric == "inner_product"
     assert cfg.dids_use_trajectory is False
+    # the rule: the default variant, components left to it unless set
+    assert cfg.dids_variant == "directional" and cfg.dids_normaliser is None and cfg.dids_impact is None
+    cfg = parse_dids_config(
+        {
+            "dids_strategy": "dids",
+            "dids_target_datasets": "gsm",
+            "dids_num_updates": 5,
+            "dids_variant": "PAPER",
+            "dids_impact": "cosine",
+            "dids_importance_correction": "false",
+            "dids_normaliser": "evidence",
+            "dids_evidence_decay": 0,
+        }
+    )
+    assert (cfg.dids_variant, cfg.dids_impact, cfg.dids_importance_correction) == ("paper", "cosine", False)
+    assert cfg.dids_normaliser == "evidence" and cfg.dids_evidence_decay == 0.0
 
 
 def test_baseline_keys_parse_and_static_strategies_may_observe_targets():

@@ -133,6 +133,30 @@ def test_strategy_keys_share_the_budget(tmp_path):
     assert weights[build.train_name("python")] == pytest.approx(4 * weights[build.train_name("c")])
 
 
+def test_rows_beyond_strategies_oracle_variants_and_component_cells(tmp_path):
+    assets = build.QualityAssets(root=tmp_path, model_dir=tmp_path / "m", dataset_dir=tmp_path / "d")
+    ctx = runs.RunContext(assets=assets, setting=runs.Setting(), seed=0, sources=tuple(build.SOURCES))
+    label, strategy, keys = runs.parse_row("oracle")
+    weights = keys(ctx)["dids_static_weights"]
+    assert strategy == "static" and sum(weights.values()) == pytest.approx(1.0)
+    assert weights[build.train_name("c")] == 0 and weights[build.train_name("python")] == pytest.approx(0.5)
+    assert runs.parse_row("dids (paper)")[1:] == ("dids", {"dids_variant": "paper"})
+    cell = "dids{impact=distance;importance_correction=true;normaliser=softmax}"
+    assert runs.parse_row(cell) == (
+        cell,
+        "dids",
+        {"dids_impact": "distance", "dids_importance_correction": True, "dids_normaliser": "softmax"},
+    )
+    assert runs.parse_row("uniform") == ("uniform", "uniform", {})
+    with pytest.raises(ValueError, match="neither a registered strategy"):
+        runs.parse_row("unifrom")
+    with pytest.raises(ValueError, match="is not key=value"):
+        runs.parse_row("dids{impact}")
+    with pytest.raises(ValueError, match="unknown strategy 'dds'"):
+        runs.parse_row("dds{impact=cosine}")
+    assert bench._slug(cell) == "dids_impact-distance_importance_correction-true_normaliser-softmax"
+
+
 def test_summary_ratios_are_per_seed_and_figures_fit_run_all():
     def run(label, seed, python, comments, tables=5.0):
         return {

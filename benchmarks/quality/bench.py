@@ -95,12 +95,11 @@ def run_benchmark(
     seeds = tuple(seeds if seeds is not None else default_seeds)
     registered = runs.registered_strategies()
     strategies = list(strategies or registered)
-    unknown = [s for s in strategies if s not in registered]
-    if unknown:
-        raise ValueError(f"--strategies: {unknown} not registered; registered: {registered}.")
-    order = [
-        s for s in registered if s in strategies or s in {runs.REFERENCE_RUNS.get(x) for x in strategies}
-    ]
+    rows = [runs.parse_row(s) for s in strategies]  # raises on an unknown entry
+    needed = {runs.REFERENCE_RUNS.get(strategy) for _, strategy, _ in rows}
+    # plain strategies in registry order (reference runs first), then the extra rows as given
+    order = [s for s in registered if s in strategies or s in needed]
+    order += [label for label, _, _ in rows if label not in order]
     workdir = Path(workdir or out_dir / "work").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -179,9 +178,10 @@ Scorer = Callable[[Path], dict[str, float]]
 def _train_strategies(ctx: runs.RunContext, order: list[str], seed_dir: Path, score: Scorer) -> list[dict]:
     """Train and score every strategy of `order` for one seed; a failed run is a record with `error`."""
     records = []
-    for strategy in order:
+    for name in order:
+        label, strategy, extra = runs.parse_row(name)
         record: dict[str, Any] = {
-            "label": runs.LABELS.get(strategy, strategy),
+            "label": runs.LABELS.get(label, label),
             "strategy": strategy,
             "seed": ctx.seed,
         }
@@ -189,17 +189,26 @@ def _train_strategies(ctx: runs.RunContext, order: list[str], seed_dir: Path, sc
         if reference is not None and reference not in ctx.outputs:
             records.append({**record, "error": f"reference run {reference!r} failed or missing"})
             continue
-        _log(f"seed {ctx.seed}: training {strategy}")
-        config = runs.training_config(ctx, seed_dir / strategy / "output", runs.strategy_keys(strategy, ctx))
-        record.update(runs.run_training(config, seed_dir / strategy, ctx.setting.threads))
+        _log(f"seed {ctx.seed}: training {label}")
+        keys = {**runs.strategy_keys(strategy, ctx), **(extra(ctx) if callable(extra) else extra)}
+        run_dir = seed_dir / _slug(label)
+        config = runs.training_config(ctx, run_dir / "output", keys)
+        record.update(runs.run_training(config, run_dir, ctx.setting.threads))
         if "error" in record:
-            _log(f"seed {ctx.seed}: {strategy} failed: {record['error'].splitlines()[0]}")
+            _log(f"seed {ctx.seed}: {label} failed: {record['error'].splitlines()[0]}")
         else:
-            ctx.outputs[strategy] = Path(record["output_dir"])
-            record["losses"] = score(ctx.outputs[strategy])
+            ctx.outputs[label] = Path(record["output_dir"])
+            record["losses"] = score(ctx.outputs[label])
             record["task_source_share"] = _task_source_share(record)
         records.append(record)
     return records
+
+
+def _slug(label: str) -> str:
+    """A folder name for a row label (`dids{impact=distance}` -> `dids_impact-distance_`)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "row"
 
 
 def _repartition_and_train(
@@ -289,6 +298,9 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["ratio_all"] = _mean(ratios_all) if ratios_all else None
         shares = [r["task_source_share"] for r in done if r.get("task_source_share") is not None]
         row["task_source_share"] = _mean(shares) if shares else None
+        row["task_source_share_range"] = [min(shares), max(shares)] if shares else None
+        lags = [r["weight_changes_lag1"] for r in done if r.get("weight_changes_lag1") is not None]
+        row["weight_changes_lag1"] = _mean(lags) if lags else None
         rows.append(row)
     return rows
 

@@ -26,6 +26,8 @@ from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
 
 __all__ = [
     "REFERENCE_RUNS",
+    "ROWS",
+    "parse_row",
     "RunContext",
     "Setting",
     "registered_strategies",
@@ -92,6 +94,60 @@ EXTRA_KEYS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
 LABELS: dict[str, str] = {"static": "static (task sources x4)"}
 
 
+def _oracle_keys(ctx: RunContext) -> dict[str, Any]:
+    """A static mixture of only the sources holding some task's content (what a mixer should find)."""
+    task_kinds = set(TASKS.values())
+    weights = {train_name(s): (1.0 if task_kinds & set(SOURCES[s]) else 0.0) for s in ctx.sources}
+    total = sum(weights.values())
+    return {"dids_static_weights": {k: v / total for k, v in weights.items()}}
+
+
+#: rows beyond one per strategy: label -> (strategy, extra keys or a function of the context)
+ROWS: dict[str, tuple[str, dict[str, Any] | Callable[[RunContext], dict[str, Any]]]] = {
+    "oracle": ("static", _oracle_keys),
+    "dids (paper)": ("dids", {"dids_variant": "paper"}),
+    "dids (reference)": ("dids", {"dids_variant": "reference"}),
+    "dids-LT": ("dids", {"dids_use_trajectory": False}),
+    "dids-FIM": ("dids", {"dids_impact_metric": "inner_product"}),
+}
+
+
+def parse_row(name: str) -> tuple[str, str, Callable[[RunContext], dict[str, Any]] | dict[str, Any]]:
+    """(label, strategy, extra keys) of one `--strategies` entry.
+
+    An entry is a registered strategy, a name of `ROWS`, or `STRATEGY{key=value;key=value}` with `dids_`
+    keys written without their prefix, e.g. `dids{impact=distance;importance_correction=true}`.
+    """
+    from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
+
+    if name in ROWS:
+        strategy, keys = ROWS[name]
+        return name, strategy, keys
+    if "{" in name and name.endswith("}"):
+        strategy, _, body = name[:-1].partition("{")
+        keys: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in body.split(";"))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--strategies: {item!r} in {name!r} is not key=value.")
+            keys[f"dids_{key.strip()}"] = yaml_value(value.strip())
+        if strategy not in STRATEGY_CLASSES:
+            raise ValueError(f"--strategies: unknown strategy {strategy!r} in {name!r}.")
+        return name, strategy, keys
+    if name not in STRATEGY_CLASSES:
+        raise ValueError(
+            f"--strategies: {name!r} is neither a registered strategy {sorted(STRATEGY_CLASSES)} nor a row "
+            f"{sorted(ROWS)} nor STRATEGY{{key=value;...}}."
+        )
+    return name, name, {}
+
+
+def yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def registered_strategies() -> list[str]:
     """Every registered `dids_strategy`, reference runs before the strategies reading them."""
     from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
@@ -117,8 +173,6 @@ def strategy_keys(strategy: str, ctx: RunContext) -> dict[str, Any]:
         keys.update({**observe, "dids_num_updates": s.num_updates, "dids_probe_samples": s.probe_samples})
     elif any(ref == strategy and user in STRATEGY_CLASSES for user, ref in REFERENCE_RUNS.items()):
         keys.update(observe)  # a reference run only measures the task losses its users read
-    if strategy == "dids":  # the settings of examples/yaml/dids_sft_demo.yaml
-        keys.update({"dids_normaliser": "clamp", "dids_ema_beta": 0.3})
     if strategy in EXTRA_KEYS:
         keys.update(EXTRA_KEYS[strategy](ctx))
     return keys
@@ -194,10 +248,27 @@ def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[st
         if records:
             last = records[-1]
             record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
+            record["weight_changes_lag1"] = weight_change_autocorrelation([r["weights"] for r in records])
             record["updates"] = sum(1 for r in records if r.get("update", 0) > 0)
             if last.get("realised_counts") is not None:
                 record["realised_counts"] = dict(zip(last["domains"], last["realised_counts"], strict=True))
     return record
+
+
+def weight_change_autocorrelation(weights: list[list[float]]) -> float | None:
+    """Lag-1 autocorrelation of the weight changes between updates, averaged over the domains that moved
+    (negative: the weights oscillate; None with fewer than 3 changes or nothing moving)."""
+    import numpy as np
+
+    changes = np.diff(np.asarray(weights, dtype=np.float64), axis=0)
+    if changes.shape[0] < 3:
+        return None
+    values = [
+        float(np.corrcoef(changes[:-1, i], changes[1:, i])[0, 1])
+        for i in range(changes.shape[1])
+        if changes[:-1, i].std() > 1e-12 and changes[1:, i].std() > 1e-12
+    ]
+    return float(np.mean(values)) if values else None
 
 
 def repartition_available() -> bool:

@@ -1,16 +1,32 @@
-"""The DIDS update rule (paper eq. 13-16, Algorithm 1).
+"""The DIDS update rule (paper eq. 13-16, Algorithm 1) and its variants.
 
-Role: the schedule step (repartition -> impact -> *schedule* -> sampler). Given the FIM-guided impact
-distances I (k domains x m tasks, eq. 12) and each task's loss history on its observation samples:
+Role: the schedule step (repartition -> impact -> *schedule* -> sampler). Input at every update: the eq. 12
+scalar terms of k domains x m tasks (`ImpactTerms`: |g_S|_F^2, <g_D, g_S>_F, |g_D|_F^2, and optionally the
+same for a control drawn from the whole training pool) and each task's loss history on its observation
+rows. One pipeline, four stages, each a component the variants set differently:
 
-    Î        = normalise_impacts(I)                         per task, >= 0, sums to 1 over domains
-    l_c, l_p = current and potential improvement per task   (eq. 14-15, algorithms.trajectory)
-    U_i      = sum_j Î_ij (l_c,j + l_p,j) / p_{t-1,i}        importance-corrected utility (eq. 13, 16)
-    p̂        = softmax(U / temperature)  or  clamp(U, 0) / sum (the reference code's rule)
-    p_t      = beta p_{t-1} + (1 - beta) p̂                  EMA (eq. 16; paper beta = 0.1)
+    Î        impact scores [k, m]        `impact`: distance (eq. 12, (max - I) / sum per task), similarity
+                                         (<g_D, g_S>_F shifted by its minimum), cosine (Fisher cosine minus
+                                         the domain's cosine with the pool control, or centred over domains)
+    w        task weights [m]            `task_weighting`: absolute (l_c + l_p in nats, eq. 16) or relative
+                                         (half equal, half each task's share of the positive relative
+                                         improvement (l_c + l_p) / L_t)
+    s_i      = sum_j Î_ij w_j            [/ p_{t-1,i} with `importance_correction`, eq. 16]
+    p̂        `normaliser`: softmax(s / T) (Algorithm 1), clamp(s, 0) / sum (reference code), or evidence
+             (Î accumulated over updates per task, divided by its standard error, a dead zone of
+             `EVIDENCE_DEAD_ZONE` standard errors giving z'; s = sum over tasks with significant
+             evidence of w_j z'_j / their total weight, then prior * exp(s / T))
+    p_t      = beta p_{t-1} + (1 - beta) p̂, then (1 - smoothing) p_t + smoothing / k (a floor)
 
-Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT); the caller's impact metric
-`inner_product` (DIDS-FIM) passes similarities (`impact_kind="similarity"`).
+Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
+paper literally), `reference` (the authors' code as documented in docs/dids.md: a Fisher kernel normalised
+with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
+at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: Fisher cosine centred over
+domains (or against a pool control on request), relative task weights, no /p, evidence normaliser
+(T = 1/3) with a natural-proportions prior, 5% uniform floor). Why the default departs from the paper, with the measurements: docs/dids.md.
+
+Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
+`inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form.
 """
 
 from __future__ import annotations
@@ -20,80 +36,339 @@ from typing import Any
 
 import numpy as np
 
-from .impact import normalise_impacts
+from .impact import ImpactTerms, normalise_impacts
 from .strategies import MixingStrategy
 from .trajectory import current_improvement, potential_improvement
 
+IMPACT_FORMS = ("distance", "similarity", "cosine")
+NORMALISERS = ("softmax", "clamp", "evidence")
+TASK_WEIGHTINGS = ("absolute", "relative")
+PRIORS = ("uniform", "natural")
 
-def softmax(x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+#: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "directional": {
+        "impact": "cosine",
+        "pool_control": False,
+        "task_weighting": "relative",
+        "importance_correction": False,
+        "normaliser": "evidence",
+        "prior": "natural",
+        "beta": 0.1,
+        "smoothing": 0.05,
+        "temperature": 1.0 / 3.0,
+    },
+    "paper": {
+        "impact": "distance",
+        "pool_control": False,
+        "task_weighting": "absolute",
+        "importance_correction": True,
+        "normaliser": "softmax",
+        "prior": "uniform",
+        "beta": 0.1,
+        "smoothing": 0.0,
+        "temperature": 1.0,
+    },
+    "reference": {
+        "impact": "reference_kernel",
+        "pool_control": False,
+        "task_weighting": "absolute",
+        "importance_correction": True,
+        "normaliser": "clamp",
+        "prior": "uniform",
+        "beta": 0.2,
+        "smoothing": 0.0,
+        "temperature": 1.0,
+    },
+}
+DEFAULT_VARIANT = "directional"
+#: the reference code's trajectory: below this many points the potential is 1.0
+REFERENCE_MIN_POINTS = 5
+REFERENCE_NEGATIVE_FLOOR = 1e-7
+#: evidence normaliser: standard errors inside which a column's evidence counts as noise (docs/dids.md
+#: compares 1.0 to 2.5 on a synthetic world, its null control and the quality benchmark)
+EVIDENCE_DEAD_ZONE = 1.5
+#: evidence normaliser: |z| is capped here, so one update can move a domain's odds by at most e^(cap / T)
+EVIDENCE_Z_CAP = 4.0
+
+
+def softmax(x: np.ndarray, temperature: float = 1.0, prior: np.ndarray | None = None) -> np.ndarray:
+    """prior * exp(x / T), normalised (prior None: uniform, Algorithm 1's softmax)."""
     z = np.asarray(x, dtype=np.float64) / temperature
+    if prior is not None:
+        z = z + np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-300, None))
     z = z - z.max()
     e = np.exp(z)
     return e / e.sum()
 
 
-def clamp_normalise(x: np.ndarray) -> np.ndarray:
-    z = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64)), 0.0, None)
+def clamp_normalise(x: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """max(x, floor) / sum (the reference code's normaliser); uniform when nothing is positive."""
+    z = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64)), floor, None)
     total = z.sum()
     return z / total if total > 0 else np.full_like(z, 1.0 / z.size)
 
 
+def impact_scores(terms: ImpactTerms, form: str, *, pool_control: bool) -> np.ndarray:
+    """[k, m] impact scores Î of one form (see the module docstring); larger = more useful to the task."""
+    if form == "distance":
+        return normalise_impacts(terms.distance(), kind="distance")
+    if form == "similarity":
+        return normalise_impacts(terms.inner(), kind="similarity")
+    if form == "reference_kernel":
+        # the reference code: a Fisher kernel 1/2 sum F g_D g_S (a similarity) with the max-minus
+        # normalisation meant for a distance, which inverts its ranking (kept as the authors ran it)
+        return normalise_impacts(0.5 * terms.inner(), kind="distance")
+    if form == "cosine":
+        cos = terms.cosine()
+        control = terms.control_cosine() if pool_control else None
+        if control is not None:  # better for the task than for the training pool in general
+            return cos - control[:, None]
+        return cos - cos.mean(axis=0, keepdims=True)
+    raise ValueError(f"impact form must be one of {IMPACT_FORMS}, got {form!r}.")
+
+
+def trajectory_terms(
+    history: np.ndarray, *, use_trajectory: bool, horizon: float = 1.0, min_points: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+    """Per task l_c [m], l_p [m] and whether l_p came from a fit (eq. 14-15).
+
+    `min_points` (the reference code's 5): below it l_p is 1.0 instead of a fit.
+    """
+    m = history.shape[1]
+    l_c = np.array([current_improvement(history[:, j]) for j in range(m)])
+    if not use_trajectory:
+        return l_c, np.zeros(m), [False] * m
+    if min_points is not None and history.shape[0] < min_points:
+        return l_c, np.ones(m), [False] * m
+    fitted = [potential_improvement(history[:, j], horizon) for j in range(m)]
+    return l_c, np.array([v for v, _ in fitted]), [ok for _, ok in fitted]
+
+
+def task_weights(l_c: np.ndarray, l_p: np.ndarray, current: np.ndarray, kind: str) -> np.ndarray:
+    """[m] weights of the tasks in the utility.
+
+    `absolute`: l_c + l_p in nats (eq. 16; depends on the scale of the losses). `relative`: half 1/m, half
+    each task's share of the positive relative improvement (l_c + l_p) / L_t (scale-free: multiplying a
+    task's loss history by a constant leaves it unchanged; a task with no progress keeps half its share).
+    """
+    gain = np.nan_to_num(l_c + l_p, nan=0.0, posinf=0.0, neginf=0.0)
+    if kind == "absolute":
+        return gain
+    if kind != "relative":
+        raise ValueError(f"task weighting must be one of {TASK_WEIGHTINGS}, got {kind!r}.")
+    m = gain.size
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(np.abs(current) > 0, gain / np.abs(current), 0.0)
+    rate = np.clip(np.nan_to_num(rate, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+    share = rate / rate.sum() if rate.sum() > 0 else np.full(m, 1.0 / m)
+    return 0.5 / m + 0.5 * share
+
+
+class Evidence:
+    """Impact scores accumulated over updates, per task, and read as signal-to-noise (`evidence` normaliser).
+
+    Per update t with scores Î_t [k, m] (decay rho), for every task j separately:
+
+        S = rho S + Î_t,  N = rho N + 1,  N2 = rho^2 N2 + 1        (mu = S / N: an EMA with bias correction)
+        V_j = pooled noise variance of column j: its spread over domains at t = 1 (nothing is known to be
+              signal yet), then max(rho V_j + (1 - rho) mean_i (Î_t,ij - mu_{t-1,ij})^2, var_i(Î_t,ij)):
+              deviations from what came before, never below the current update's spread
+        z_ij = (mu_ij - sum_i prior_i mu_ij) / (sqrt(V_j * N2) / N)  (standard error of the weighted mean)
+        z'_ij = sign(z) max(|z| - dead_zone, 0), capped at cap
+
+    A column that is consistent across updates grows |z| as the square root of the evidence; a column of
+    noise (a task no domain serves, or too few probe rows) keeps |z| near 1, inside the dead zone, and adds
+    nothing. The caller combines the live columns (some z'_ij != 0) with the task weights:
+    u_i = sum_j w_j z'_ij / sum_{j live} w_j.
+    """
+
+    def __init__(self, num_domains: int, *, decay: float, dead_zone: float | None = None):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"evidence decay must be in [0, 1), got {decay}.")
+        self.decay = decay
+        self.dead_zone = EVIDENCE_DEAD_ZONE if dead_zone is None else dead_zone
+        self.num_domains = num_domains
+        self.total: np.ndarray | None = None  # [k, m], created at the first update
+        self.count = 0.0
+        self.count_sq = 0.0
+        self.variance: np.ndarray | None = None  # [m]
+
+    def add(self, scores: np.ndarray, prior: np.ndarray) -> dict[str, Any]:
+        s = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if s.ndim == 1:
+            s = s[:, None]
+        if s.shape[0] != self.num_domains:
+            raise ValueError(f"scores have {s.shape[0]} domains, the evidence {self.num_domains}.")
+        rho = self.decay
+        spread = s.var(axis=0)
+        if self.total is None or self.count == 0 or self.total.shape != s.shape:
+            self.total, self.count, self.count_sq = np.zeros_like(s), 0.0, 0.0
+            self.variance = spread
+        else:
+            previous = self.total / self.count
+            drift = rho * self.variance + (1.0 - rho) * ((s - previous) ** 2).mean(axis=0)
+            # never below this update's spread over domains: a few updates underestimate the noise, and a
+            # noise-only update must not look like a consistent signal
+            self.variance = np.maximum(drift, spread)
+        self.total = rho * self.total + s
+        self.count = rho * self.count + 1.0
+        self.count_sq = rho * rho * self.count_sq + 1.0
+        mean = self.total / self.count
+        centred = mean - prior @ mean
+        stderr = np.sqrt(self.variance * self.count_sq) / self.count  # [m]
+        scale = np.maximum(stderr, 1e-12 * np.maximum(np.abs(centred).max(axis=0), 1e-300))
+        z = centred / scale
+        shrunk = np.sign(z) * np.clip(np.abs(z) - self.dead_zone, 0.0, EVIDENCE_Z_CAP)
+        return {
+            "evidence_mean": mean.tolist(),
+            "evidence_stderr": stderr.tolist(),
+            "evidence_count": float(self.count),
+            "z": z.tolist(),
+            "z_shrunk": shrunk.tolist(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "total": None if self.total is None else self.total.tolist(),
+            "count": self.count,
+            "count_sq": self.count_sq,
+            "variance": None if self.variance is None else self.variance.tolist(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("total") is None:
+            self.total, self.variance, self.count, self.count_sq = None, None, 0.0, 0.0
+            return
+        total = np.asarray(state["total"], dtype=np.float64)
+        if total.shape[0] != self.num_domains:
+            raise ValueError(f"evidence state has {total.shape[0]} domains, this run has {self.num_domains}.")
+        self.total = total
+        self.count = float(state["count"])
+        self.count_sq = float(state["count_sq"])
+        self.variance = np.asarray(state["variance"], dtype=np.float64)
+
+
 def dids_update(
     weights: np.ndarray,
-    impact: np.ndarray,
+    terms: ImpactTerms,
     task_loss_history: Sequence[Sequence[float]],
     *,
-    beta: float = 0.1,
-    normaliser: str = "softmax",
-    temperature: float = 1.0,
+    variant: str = DEFAULT_VARIANT,
+    impact: str | None = None,
+    pool_control: bool | None = None,
+    task_weighting: str | None = None,
+    importance_correction: bool | None = None,
+    normaliser: str | None = None,
+    prior: np.ndarray | None = None,
+    beta: float | None = None,
+    smoothing: float | None = None,
+    temperature: float | None = None,
     use_trajectory: bool = True,
-    impact_kind: str = "distance",
+    evidence: Evidence | None = None,
     horizon: float = 1.0,
     min_probability: float = 1e-8,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One DIDS update. Returns the new probabilities [k] and the intermediate terms (for history).
+    """One DIDS update. Returns the new probabilities [k] and the terms it used (for the history).
 
     Args:
         weights: [k] current probabilities p_{t-1}.
-        impact: [k, m] eq. 12 distances (or similarities with impact_kind="similarity").
+        terms: eq. 12 scalar terms of k domains x m tasks.
         task_loss_history: per update, the [m] task losses (oldest first, current last).
+        variant: `directional`, `paper` or `reference`; the other keyword arguments left None take the
+            variant's value (`reference` takes its own for all of them).
+        prior: [k] base measure of softmax/evidence; None: the variant's `prior` must be `uniform`.
+        evidence: the accumulator of the `evidence` normaliser (state carried across updates).
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
+    spec = dict(VARIANTS[variant])
+    if variant != "reference":
+        given = {
+            "impact": impact,
+            "pool_control": pool_control,
+            "task_weighting": task_weighting,
+            "importance_correction": importance_correction,
+            "normaliser": normaliser,
+            "beta": beta,
+            "smoothing": smoothing,
+            "temperature": temperature,
+        }
+        spec.update({key: value for key, value in given.items() if value is not None})
+    elif beta is not None:
+        spec["beta"] = beta
     p = np.asarray(weights, dtype=np.float64)
+    k, m = terms.shape
     hist = np.asarray(task_loss_history, dtype=np.float64)
-    if hist.ndim != 2 or hist.shape[1] != impact.shape[1]:
-        raise ValueError(f"task_loss_history must be [t, {impact.shape[1]}], got {hist.shape}.")
-    norm_impact = normalise_impacts(impact, kind=impact_kind)
-    l_c = np.array([current_improvement(hist[:, j]) for j in range(hist.shape[1])])
-    if use_trajectory:
-        fitted = [potential_improvement(hist[:, j], horizon) for j in range(hist.shape[1])]
-        l_p = np.array([value for value, _ in fitted])
-        fit_ok = [ok for _, ok in fitted]
+    if hist.ndim != 2 or hist.shape[1] != m:
+        raise ValueError(f"task_loss_history must be [t, {m}], got {hist.shape}.")
+    base = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, dtype=np.float64) / np.sum(prior)
+
+    scores = impact_scores(terms, spec["impact"], pool_control=spec["pool_control"])
+    reference = variant == "reference"
+    l_c, l_p, fit_ok = trajectory_terms(
+        hist,
+        use_trajectory=use_trajectory,
+        horizon=horizon,
+        min_points=REFERENCE_MIN_POINTS if reference else None,
+    )
+    if reference and hist.shape[0] < 2:  # round 0 of the reference code: impacts alone
+        w = np.full(m, 1.0 / m)
     else:
-        l_p, fit_ok = np.zeros_like(l_c), [False] * len(l_c)
-    utility = norm_impact @ (l_c + l_p) / np.maximum(p, min_probability)
+        w = task_weights(l_c, l_p, hist[-1], spec["task_weighting"])
+        if reference:
+            w = w / m  # the reference code averages over tasks
+    extra: dict[str, Any] = {}
+    if spec["normaliser"] == "evidence":
+        if evidence is None:
+            raise ValueError("the evidence normaliser needs its `Evidence` accumulator.")
+        extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
+        shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
+        # tasks without significant evidence drop out of the weighting instead of diluting the others
+        live = np.abs(shrunk).max(axis=0) > 0
+        total = w[live].sum()
+        utility = shrunk @ w / total if live.any() and total > 0 else np.zeros(k)
+        extra["live_tasks"] = live.tolist()
+        if spec["importance_correction"]:
+            utility = utility / np.maximum(p, min_probability)
+    else:
+        utility = scores @ w
+        if spec["importance_correction"]:
+            utility = utility / np.maximum(p, min_probability)
     utility = np.nan_to_num(utility, nan=0.0, posinf=0.0, neginf=0.0)
-    if normaliser == "softmax":
-        p_hat = softmax(utility, temperature)
-    elif normaliser == "clamp":
-        p_hat = clamp_normalise(utility)
+
+    if spec["normaliser"] == "softmax":
+        p_hat = softmax(utility, spec["temperature"], base)
+    elif spec["normaliser"] == "clamp":
+        p_hat = clamp_normalise(utility, REFERENCE_NEGATIVE_FLOOR if reference else 0.0)
+    elif spec["normaliser"] == "evidence":
+        p_hat = softmax(utility, spec["temperature"], base)
     else:
-        raise ValueError(f"normaliser must be 'softmax' or 'clamp', got {normaliser!r}.")
-    new = beta * p + (1.0 - beta) * p_hat
+        raise ValueError(f"normaliser must be one of {NORMALISERS}, got {spec['normaliser']!r}.")
+    new = spec["beta"] * p + (1.0 - spec["beta"]) * p_hat
     new = new / new.sum()
-    terms = {
-        "impact": impact.tolist(),
-        "impact_normalised": norm_impact.tolist(),
+    if spec["smoothing"] > 0:
+        new = (1.0 - spec["smoothing"]) * new + spec["smoothing"] / k
+    record = {
+        "variant": variant,
+        "components": {key: spec[key] for key in sorted(spec)},
+        "impact": terms.distance().tolist(),
+        "impact_cosine": terms.cosine().tolist(),
+        "impact_normalised": scores.tolist(),
+        "impact_terms": terms.to_dict(),
         "l_c": l_c.tolist(),
         "l_p": l_p.tolist(),
         "trajectory_fitted": fit_ok,
+        "task_weights": w.tolist(),
         "utility": utility.tolist(),
         "p_hat": p_hat.tolist(),
+        **extra,
     }
-    return new, terms
+    return new, record
 
 
 class DIDSStrategy(MixingStrategy):
-    """Domain Impact-aware Data Sampling: impact x loss trajectory, EMA (paper Algorithm 1)."""
+    """Domain Impact-aware Data Sampling: impact x loss trajectory -> normaliser -> EMA (paper Algorithm 1)."""
 
     name = "dids"
     dynamic = True
@@ -104,33 +379,82 @@ class DIDSStrategy(MixingStrategy):
         domain_names: Sequence[str],
         domain_sizes: Sequence[int],
         *,
-        beta: float = 0.1,
-        normaliser: str = "softmax",
-        temperature: float = 1.0,
+        variant: str = DEFAULT_VARIANT,
+        impact: str | None = None,
+        pool_control: bool | None = None,
+        task_weighting: str | None = None,
+        importance_correction: bool | None = None,
+        normaliser: str | None = None,
+        prior: str | None = None,
+        beta: float | None = None,
+        smoothing: float | None = None,
+        temperature: float | None = None,
+        evidence_decay: float = 0.85,
         use_trajectory: bool = True,
-        impact_kind: str = "distance",
         **options: Any,
     ):
         super().__init__(domain_names, domain_sizes, **options)
-        self.beta = beta
-        self.normaliser = normaliser
-        self.temperature = temperature
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
+        spec = VARIANTS[variant]
+        self.variant = variant
+        self.components = {
+            "impact": impact,
+            "pool_control": pool_control,
+            "task_weighting": task_weighting,
+            "importance_correction": importance_correction,
+            "normaliser": normaliser,
+            "beta": beta,
+            "smoothing": smoothing,
+            "temperature": temperature,
+        }
+        resolved = {
+            key: (spec[key] if value is None or variant == "reference" else value)
+            for key, value in self.components.items()
+        }
+        if variant == "reference" and beta is not None:
+            resolved["beta"] = beta
+        self.resolved = resolved
+        self.prior_kind = spec["prior"] if prior is None or variant == "reference" else prior
+        if self.prior_kind not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior_kind!r}.")
         self.use_trajectory = use_trajectory
-        self.impact_kind = impact_kind
+        # the probe adds the pool-control gradient only when the cosine impact will read it
+        self.impact_control = bool(resolved["pool_control"]) and resolved["impact"] == "cosine"
+        self.evidence = Evidence(self.num_domains, decay=evidence_decay)
         self.last_terms: dict[str, Any] = {}
 
+    @property
+    def prior(self) -> np.ndarray:
+        if self.prior_kind == "natural" and self.domain_sizes.sum() > 0:
+            return self.domain_sizes / self.domain_sizes.sum()
+        return np.full(self.num_domains, 1.0 / self.num_domains)
+
     def initial_weights(self) -> np.ndarray:
-        return np.full(self.num_domains, 1.0 / self.num_domains)  # Algorithm 1 starts from uniform
+        """The prior: uniform (Algorithm 1) or natural proportions (the default variant), floored."""
+        smoothing = self.resolved["smoothing"]
+        return (1.0 - smoothing) * self.prior + smoothing / self.num_domains
 
     def update(self, weights: np.ndarray, signals: Mapping[str, Any]) -> np.ndarray:
+        terms = signals["impact"]
+        if not isinstance(terms, ImpactTerms):  # a plain [k, m] distance matrix (tests, old callers)
+            matrix = np.asarray(terms, dtype=np.float64)
+            terms = ImpactTerms.from_distances(matrix)
         new, self.last_terms = dids_update(
             weights,
-            np.asarray(signals["impact"], dtype=np.float64),
+            terms,
             signals["task_loss_history"],
-            beta=self.beta,
-            normaliser=self.normaliser,
-            temperature=self.temperature,
+            variant=self.variant,
+            **{key: value for key, value in self.components.items()},
+            prior=self.prior,
             use_trajectory=self.use_trajectory,
-            impact_kind=self.impact_kind,
+            evidence=self.evidence,
         )
         return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"evidence": self.evidence.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state and "evidence" in state:
+            self.evidence.load_state_dict(state["evidence"])

@@ -10,7 +10,9 @@ empirical Fisher F:
 Every term is a coordinate-wise sum, so `ImpactAccumulator` adds them parameter block by parameter block
 (a sharded model adds its local shards and all-reduces the scalars) and streams domains one at a time:
 it never holds more than the task gradients, F and one domain gradient. `inner_product` gives the
-DIDS-FIM ablation (paper Table 2: DGA's eq. 6 similarity, no Fisher).
+DIDS-FIM ablation (paper Table 2: DGA's eq. 6 similarity, no Fisher). `ImpactAccumulator.terms()` hands the
+three scalar families (|g_S|^2, <g_D, g_S>, |g_D|^2 under the metric) to the strategy as `ImpactTerms`,
+from which the distance, the inner product and the Fisher cosine of the `directional` rule follow.
 
 The quadratic form is a distance (a KL divergence): smaller means the domain moves the model the way
 the task would. `normalise_impacts` turns distances into non-negative impacts that sum to 1 per task:
@@ -19,6 +21,9 @@ which is correct for a distance; similarities are shifted by their minimum inste
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +47,9 @@ class ImpactAccumulator:
 
     def add_task_block(self, task_grads: torch.Tensor, fisher: torch.Tensor) -> None:
         """task_grads: [m, n] one parameter block of every task's mean gradient; fisher: [n]."""
-        if self.metric == "fim":
-            self.task_sq += (fisher.double() * task_grads.double().pow(2)).sum(dim=1).cpu()
+        t = task_grads.double()
+        weighted = t * fisher.double() if self.metric == "fim" else t
+        self.task_sq += (weighted * t).sum(dim=1).cpu()
 
     def add_domain_block(
         self, domain: int, domain_grad: torch.Tensor, task_grads: torch.Tensor, fisher: torch.Tensor
@@ -52,8 +58,7 @@ class ImpactAccumulator:
         g = domain_grad.double()
         weighted = g * fisher.double() if self.metric == "fim" else g
         self.cross[domain] += (task_grads.double() @ weighted).cpu()
-        if self.metric == "fim":
-            self.domain_sq[domain] += (weighted * g).sum().cpu()
+        self.domain_sq[domain] += (weighted * g).sum().cpu()
 
     def all_reduce(self) -> None:
         """Sum the partial terms over ranks (each rank added its shards or its domains)."""
@@ -78,8 +83,109 @@ class ImpactAccumulator:
         """[k, m]: eq. 12 distances for `fim`; for `inner_product`, the similarities g_D . g_S."""
         if self.metric == "inner_product":
             return self.cross.numpy().copy()
+        return self.terms().distance()
+
+    def terms(self, num_tasks: int | None = None) -> ImpactTerms:
+        """The accumulated scalars as `ImpactTerms`; columns past `num_tasks` are the control column."""
+        m = self.m if num_tasks is None else num_tasks
+        if not 0 < m <= self.m or self.m - m > 1:
+            raise ValueError(f"num_tasks must be {self.m} or {self.m - 1} (with a control), got {m}.")
+        task_sq, cross = self.task_sq.numpy(), self.cross.numpy()
+        return ImpactTerms(
+            task_sq=task_sq[:m].copy(),
+            cross=cross[:, :m].copy(),
+            domain_sq=self.domain_sq.numpy().copy(),
+            control_sq=float(task_sq[m]) if m < self.m else None,
+            control_cross=cross[:, m].copy() if m < self.m else None,
+            metric=self.metric,
+        )
+
+
+@dataclass
+class ImpactTerms:
+    """The three scalar families of eq. 12 for k domains and m tasks, under the metric M (diag(F) or I).
+
+    From them every impact form is one line: the eq. 12 distance, the inner product (DGA's eq. 6 when
+    M = I), and the cosine. The optional control column holds the same terms for a "control task" drawn
+    from the whole training pool in natural proportions (the `directional` rule compares each domain's
+    alignment with a task against its alignment with the pool).
+
+    Attributes:
+        task_sq: [m] |g_S|_M^2.
+        cross: [k, m] <g_D, g_S>_M.
+        domain_sq: [k] |g_D|_M^2.
+        control_sq: |g_P|_M^2 of the pool control, or None.
+        control_cross: [k] <g_D, g_P>_M, or None.
+        metric: "fim" (M = diag(F)) or "inner_product" (M = I, the DIDS-FIM ablation).
+    """
+
+    task_sq: np.ndarray
+    cross: np.ndarray
+    domain_sq: np.ndarray
+    control_sq: float | None = None
+    control_cross: np.ndarray | None = None
+    metric: str = "fim"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.cross.shape)  # type: ignore[return-value]
+
+    def distance(self) -> np.ndarray:
+        """[k, m] 1/2 |g_S - g_D|_M^2 (eq. 12; the squared Euclidean distance / 2 when M = I)."""
         out = 0.5 * (self.task_sq[None, :] + self.domain_sq[:, None] - 2.0 * self.cross)
-        return out.clamp_min(0.0).numpy()
+        return np.clip(out, 0.0, None)
+
+    def inner(self) -> np.ndarray:
+        """[k, m] <g_D, g_S>_M."""
+        return self.cross.copy()
+
+    def cosine(self) -> np.ndarray:
+        """[k, m] <g_D, g_S>_M / (|g_D|_M |g_S|_M) in [-1, 1]; 0 where a gradient is zero."""
+        return _cosine(self.cross, self.domain_sq[:, None], self.task_sq[None, :])
+
+    def control_cosine(self) -> np.ndarray | None:
+        """[k] cosine of every domain with the pool control, or None without a control."""
+        if self.control_cross is None or self.control_sq is None:
+            return None
+        return _cosine(self.control_cross, self.domain_sq, np.float64(self.control_sq))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (history records)."""
+        return {
+            "metric": self.metric,
+            "task_sq": self.task_sq.tolist(),
+            "cross": self.cross.tolist(),
+            "domain_sq": self.domain_sq.tolist(),
+            "control_sq": self.control_sq,
+            "control_cross": None if self.control_cross is None else self.control_cross.tolist(),
+        }
+
+    @classmethod
+    def from_distances(cls, distances: np.ndarray) -> ImpactTerms:
+        """Terms whose `distance()` is the given [k, m] matrix (>= 0) and whose norms are 0 (tests, callers
+        that only have eq. 12 distances; the cosine of such terms is 0)."""
+        d = np.asarray(distances, dtype=np.float64)
+        return cls(task_sq=np.zeros(d.shape[1]), cross=-d, domain_sq=np.zeros(d.shape[0]))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImpactTerms:
+        return cls(
+            task_sq=np.asarray(data["task_sq"], dtype=np.float64),
+            cross=np.asarray(data["cross"], dtype=np.float64),
+            domain_sq=np.asarray(data["domain_sq"], dtype=np.float64),
+            control_sq=data.get("control_sq"),
+            control_cross=None
+            if data.get("control_cross") is None
+            else np.asarray(data["control_cross"], dtype=np.float64),
+            metric=data.get("metric", "fim"),
+        )
+
+
+def _cosine(cross: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    norm = np.sqrt(np.clip(a_sq, 0.0, None) * np.clip(b_sq, 0.0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(norm > 0, np.asarray(cross, dtype=np.float64) / np.where(norm > 0, norm, 1.0), 0.0)
+    return np.clip(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), -1.0, 1.0)
 
 
 class SparseJLProjection:

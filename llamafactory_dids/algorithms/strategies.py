@@ -23,7 +23,7 @@ import numpy as np
 #   domain_train_loss float64 [k]  mean token loss per domain since the last update (NaN if unseen)
 #   realised_counts   int64 [k]    samples trained per domain since the start of the run
 #   step              int          optimizer step of this update
-#   impact            float64 [k, m] eq. 12 distances (or inner products) of domains to tasks
+#   impact            ImpactTerms    eq. 12 scalar terms of domains x tasks (+ the pool control on request)
 #   alignment         float64 [k, m] eq. 6 gradient inner products <g_D, g_S> (whatever dids_impact_metric)
 #   task_loss_history float64 [t+1, m] task losses at the start and at every update so far
 KNOWN_SIGNALS = frozenset(
@@ -80,6 +80,8 @@ class MixingStrategy:
     name: ClassVar[str]
     signals: ClassVar[frozenset[str]] = frozenset()
     dynamic: ClassVar[bool] = False
+    #: with the `impact` signal: also probe the pool control (a gradient over rows of the whole pool)
+    impact_control: bool = False
 
     def __init__(self, domain_names: Sequence[str], domain_sizes: Sequence[int], **options: Any):
         if len(domain_names) != len(domain_sizes):

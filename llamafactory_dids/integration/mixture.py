@@ -87,7 +87,9 @@ class DomainMixture:
         # global totals (all ranks), on CPU
         self.realised_total = np.zeros(self.k, dtype=np.int64)
         self.window_samples = np.zeros(self.k, dtype=np.int64)
-        self.window_loss = np.full(self.k, np.nan)
+        self.window_loss = np.full(self.k, np.nan)  # per domain, over the rows trained since the last log
+        self._since_log_loss = np.zeros(self.k)
+        self._since_log_tokens = np.zeros(self.k)
         self._since_update_loss = np.zeros(self.k)
         self._since_update_tokens = np.zeros(self.k)
 
@@ -144,8 +146,15 @@ class DomainMixture:
         self.window_samples += counts
         self._since_update_loss += loss
         self._since_update_tokens += tokens
+        # an update at a logging step syncs first: the log still sees the rows since the previous log
+        self._since_log_loss += loss
+        self._since_log_tokens += tokens
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.window_loss = np.where(tokens > 0, loss / np.maximum(tokens, 1), np.nan)
+            self.window_loss = np.where(
+                self._since_log_tokens > 0,
+                self._since_log_loss / np.maximum(self._since_log_tokens, 1),
+                np.nan,
+            )
 
     def log_metrics(self) -> dict[str, float]:
         """Scalars for `Trainer.log`: target and realised fractions and loss per domain."""
@@ -179,6 +188,8 @@ class DomainMixture:
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
         self.window_samples[:] = 0
+        self._since_log_loss[:] = 0
+        self._since_log_tokens[:] = 0
         return out
 
     # ------------------------------------------------------------------------------------- updates
@@ -188,7 +199,9 @@ class DomainMixture:
             "realised_counts": lambda: self.realised_total.copy(),
             "domain_train_loss": self._train_loss_since_update,
             "step": lambda: step,
-            "impact": lambda: self.probe.impact(self.num_updates + 1),
+            "impact": lambda: self.probe.impact_terms(
+                self.num_updates + 1, control=self.strategy.impact_control
+            ),
             "alignment": self._alignment,
             "task_loss_history": self._measure_task_losses,
         }

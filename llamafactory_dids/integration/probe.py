@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..algorithms.impact import ImpactAccumulator, SparseJLProjection
+from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..config import FISHER_ESTIMATORS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 
@@ -433,15 +433,45 @@ class GradientProbe:
 
     def impact(self, update_index: int) -> np.ndarray:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""
+        return self._accumulate(update_index, control=False).distances()
+
+    def impact_terms(self, update_index: int, *, control: bool = False) -> ImpactTerms:
+        """The eq. 12 scalar terms on the current parameters (collective), optionally with a pool control.
+
+        With `control`, one more gradient is probed: the mean over `probe_samples` rows drawn from the
+        whole training pool (every row equally likely, i.e. domains in natural proportions; seeded by the
+        update), kept as an extra column that does not enter the Fisher. Its cost is one more task-sized
+        gradient, 1 / (k + m) more backward rows.
+        """
+        return self._accumulate(update_index, control=control).terms(len(self.task_rows))
+
+    def task_probe_rows(self, rows: list[dict[str, Any]], update_index: int) -> list[dict[str, Any]]:
+        """The `probe_samples` observation rows of one update: consecutive windows that rotate through all
+        of the task's rows from update to update (update 1 takes the first window), so evidence
+        accumulated over updates covers every observation row instead of the same few."""
+        n = min(self.probe_samples, len(rows))
+        if n == len(rows) or n == 0:
+            return list(rows)
+        start = (max(update_index - 1, 0) * n) % len(rows)
+        return [rows[(start + i) % len(rows)] for i in range(n)]
+
+    def control_rows(self, update_index: int) -> list[int]:
+        """Training-row ids of the pool control of one update: uniform over all rows, seeded, sorted."""
+        pool = np.concatenate([p for p in self.domain_pools if p.size]) if self.domain_pools else np.array([])
+        rng = np.random.default_rng([self.seed, 3, update_index])
+        size = min(self.probe_samples, pool.size)
+        return np.sort(rng.choice(pool, size=size, replace=False)).tolist() if size else []
+
+    def _accumulate(self, update_index: int, *, control: bool) -> ImpactAccumulator:
         rank, world = _world()
-        m, k = len(self.task_rows), len(self.domain_pools)
+        k = len(self.domain_pools)
         sizes = [math.prod(shape) for shape in self.shapes]
         shards = CoordinateShards(sizes, rank, world) if self.sharded else None
         with self._eval_mode():
             # task gradients and Fisher: every rank takes a share of every task's rows
             task_means, fisher, fisher_count = [], None, 0
             for rows in self.task_rows:
-                rows = rows[: self.probe_samples]
+                rows = self.task_probe_rows(rows, update_index)
                 sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
                 task_means.append(self._reduced_mean(sums, num_rows, shards))
                 fisher = (
@@ -451,9 +481,15 @@ class GradientProbe:
                 fisher_count += count if self.fisher_estimator == "batch" else num_rows
                 del sums, squares
             fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
-            task_blocks = [torch.stack([task_means[j][b] for j in range(m)]) for b in range(len(sizes))]
+            if control:  # the pool control: a task-like column, not part of the Fisher
+                rows = self.train_rows(self.control_rows(update_index))
+                sums, _, _, num_rows = self._grad_sums(rows[rank::world], squares=False, filler=rows)
+                task_means.append(self._reduced_mean(sums, num_rows, shards))
+                del sums
+            columns = len(task_means)
+            task_blocks = [torch.stack([task_means[j][b] for j in range(columns)]) for b in range(len(sizes))]
             del task_means, fisher
-            acc = ImpactAccumulator(k, m, metric=self.metric)
+            acc = ImpactAccumulator(k, columns, metric=self.metric)
             # Terms are summed over ranks at the end. Sharded without projection: each rank adds its own
             # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them),
             # and domain terms are whole on the rank that probed the domain (replicated: its own domains;
@@ -499,4 +535,4 @@ class GradientProbe:
                 for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()
-        return acc.distances()
+        return acc

@@ -294,13 +294,17 @@ def _strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dic
     if name == "static":
         return {"weights": cfg.dids_static_weights}
     if name == "dga":
-        return {"step_size": cfg.dids_step_size, "beta": cfg.dids_ema_beta}
+        return {
+            "step_size": cfg.dids_step_size,
+            "beta": 0.1 if cfg.dids_ema_beta is None else cfg.dids_ema_beta,
+        }
     if name == "doge":
         return {"step_size": cfg.dids_step_size}
     if name in ("doremi", "velocitune"):
         tasks = list(cfg.dids_target_datasets)
         reference = read_reference(cfg.dids_reference_dir, domains, tasks)
-        options = {"step_size": cfg.dids_step_size, "smoothing": cfg.dids_smoothing}
+        smoothing = 1e-3 if cfg.dids_smoothing is None else cfg.dids_smoothing
+        options = {"step_size": cfg.dids_step_size, "smoothing": smoothing}
         if name == "doremi":
             return {**options, "reference_losses": reference.final_losses}
         targets = [
@@ -311,11 +315,18 @@ def _strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dic
         return {**options, "target_losses": targets}
     if cfg.dids_strategy == "dids":
         return {
-            "beta": cfg.dids_ema_beta,
+            "variant": cfg.dids_variant,
+            "impact": cfg.dids_impact,
+            "pool_control": cfg.dids_pool_control,
+            "task_weighting": cfg.dids_task_weighting,
+            "importance_correction": cfg.dids_importance_correction,
             "normaliser": cfg.dids_normaliser,
+            "prior": cfg.dids_prior,
+            "beta": cfg.dids_ema_beta,
+            "smoothing": cfg.dids_smoothing,
             "temperature": cfg.dids_temperature,
+            "evidence_decay": cfg.dids_evidence_decay,
             "use_trajectory": cfg.dids_use_trajectory,
-            "impact_kind": "similarity" if cfg.dids_impact_metric == "inner_product" else "distance",
         }
     return {}
 

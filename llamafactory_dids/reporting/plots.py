@@ -25,6 +25,7 @@ matplotlib.use("Agg")  # before pyplot: no display on training machines
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..algorithms.trajectory import exponential_decay, fit_exponential_decay  # noqa: E402
 from .run_outputs import RunOutputs, realised_fractions, time_averaged_weights, top_domains  # noqa: E402
@@ -36,6 +37,7 @@ FRACTIONS_SIZE = (11.0, 8.0)
 TASK_PANEL_SIZE = (11.0, 3.6)  # height per row of task panels (3 per row)
 TASK_COLUMNS = 3
 MAX_TASK_PANELS = 9
+MAX_UPDATE_TICKS = 20  # labelled updates on the impact heatmap's x axis
 
 
 class PlotUnavailable(Exception):
@@ -62,8 +64,11 @@ def plot_weights(run: RunOutputs, path: Path, *, top_n: int = 10) -> Path:
     """Weights (%) of every domain over optimizer steps; the `top_n` by time-averaged weight labelled."""
     mean = time_averaged_weights(run, "samples")
     top = top_domains(mean, top_n)
-    steps = np.append(run.steps, run.end_step)
-    weights = np.vstack([run.weights, run.weights[-1]]) * 100  # hold the last mixture to the end
+    # hold the last mixture to the end; an update at the last step held one interval, not a zero-width sliver
+    interval = float(np.median(np.diff(run.steps))) if len(run.steps) > 1 else 1.0
+    right_edge = max(run.end_step, run.steps[-1] + interval)
+    steps = np.append(run.steps, right_edge)
+    weights = np.vstack([run.weights, run.weights[-1]]) * 100
     fig, ax = plt.subplots(figsize=WEIGHTS_SIZE, layout="constrained")
     others = [i for i in range(run.num_domains) if i not in top]
     for n, i in enumerate(others):
@@ -75,7 +80,9 @@ def plot_weights(run: RunOutputs, path: Path, *, top_n: int = 10) -> Path:
     ax.axhline(100 / run.num_domains, color="k", ls=":", lw=0.8, label=f"uniform 1/{run.num_domains}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("sampling weight (%)")
-    ax.set_xlim(0, max(run.end_step, 1))
+    if right_edge > run.end_step:
+        ax.axvline(run.end_step, color="k", ls="--", lw=0.8, label=f"end of training (step {run.end_step})")
+    ax.set_xlim(0, max(right_edge, 1))
     ax.set_ylim(bottom=0)
     shown = f"top {len(top)} of {run.num_domains} by time-averaged weight" if others else "all domains"
     ax.set_title(f"Domain weights over training: {run.strategy}, {run.num_updates} updates ({shown})")
@@ -105,15 +112,20 @@ def plot_impact(run: RunOutputs, path: Path, *, max_domains: int = 40) -> tuple[
         layout="constrained",
         gridspec_kw={"width_ratios": [4, 1 + 0.3 * len(run.tasks)]},
     )
-    vmax = float(max(impact.max(), 1e-12))
-    image = left.imshow(
-        by_update[rows], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest"
+    signed = bool(impact.min() < 0)  # centred cosines (the default rule) are scores around 0, not shares
+    vmax = float(max(np.abs(impact).max(), 1e-12))
+    scale = (
+        {"cmap": "RdBu_r", "vmin": -vmax, "vmax": vmax}
+        if signed
+        else {"cmap": "viridis", "vmin": 0, "vmax": vmax}
     )
-    right.imshow(by_task[rows], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+    image = left.imshow(by_update[rows], aspect="auto", interpolation="nearest", **scale)
+    right.imshow(by_task[rows], aspect="auto", interpolation="nearest", **scale)
     fontsize = 8 if len(rows) <= 25 else 6
     left.set_yticks(range(len(rows)), [_shorten(run.domains[i]) for i in rows], fontsize=fontsize)
     right.set_yticks([])
-    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 12)).round().astype(int))
+    # every k-th update at a constant stride (at most MAX_UPDATE_TICKS labels), never an uneven skip
+    ticks = np.arange(0, len(steps), math.ceil(len(steps) / MAX_UPDATE_TICKS))
     left.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=8)
     left.set_xlabel("update (optimizer step)")
     right.set_xticks(
@@ -124,10 +136,50 @@ def plot_impact(run: RunOutputs, path: Path, *, max_domains: int = 40) -> tuple[
         if len(rows) < run.num_domains
         else f"{run.num_domains} domains, by mean impact"
     )
-    left.set_title(f"normalised impact per update, mean over tasks ({shown})", fontsize=10)
+    left.set_title(f"impact per update, mean over tasks ({shown})", fontsize=10)
     right.set_title("mean over updates", fontsize=10)
-    fig.colorbar(image, ax=[left, right], shrink=0.8, label="normalised impact (sums to 1 over all domains)")
+    label = (
+        "impact score (Fisher cosine, centred over domains)"
+        if signed
+        else "normalised impact (sums to 1 over all domains)"
+    )
+    fig.colorbar(image, ax=[left, right], shrink=0.8, label=label)
     return _save(fig, path), rows
+
+
+def plot_rule(run: RunOutputs, path: Path, *, top_n: int = 10) -> Path:
+    """What the DIDS rule used at each update: the per-domain utility that the normaliser turned into p̂
+    (for `evidence`: the combined significant evidence sum_j w_j z'_ij), and the task weights w_j."""
+    records = [r for r in run.impact_records() if "task_weights" in r["terms"] and "utility" in r["terms"]]
+    if not records:
+        raise PlotUnavailable(
+            f"no update record carries the DIDS rule's terms (strategy {run.strategy!r}; history written by "
+            "`dids_strategy: dids` of this version records utilities and task weights)."
+        )
+    steps = [r["step"] for r in records]
+    utility = np.asarray([r["terms"]["utility"] for r in records], dtype=np.float64)  # [u, k]
+    task_weights = np.asarray([r["terms"]["task_weights"] for r in records], dtype=np.float64)  # [u, m]
+    top = top_domains(np.abs(utility).mean(axis=0), top_n)
+    fig, (left, right) = plt.subplots(1, 2, figsize=WEIGHTS_SIZE, layout="constrained", width_ratios=[3, 2])
+    for color, i in zip(_colors(len(top)), top, strict=True):
+        left.plot(steps, utility[:, i], marker="o", ms=3, color=color, label=_shorten(run.domains[i]))
+    left.axhline(0, color="k", lw=0.6)
+    normaliser = records[-1]["terms"].get("components", {}).get("normaliser", "")
+    left.set_title(
+        "utility per domain"
+        + (" (significant evidence, sum_j w_j z'_ij)" if normaliser == "evidence" else ""),
+        fontsize=10,
+    )
+    left.set_xlabel("update (optimizer step)")
+    left.legend(fontsize=7, frameon=False)
+    for color, (j, task) in zip(_colors(len(run.tasks)), enumerate(run.tasks), strict=True):
+        right.plot(steps, task_weights[:, j], marker="o", ms=3, color=color, label=_shorten(task, 20))
+    right.set_title("task weights w_j", fontsize=10)
+    right.set_xlabel("update (optimizer step)")
+    right.set_ylim(bottom=0)
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Why the mixture moved: {run.strategy} ({records[-1]['terms'].get('variant', '')})")
+    return _save(fig, path)
 
 
 def task_figure_size(num_tasks: int) -> tuple[float, float]:
@@ -181,6 +233,7 @@ def plot_task_losses(run: RunOutputs, path: Path, *, horizon: float = 1.0) -> tu
             notes.append(f"{run.tasks[j]}: L(t) = {a:.4g} exp(-{b:.4g} t) + {c:.4g}; l_p = {now - later:.4g}")
         ax.set_title(_shorten(run.tasks[j], 40), fontsize=10)
         ax.set_xlabel("update t")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # t counts updates
         ax.set_ylabel("task loss")
         ax.legend(fontsize=7)
     if m > shown:

@@ -151,6 +151,7 @@ def write_report(
                 else "."
             )
         ]
+    draw("rule", plots.plot_rule, top_n=top_n)
     losses = draw("task_losses", plots.plot_task_losses)
     if losses is not None:
         extra["task_losses"] = losses[1]
@@ -158,7 +159,8 @@ def write_report(
 
     sections = [
         ("weights", "Domain weights over training", _weights_section(run, top, mean)),
-        ("impact", "Domain impact on the downstream tasks (eq. 12, normalised per task)", []),
+        ("impact", "Domain impact on the downstream tasks (the rule's impact scores, per task)", []),
+        ("rule", "What the update rule used: utilities and task weights", []),
         ("task_losses", "Downstream task losses and their fitted trajectories (eq. 14-15)", []),
         ("fractions", "Realised fractions against targets", _fractions_section(run, top, mean)),
     ]

@@ -1,16 +1,60 @@
-"""The DIDS update rule (eq. 13-16) and the trajectory terms (eq. 14-15): values and invariants."""
+"""The DIDS update rule (eq. 13-16) in its three variants, and the trajectory terms (eq. 14-15).
+
+Hand-computed values for the `paper` and `reference` variants; for the default `directional` rule the
+properties it was designed for (docs/dids.md): scale invariance, direction over size, evidence that
+accumulates, no oscillation, no noise from an unserved task, a floor, and a resumable state.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from llamafactory_dids.algorithms.dids import DIDSStrategy, clamp_normalise, dids_update, softmax
+from llamafactory_dids.algorithms.dids import (
+    VARIANTS,
+    DIDSStrategy,
+    Evidence,
+    clamp_normalise,
+    dids_update,
+    impact_scores,
+    softmax,
+    task_weights,
+)
+from llamafactory_dids.algorithms.impact import ImpactTerms, normalise_impacts
 from llamafactory_dids.algorithms.trajectory import (
     current_improvement,
     fit_exponential_decay,
     potential_improvement,
 )
+from llamafactory_dids.config import DIDS_VARIANTS, IMPACT_FORMS, NORMALISERS, PRIORS, TASK_WEIGHTINGS
+
+
+def terms_from_gradients(
+    domains: np.ndarray, tasks: np.ndarray, pool: np.ndarray | None = None
+) -> ImpactTerms:
+    """Exact terms (metric = identity) from explicit gradients: domains [k, n], tasks [m, n], pool [n]."""
+    return ImpactTerms(
+        task_sq=(tasks**2).sum(1),
+        cross=domains @ tasks.T,
+        domain_sq=(domains**2).sum(1),
+        control_sq=None if pool is None else float(pool @ pool),
+        control_cross=None if pool is None else domains @ pool,
+        metric="inner_product",
+    )
+
+
+def toy_world(seed: int = 0, n: int = 64):
+    """5 domains sharing a common direction; task 0 is domain 0's own direction, the pool their mix."""
+    rng = np.random.default_rng(seed)
+    common = 3.0 * rng.normal(size=n)
+    own = rng.normal(size=(5, n))
+    domains = common + own
+    tasks = np.stack([common + own[0]])
+    pool = domains.mean(0)
+    return domains, tasks, pool
+
+
+# ------------------------------------------------------------------------------ trajectory (eq. 14-15)
 
 
 def test_current_improvement():
@@ -39,76 +83,299 @@ def test_short_or_degenerate_histories_fall_back_without_nan(history):
         assert lp == current_improvement(history)
 
 
-def test_update_matches_a_hand_computed_case():
+# ------------------------------------------------------------------------------------ the paper variant
+
+
+def test_paper_variant_matches_a_hand_computed_case():
     weights = np.array([0.5, 0.25, 0.25])
-    impact = np.array([[1.0], [3.0], [2.0]])  # distances to one task: domain 0 closest
+    distances = np.array([[1.0], [3.0], [2.0]])  # domain 0 closest to the one task
     history = [[4.0], [3.0]]  # l_c = 1, short history -> l_p = l_c = 1
-    new, terms = dids_update(weights, impact, history, beta=0.1, normaliser="clamp")
-    norm = np.array([2 / 3, 0.0, 1 / 3])
-    utility = norm * 2.0 / weights  # [2.6667, 0, 2.6667]
-    p_hat = utility / utility.sum()
+    new, terms = dids_update(weights, ImpactTerms.from_distances(distances), history, variant="paper")
+    norm = np.array([2 / 3, 0.0, 1 / 3])  # (max - I) / sum
+    utility = norm * 2.0 / weights  # eq. 16: sum_j Î (l_c + l_p) / p
+    p_hat = softmax(utility)
+    np.testing.assert_allclose(terms["impact_normalised"], norm[:, None])
     np.testing.assert_allclose(terms["utility"], utility)
     np.testing.assert_allclose(new, 0.1 * weights + 0.9 * p_hat)
-    assert terms["l_c"] == [1.0] and terms["l_p"] == [1.0]
+    assert terms["l_c"] == [1.0] and terms["l_p"] == [1.0] and terms["variant"] == "paper"
 
 
-def test_softmax_variant_and_invariants():
+def test_paper_variant_depends_on_the_loss_scale_and_oscillates():
+    """What the issue measured, kept reproducible: the literal rule is scale-dependent and flips."""
+    weights = np.full(5, 0.2)
+    distances = ImpactTerms.from_distances(
+        np.array([[0.0, 0.0, 0.0], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1.0]])
+    )
+    small, _ = dids_update(weights, distances, [[3.0] * 3, [2.999] * 3], variant="paper")
+    large, _ = dids_update(weights, distances, [[3.0] * 3, [2.0] * 3], variant="paper")
+    assert small.max() / small.min() < 1.1 and large.max() / large.min() > 40
+    # /p_{t-1}: the favoured domain is penalised next time, the weights flip back and forth
+    w, history, changes = weights, [[3.0] * 3], []
+    for t in range(6):
+        history.append([3.0 - 0.5 * (t + 1)] * 3)
+        new, _ = dids_update(w, distances, history, variant="paper")
+        changes.append(new - w)
+        w = new
+    signs = [np.sign(c[0]) for c in changes[1:]]
+    assert any(a != b for a, b in zip(signs, signs[1:], strict=False))
+
+
+def test_reference_variant_matches_a_hand_computed_case():
+    weights = np.array([0.5, 0.25, 0.25])
+    inner = np.array([[4.0, 2.0], [1.0, 2.0], [0.0, 0.0]])  # Fisher inner products <g_D, g_S>
+    terms = ImpactTerms(task_sq=np.ones(2), cross=inner, domain_sq=np.ones(3))
+    # round 0: impacts alone, mean over tasks; the max-minus normalisation of the kernel 1/2 inner
+    kernel = 0.5 * inner
+    norm = normalise_impacts(kernel, kind="distance")
+    new0, t0 = dids_update(weights, terms, [[3.0, 3.0]], variant="reference")
+    p_hat = clamp_normalise(norm.mean(1) / weights, 1e-7)
+    np.testing.assert_allclose(t0["p_hat"], p_hat)
+    np.testing.assert_allclose(new0, 0.2 * weights + 0.8 * p_hat)
+    # below 5 points the potential is 1.0: U = mean_j Î_ij (l_c + 1) / p
+    _, t1 = dids_update(weights, terms, [[3.0, 3.0], [2.5, 2.0]], variant="reference")
+    assert t1["l_p"] == [1.0, 1.0]
+    np.testing.assert_allclose(t1["utility"], (norm @ np.array([1.5, 2.0]) / 2) / weights)
+    # the inversion the docs describe: the most similar domain (0 on task 0) gets the least impact
+    assert norm[0, 0] == 0.0
+
+
+# ------------------------------------------------------------------------------ the directional variant
+
+
+def run_rule(terms_for_update, steps: int, history_scale: float = 1.0, **options):
+    """Repeated updates of a DIDSStrategy; returns the weight trajectory [steps + 1, k]."""
+    k = terms_for_update(0).shape[0]
+    strategy = DIDSStrategy([f"d{i}" for i in range(k)], [100] * k, **options)
+    w = strategy.initial_weights()
+    m = terms_for_update(0).shape[1]
+    history, path = [[history_scale * 5.0] * m], [w]
+    for t in range(steps):
+        history.append([history_scale * 5.0 * 0.9 ** (t + 1)] * m)
+        w = strategy.update(w, {"impact": terms_for_update(t), "task_loss_history": np.array(history)})
+        path.append(w)
+    return np.array(path), strategy
+
+
+def test_directional_is_invariant_to_the_scale_of_the_losses():
+    domains, tasks, pool = toy_world()
+    rng = np.random.default_rng(1)
+    noisy = [terms_from_gradients(domains + rng.normal(size=domains.shape), tasks, pool) for _ in range(6)]
+    base, _ = run_rule(lambda t: noisy[t], 6)
+    scaled, _ = run_rule(lambda t: noisy[t], 6, history_scale=37.0)
+    np.testing.assert_allclose(scaled, base, rtol=1e-9, atol=1e-12)
+
+
+def test_directional_task_weights_are_scale_free():
+    l_c, l_p, current = np.array([0.2, 0.1]), np.array([0.1, 0.05]), np.array([3.0, 2.0])
+    np.testing.assert_allclose(
+        task_weights(l_c, l_p, current, "relative"),
+        task_weights(10 * l_c, 10 * l_p, 10 * current, "relative"),
+    )
+    np.testing.assert_allclose(task_weights(l_c, l_p, current, "absolute"), l_c + l_p)
+    # no progress anywhere: equal weights
+    np.testing.assert_allclose(task_weights(np.zeros(2), np.zeros(2), current, "relative"), [0.5, 0.5])
+
+
+def test_an_easy_irrelevant_domain_gains_no_weight_by_direction():
+    """Eq. 12 with (max - I) ranks by gradient size: a domain with a tiny gradient looks close to the task.
+    The Fisher cosine ranks by direction: the matched domain wins and the easy one does not gain."""
+    domains, tasks, pool = toy_world()
+    domains = 2.0 * domains  # training rows are not yet learnt as well as the task's: larger gradients
+    easy = 0.05 * domains.mean(0)  # boilerplate: a small gradient along what every row shares
+    domains = np.vstack([domains, easy])
+    pool = domains.mean(0)
+    terms = terms_from_gradients(domains, tasks, pool)
+    distance = impact_scores(terms, "distance", pool_control=False)
+    assert int(np.argmax(distance[:, 0])) == 5  # the paper's normalisation prefers the easy domain
+    cosine = impact_scores(terms, "cosine", pool_control=True)
+    assert int(np.argmax(cosine[:, 0])) == 0
+    path, _ = run_rule(lambda t: terms, 8, pool_control=True)
+    uniform_share = 1 / 6
+    assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
+
+
+def test_evidence_accumulates_and_a_consistent_signal_becomes_decisive():
+    domains, tasks, pool = toy_world()
+    terms = terms_from_gradients(domains, tasks, pool)
+    path, strategy = run_rule(lambda t: terms, 8)
+    shares = path[:, 0]
+    assert shares[-1] > 0.6 and (np.diff(shares[1:]) >= -1e-12).all()  # grows, never steps back
+    z = np.asarray(strategy.last_terms["z"])[:, 0]
+    assert z[0] == z.max() and z[0] > 2.0  # beyond the dead zone
+    ev = Evidence(4, decay=0.5)
+    scores = np.array([1.0, 0.1, -0.1, 0.0])
+    first = ev.add(scores, np.full(4, 0.25))
+    second = ev.add(scores, np.full(4, 0.25))
+    assert ev.count == pytest.approx(1.5) and ev.count_sq == pytest.approx(1.25)
+    np.testing.assert_allclose(second["evidence_mean"], scores[:, None])
+    # the first update's noise scale is its spread over domains; the same scores twice: the mean is unchanged
+    # and its standard error shrinks by sqrt(N2) / N
+    np.testing.assert_allclose(first["evidence_stderr"], [np.std(scores)])
+    np.testing.assert_allclose(second["evidence_stderr"], [np.std(scores) * np.sqrt(1.25) / 1.5])
+    assert second["z"][0][0] > first["z"][0][0]
+
+
+def test_noise_alone_stays_inside_the_dead_zone_mostly():
+    """A null control: every domain as useful as the pool (the same gradients up to noise)."""
+    rng = np.random.default_rng(3)
+    domains, _, pool = toy_world()
+    tv = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+
+        def noisy(t, rng=rng):
+            return terms_from_gradients(
+                domains, (pool + rng.normal(size=pool.shape))[None, :], pool + rng.normal(size=pool.shape)
+            )
+
+        path, _ = run_rule(noisy, 10)
+        tv.append(0.5 * np.abs(path[-1] - 0.2).sum())
+    assert np.median(tv) < 0.1
+
+
+def test_weights_do_not_oscillate():
+    domains, tasks, pool = toy_world()
+    rng = np.random.default_rng(5)
+    noisy = [
+        terms_from_gradients(domains + 0.3 * rng.normal(size=domains.shape), tasks, pool) for _ in range(10)
+    ]
+    path, _ = run_rule(lambda t: noisy[t], 10)
+    changes = np.diff(path, axis=0)
+    lag1 = [np.corrcoef(changes[:-1, i], changes[1:, i])[0, 1] for i in range(5) if changes[:, i].std() > 0]
+    assert np.nanmean(lag1) > -0.3
+
+
+@pytest.mark.parametrize("pool_control", [False, True])
+def test_a_task_no_domain_serves_adds_little_noise(pool_control):
+    """An unserved task: every domain's cosine with it is the same (centred default), or equals the domain's
+    cosine with the pool (pool control), up to noise. A flat column never passes the dead zone and changes
+    nothing; a noisy one passes it only by chance (its z-scores are unit-scale whatever the noise level),
+    so over 12 noise draws the served domain keeps the lead and its weight moves by little."""
+    domains, tasks, pool = toy_world()
+    served = terms_from_gradients(domains, tasks, pool)
+    rng = np.random.default_rng(7)
+
+    def with_unserved(noise: float) -> ImpactTerms:
+        if pool_control:
+            column, norm = served.control_cross.copy(), served.control_sq
+        else:  # <g_D, g_U> = 0.3 |g_D| |g_U| for every domain
+            norm = 4.0
+            column = 0.3 * np.sqrt(served.domain_sq) * np.sqrt(norm)
+        column = column * (1 + noise * rng.normal(size=column.shape))
+        return ImpactTerms(
+            task_sq=np.array([served.task_sq[0], norm]),
+            cross=np.column_stack([served.cross[:, 0], column]),
+            domain_sq=served.domain_sq,
+            control_sq=served.control_sq,
+            control_cross=served.control_cross,
+            metric="inner_product",
+        )
+
+    flat = with_unserved(0.0)
+    assert np.allclose(impact_scores(flat, "cosine", pool_control=pool_control)[:, 1], 0.0)
+    alone, _ = run_rule(lambda t: served, 6, pool_control=pool_control)
+    flat_path, strategy = run_rule(lambda t: flat, 6, pool_control=pool_control)
+    np.testing.assert_allclose(flat_path, alone, rtol=1e-12)  # a flat column drops out exactly
+    assert strategy.last_terms["live_tasks"] == [True, False]
+    finals = []
+    for _ in range(12):
+        noisy = [with_unserved(0.02) for _ in range(6)]
+        finals.append(run_rule(lambda t, noisy=noisy: noisy[t], 6, pool_control=pool_control)[0][-1])
+    finals = np.array(finals)
+    assert (finals.argmax(axis=1) == 0).all()
+    assert abs(finals[:, 0].mean() - flat_path[-1][0]) < 0.1
+
+
+def test_floor_and_simplex_invariants_hold_for_every_variant_and_normaliser():
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        k, m = 6, 3
-        weights = rng.dirichlet(np.ones(k))
-        impact = rng.exponential(size=(k, m))
-        history = np.cumsum(-rng.exponential(0.1, size=(5, m)), axis=0) + 5
-        for normaliser in ("softmax", "clamp"):
-            new, _ = dids_update(weights, impact, history, normaliser=normaliser, beta=0.2)
-            assert np.isfinite(new).all() and (new >= 0).all() and new.sum() == pytest.approx(1.0)
-            assert (new >= 0.2 * weights - 1e-12).all()  # the EMA keeps beta of the old mass
+    for variant in VARIANTS:
+        for normaliser in (None, *NORMALISERS):
+            if variant == "reference" and normaliser is not None:
+                continue
+            strategy = DIDSStrategy(
+                [f"d{i}" for i in range(6)], rng.integers(10, 100, 6), variant=variant, normaliser=normaliser
+            )
+            w = strategy.initial_weights()
+            history = [[5.0, 4.0, 3.0]]
+            for _ in range(6):
+                history.append(list(np.array(history[-1]) - rng.exponential(0.2, 3)))
+                terms = ImpactTerms(
+                    task_sq=rng.exponential(size=3),
+                    cross=rng.normal(size=(6, 3)),
+                    domain_sq=rng.exponential(size=6) + 5,
+                    control_sq=1.0,
+                    control_cross=rng.normal(size=6),
+                )
+                w = strategy.update(w, {"impact": terms, "task_loss_history": np.array(history)})
+                assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
+                floor = strategy.resolved["smoothing"] / 6
+                assert (w >= floor - 1e-12).all()
 
 
-def test_direction_closer_domain_gains_weight():
-    weights = np.full(3, 1 / 3)
-    impact = np.array([[0.1], [1.0], [1.0]])
-    new, _ = dids_update(weights, impact, [[3.0], [2.5]])
-    assert new[0] > 1 / 3 > new[1] and new[1] == pytest.approx(new[2])
-    # the importance correction favours a domain that achieved the same with less probability
-    new2, _ = dids_update(np.array([0.2, 0.4, 0.4]), np.array([[0.1], [0.1], [1.0]]), [[3.0], [2.5]])
-    assert new2[0] > new2[1]
+def test_natural_prior_and_initial_weights():
+    s = DIDSStrategy(["a", "b"], [30, 10])
+    np.testing.assert_allclose(s.initial_weights(), 0.95 * np.array([0.75, 0.25]) + 0.025)
+    assert not s.impact_control and DIDSStrategy(["a", "b"], [3, 1], pool_control=True).impact_control
+    paper = DIDSStrategy(["a", "b"], [30, 10], variant="paper")
+    np.testing.assert_allclose(paper.initial_weights(), [0.5, 0.5])
+    assert not paper.impact_control
+    assert not DIDSStrategy(["a", "b"], [1, 1], impact="distance").impact_control
 
 
-def test_losses_going_up_lower_the_utility_sign():
+def test_evidence_state_round_trips_and_resume_continues_identically():
+    domains, tasks, pool = toy_world()
+    rng = np.random.default_rng(2)
+    seq = [terms_from_gradients(domains + rng.normal(size=domains.shape), tasks, pool) for _ in range(6)]
+    full, _ = run_rule(lambda t: seq[t], 6)
+    first, strategy = run_rule(lambda t: seq[t], 3)
+    resumed = DIDSStrategy([f"d{i}" for i in range(5)], [100] * 5)
+    resumed.load_state_dict(strategy.state_dict())
+    w, history = first[-1], [[5.0 * 0.9**t] for t in range(4)]
+    for t in range(3, 6):
+        history.append([5.0 * 0.9 ** (t + 1)])
+        w = resumed.update(w, {"impact": seq[t], "task_loss_history": np.array(history)})
+        np.testing.assert_allclose(w, full[t + 1], rtol=1e-12)
+    with pytest.raises(ValueError, match="evidence state has 5 domains"):
+        DIDSStrategy(["a", "b"], [1, 1]).load_state_dict(strategy.state_dict())
+
+
+def test_trajectory_ablation_and_plain_distance_matrices():
     weights = np.full(2, 0.5)
-    new, terms = dids_update(weights, np.array([[0.0], [1.0]]), [[2.0], [2.5]], normaliser="clamp", beta=0.0)
-    assert terms["utility"][0] < 0
-    np.testing.assert_allclose(new, [0.5, 0.5])  # nothing positive: clamp falls back to uniform
-
-
-def test_ablation_without_trajectory_and_strategy_wrapper():
-    weights = np.full(2, 0.5)
+    history = [[5.0], [4.0], [3.5], [3.2], [3.0]]
     _, terms = dids_update(
         weights,
-        np.array([[0.0], [1.0]]),
-        [
-            [
-                5,
-            ],
-            [4],
-            [3.5],
-            [3.2],
-            [3.0],
-        ],
+        ImpactTerms.from_distances(np.array([[0.0], [1.0]])),
+        history,
+        variant="paper",
         use_trajectory=False,
     )
     assert terms["l_p"] == [0.0]
-    s = DIDSStrategy(["a", "b"], [10, 10], beta=0.3)
-    np.testing.assert_allclose(s.initial_weights(), [0.5, 0.5])
+    s = DIDSStrategy(["a", "b"], [10, 10], variant="paper")
     out = s.update(
         weights, {"impact": np.array([[0.0], [1.0]]), "task_loss_history": np.array([[3.0], [2.0]])}
     )
     assert out[0] > out[1] and "utility" in s.last_terms
 
 
-def test_normalisers():
+def test_normalisers_and_errors():
     np.testing.assert_allclose(softmax(np.array([0.0, np.log(3.0)])), [0.25, 0.75])
+    np.testing.assert_allclose(softmax(np.zeros(2), prior=np.array([0.2, 0.8])), [0.2, 0.8])
     np.testing.assert_allclose(clamp_normalise(np.array([-1.0, 1.0, 3.0])), [0, 0.25, 0.75])
     with pytest.raises(ValueError, match="normaliser must be"):
-        dids_update(np.ones(2) / 2, np.zeros((2, 1)), [[1.0]], normaliser="other")
+        dids_update(
+            np.ones(2) / 2,
+            ImpactTerms.from_distances(np.zeros((2, 1))),
+            [[1.0]],
+            variant="paper",
+            normaliser="other",
+        )
+    with pytest.raises(ValueError, match="variant must be"):
+        DIDSStrategy(["a"], [1], variant="nope")
+
+
+def test_config_tuples_match_the_algorithm_tables():
+    from llamafactory_dids.algorithms import dids
+
+    assert set(DIDS_VARIANTS) == set(VARIANTS)
+    assert IMPACT_FORMS == dids.IMPACT_FORMS and NORMALISERS == dids.NORMALISERS
+    assert TASK_WEIGHTINGS == dids.TASK_WEIGHTINGS and PRIORS == dids.PRIORS

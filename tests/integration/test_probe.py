@@ -122,6 +122,66 @@ def test_probe_matches_brute_force():
     np.testing.assert_allclose(probe.task_losses(), expected_losses, rtol=1e-5)
 
 
+def test_impact_terms_give_cosines_and_the_pool_control_exactly():
+    """Every impact form from one probe call, at update 2 (the second window of task rows), against
+    per-example gradients; the pool control is the mean gradient of the seeded rows `control_rows` names."""
+    model = tiny_llama()
+    train = make_rows(30, seed=1)
+    pools = [np.arange(0, 10), np.arange(10, 22), np.arange(22, 30)]
+    tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
+    probe = make_probe(model, train, pools, tasks, probe_samples=3)
+    params = [p for _, p in probe.params]
+
+    def mean_grad(rows):
+        out = []
+        for row in rows:
+            loss = model(**collate([row])).loss
+            out.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).double().numpy())
+        return np.stack(out)
+
+    model.eval()
+    window = [[rows[3:6] if len(rows) >= 6 else [rows[3], rows[4], rows[0]]][0] for rows in tasks]
+    assert [len(w) for w in window] == [3, 3] and window[0][2] is tasks[0][0]  # wraps around
+    per_task = [mean_grad(rows) for rows in window]
+    fisher = np.concatenate(per_task).__pow__(2).mean(axis=0)
+    g_s = np.stack([g.mean(axis=0) for g in per_task])
+    g_d = np.stack(
+        [
+            mean_grad(
+                [
+                    train[i]
+                    for i in np.sort(np.random.default_rng([11, 2, 2, d]).choice(pool, 3, replace=False))
+                ]
+            ).mean(axis=0)
+            for d, pool in enumerate(pools)
+        ]
+    )
+    g_p = mean_grad([train[i] for i in probe.control_rows(2)]).mean(axis=0)
+    model.train()
+    terms = probe.impact_terms(2, control=True)
+
+    def fim(a, b):
+        return (a * fisher * b).sum(-1)
+
+    cosine = fim(g_d[:, None], g_s[None]) / np.sqrt(fim(g_d, g_d)[:, None] * fim(g_s, g_s)[None])
+    np.testing.assert_allclose(terms.cosine(), cosine, rtol=1e-4)
+    np.testing.assert_allclose(terms.distance(), exact_impact(g_d, g_s, fisher), rtol=1e-4, atol=1e-12)
+    control = fim(g_d, g_p) / np.sqrt(fim(g_d, g_d) * fim(g_p, g_p))
+    np.testing.assert_allclose(terms.control_cosine(), control, rtol=1e-4)
+    assert len(probe.control_rows(2)) == 3 and probe.control_rows(2) == probe.control_rows(2)
+    without = probe.impact_terms(2)
+    assert without.control_cross is None and np.allclose(without.cross, terms.cross)
+
+
+def test_task_probe_rows_rotate_through_the_observation_set():
+    probe = probe_case()  # probe_samples 5
+    rows = list(range(12))
+    assert probe.task_probe_rows(rows, 1) == [0, 1, 2, 3, 4]
+    assert probe.task_probe_rows(rows, 2) == [5, 6, 7, 8, 9]
+    assert probe.task_probe_rows(rows, 3) == [10, 11, 0, 1, 2]  # wraps
+    assert probe.task_probe_rows(rows[:4], 7) == [0, 1, 2, 3]  # fewer rows than probe_samples: all of them
+
+
 def test_projected_probe_tracks_the_exact_one():
     model = tiny_llama()
     train = make_rows(30, seed=1)

@@ -46,7 +46,8 @@ def record(
                 "impact_normalised": (impact / impact.sum(axis=0, keepdims=True)).tolist(),
                 "l_c": [0.1] * impact.shape[1],
                 "l_p": [0.1] * impact.shape[1],
-                "utility": [0.0] * impact.shape[0],
+                "utility": np.linspace(-1.0, 1.0, impact.shape[0]).tolist(),
+                "task_weights": [1.0 / impact.shape[1]] * impact.shape[1],
                 "p_hat": list(map(float, weights)),
             }
     out.update(extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import matplotlib.image
@@ -29,9 +30,11 @@ def linked_images(markdown: str) -> set[str]:
 def test_many_domains_every_figure(tmp_path):
     out = many_domain_run(tmp_path / "run", k=72, m=2)
     report = write_report(out, top_n=8, max_heatmap_domains=30)
-    assert set(report.figures) == {"weights", "impact", "task_losses", "fractions"} and not report.skipped
+    assert set(report.figures) == {"weights", "impact", "rule", "task_losses", "fractions"}
+    assert not report.skipped
     expected = {
         "weights": plots.WEIGHTS_SIZE,
+        "rule": plots.WEIGHTS_SIZE,
         "impact": plots.IMPACT_SIZE,
         "task_losses": plots.task_figure_size(2),
         "fractions": plots.FRACTIONS_SIZE,
@@ -90,9 +93,10 @@ def test_static_strategy_skips_impact_and_task_losses(tmp_path):
     report = write_report(out, tmp_path / "report")
     assert set(report.figures) == {"weights", "fractions"}
     assert "dids_strategy: dids" in report.skipped["impact"] and "static" in report.skipped["task_losses"]
+    assert "utilities and task weights" in report.skipped["rule"]
     markdown = report.summary.read_text()
     assert linked_images(markdown) == {"weights.png", "fractions.png"}
-    assert markdown.count("_Not drawn: ") == 2
+    assert markdown.count("_Not drawn: ") == 3
     assert "| `code` | 60.0 | 70.0 | 70.0 | -10.00 |" in markdown  # realised from the log vs the targets
 
 
@@ -137,3 +141,53 @@ def test_report_needs_positive_counts(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(out), "--top", "0"])
     assert "argument --top: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, kept open for their axes."""
+    figures = []
+
+    def keep(fig, path):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def _sixteen_updates_ending_at_the_last_step(tmp_path):
+    """A dids-like run as the demo's: updates every 10 steps up to step 160, which is also the last step."""
+    out = many_domain_run(tmp_path / "run", k=3, m=1, updates=16)
+    state = json.loads((out / "trainer_state.json").read_text())
+    (out / "trainer_state.json").write_text(json.dumps({**state, "global_step": 160}))
+    return load_run(out)
+
+
+def test_impact_labels_every_update_at_a_constant_stride(tmp_path, drawn):
+    run = _sixteen_updates_ending_at_the_last_step(tmp_path)
+    plots.plot_impact(run, tmp_path / "impact.png")
+    left = drawn[0].axes[0]
+    assert [t.get_text() for t in left.get_xticklabels()] == [str(10 * u) for u in range(1, 17)]
+    many = load_run(many_domain_run(tmp_path / "many", k=4, m=1, updates=50))
+    plots.plot_impact(many, tmp_path / "impact_many.png")
+    labels = [int(t.get_text()) for t in drawn[1].axes[0].get_xticklabels()]
+    assert labels == list(range(10, 501, 30))  # every 3rd update: 17 labels, no uneven gap
+
+
+def test_task_losses_tick_whole_updates(tmp_path, drawn):
+    run = _sixteen_updates_ending_at_the_last_step(tmp_path)
+    plots.plot_task_losses(run, tmp_path / "task_losses.png")
+    ax = drawn[0].axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_weights_hold_an_update_at_the_last_step_for_one_interval(tmp_path, drawn):
+    run = _sixteen_updates_ending_at_the_last_step(tmp_path)
+    plots.plot_weights(run, tmp_path / "weights.png")
+    ax = drawn[0].axes[0]
+    assert ax.get_xlim() == (0.0, 170.0)
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()[-2:]) == [160.0, 170.0]  # the final mixture drawn as a segment
+    assert "end of training (step 160)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -49,7 +49,7 @@ def test_report_on_a_real_run(dids_run, tmp_path, capsys):
     assert main(["report", str(dids_run), "--out", str(tmp_path)]) == 0
     assert "skipped" not in capsys.readouterr().out
     markdown = (tmp_path / "report.md").read_text()
-    for name in ("weights", "impact", "task_losses", "fractions"):
+    for name in ("weights", "impact", "rule", "task_losses", "fractions"):
         assert f"]({name}.png)" in markdown
         assert matplotlib.image.imread(tmp_path / f"{name}.png").shape[1] == round(11.0 * plots.DPI)
     assert "6 mixture updates over 24 optimizer steps" in markdown
