@@ -29,7 +29,6 @@ from .build import (
     TASKS,
     Sizes,
     build_assets,
-    heldout_name,
     train_name,
 )
 
@@ -106,17 +105,7 @@ def run_benchmark(
     _log(f"building assets in {workdir / 'assets'} ({sizes})")
     assets = build_assets(workdir / "assets", sizes, seed=data_seed)
     manifest = assets.manifest
-    heldout = {
-        task: json.loads((assets.dataset_dir / f"{heldout_name(task)}.json").read_text(encoding="utf-8"))
-        for task in TASKS
-    }
-    encoded = evaluate.encode_tasks(assets.model_dir, heldout, setting.cutoff_len)
-    from transformers import AutoTokenizer
-
-    pad_id = AutoTokenizer.from_pretrained(assets.model_dir).pad_token_id or 0
-
-    def score(model_dir: Path) -> dict[str, float]:
-        return {t: v["loss"] for t, v in evaluate.heldout_losses(model_dir, encoded, pad_id=pad_id).items()}
+    score = evaluate.heldout_scorer(assets.model_dir, assets.dataset_dir, list(TASKS), setting.cutoff_len)
 
     has_repartition = repartition and runs.repartition_available()
     if repartition and not has_repartition:

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import evaluate, runs
 from .bench import PRESETS
-from .build import SOURCES, TASKS, build_assets, heldout_name, train_name
+from .build import SOURCES, TASKS, build_assets, train_name
 
 IRRELEVANT_SOURCES = ("c", "reference", "licenses")
 POOL_TASK = "quality_obs_pool"
@@ -128,17 +128,7 @@ def run_controls(out_dir: Path, *, seeds: tuple[int, ...], workdir: Path, thread
     sizes, setting, _ = PRESETS["full"]
     setting = runs.Setting(**{**setting.__dict__, "threads": threads})
     assets = build_assets(workdir / "assets", sizes, seed=0)
-    heldout = {
-        task: json.loads((assets.dataset_dir / f"{heldout_name(task)}.json").read_text(encoding="utf-8"))
-        for task in TASKS
-    }
-    encoded = evaluate.encode_tasks(assets.model_dir, heldout, setting.cutoff_len)
-    from transformers import AutoTokenizer
-
-    pad_id = AutoTokenizer.from_pretrained(assets.model_dir).pad_token_id or 0
-
-    def score(model_dir: Path) -> dict[str, float]:
-        return {t: v["loss"] for t, v in evaluate.heldout_losses(model_dir, encoded, pad_id=pad_id).items()}
+    score = evaluate.heldout_scorer(assets.model_dir, assets.dataset_dir, list(TASKS), setting.cutoff_len)
 
     results: dict[str, Any] = {"seeds": list(seeds), "null": [], "planted": [], "irrelevant": []}
     for seed in seeds:

@@ -12,13 +12,13 @@ class; the adjusted Rand index comes from scikit-learn.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks._runs import encode_alpaca_rows
 
-__all__ = ["encode_tasks", "heldout_losses", "mixed_source_purity", "purity_and_ari"]
+__all__ = ["encode_tasks", "heldout_losses", "heldout_scorer", "mixed_source_purity", "purity_and_ari"]
 
 
 def encode_tasks(
@@ -29,6 +29,28 @@ def encode_tasks(
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     return {task: encode_alpaca_rows(tokenizer, rows, cutoff_len) for task, rows in tasks.items()}
+
+
+def heldout_scorer(
+    model_dir: str | Path, dataset_dir: str | Path, tasks: Sequence[str], cutoff_len: int
+) -> Callable[[str | Path], dict[str, float]]:
+    """A function model_dir -> {task: held-out loss}; the held-out rows of `tasks` (the `heldout_name`
+    files in `dataset_dir`) encoded once with the tokenizer in `model_dir`."""
+    from transformers import AutoTokenizer
+
+    from .build import heldout_name
+
+    heldout = {
+        task: json.loads((Path(dataset_dir) / f"{heldout_name(task)}.json").read_text(encoding="utf-8"))
+        for task in tasks
+    }
+    encoded = encode_tasks(model_dir, heldout, cutoff_len)
+    pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id or 0
+
+    def score(trained: str | Path) -> dict[str, float]:
+        return {t: v["loss"] for t, v in heldout_losses(trained, encoded, pad_id=pad_id).items()}
+
+    return score
 
 
 def heldout_losses(

@@ -249,6 +249,20 @@ class Evidence:
         self.variance = np.asarray(state["variance"], dtype=np.float64)
 
 
+def resolve_components(variant: str, **given: Any) -> dict[str, Any]:
+    """The variant's components with the given ones (not None) in their place; `reference` takes only beta."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
+    allowed = {"beta"} if variant == "reference" else set(VARIANTS[variant])
+    unknown = set(given) - set(VARIANTS[variant])
+    if unknown:
+        raise ValueError(f"unknown DIDS components {sorted(unknown)}; known: {sorted(VARIANTS[variant])}.")
+    return {
+        **VARIANTS[variant],
+        **{key: value for key, value in given.items() if value is not None and key in allowed},
+    }
+
+
 def dids_update(
     weights: np.ndarray,
     terms: ImpactTerms,
@@ -280,23 +294,17 @@ def dids_update(
         prior: [k] base measure of softmax/evidence; None: the variant's `prior` must be `uniform`.
         evidence: the accumulator of the `evidence` normaliser (state carried across updates).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
-    spec = dict(VARIANTS[variant])
-    if variant != "reference":
-        given = {
-            "impact": impact,
-            "pool_control": pool_control,
-            "task_weighting": task_weighting,
-            "importance_correction": importance_correction,
-            "normaliser": normaliser,
-            "beta": beta,
-            "smoothing": smoothing,
-            "temperature": temperature,
-        }
-        spec.update({key: value for key, value in given.items() if value is not None})
-    elif beta is not None:
-        spec["beta"] = beta
+    spec = resolve_components(
+        variant,
+        impact=impact,
+        pool_control=pool_control,
+        task_weighting=task_weighting,
+        importance_correction=importance_correction,
+        normaliser=normaliser,
+        beta=beta,
+        smoothing=smoothing,
+        temperature=temperature,
+    )
     p = np.asarray(weights, dtype=np.float64)
     k, m = terms.shape
     hist = np.asarray(task_loss_history, dtype=np.float64)
@@ -394,9 +402,6 @@ class DIDSStrategy(MixingStrategy):
         **options: Any,
     ):
         super().__init__(domain_names, domain_sizes, **options)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}.")
-        spec = VARIANTS[variant]
         self.variant = variant
         self.components = {
             "impact": impact,
@@ -408,19 +413,14 @@ class DIDSStrategy(MixingStrategy):
             "smoothing": smoothing,
             "temperature": temperature,
         }
-        resolved = {
-            key: (spec[key] if value is None or variant == "reference" else value)
-            for key, value in self.components.items()
-        }
-        if variant == "reference" and beta is not None:
-            resolved["beta"] = beta
-        self.resolved = resolved
+        self.resolved = resolve_components(variant, **self.components)
+        spec = VARIANTS[variant]
         self.prior_kind = spec["prior"] if prior is None or variant == "reference" else prior
         if self.prior_kind not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior_kind!r}.")
         self.use_trajectory = use_trajectory
         # the probe adds the pool-control gradient only when the cosine impact will read it
-        self.impact_control = bool(resolved["pool_control"]) and resolved["impact"] == "cosine"
+        self.impact_control = bool(self.resolved["pool_control"]) and self.resolved["impact"] == "cosine"
         self.evidence = Evidence(self.num_domains, decay=evidence_decay)
         self.last_terms: dict[str, Any] = {}
 
