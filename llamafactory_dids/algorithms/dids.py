@@ -289,9 +289,9 @@ def dids_update(
         weights: [k] current probabilities p_{t-1}.
         terms: eq. 12 scalar terms of k domains x m tasks.
         task_loss_history: per update, the [m] task losses (oldest first, current last).
-        variant: `directional`, `paper` or `reference`; the other keyword arguments left None take the
-            variant's value (`reference` takes its own for all of them).
-        prior: [k] base measure of softmax/evidence; None: the variant's `prior` must be `uniform`.
+        variant: `directional`, `paper` or `reference`; the component keyword arguments left None take the
+            variant's value (`reference` takes its own for all of them but `beta`).
+        prior: [k] base measure of softmax/evidence; None: uniform.
         evidence: the accumulator of the `evidence` normaliser (state carried across updates).
     """
     spec = resolve_components(
