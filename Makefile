@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 
 # Two stamps: the runtime alone (what `make demo` needs), and runtime + test tools (deepspeed, lm_eval,
 # ruff, pytest: what tests, lint and benchmarks need). A venv with the full set serves the demo as is.
-$(BIN)/.installed: pyproject.toml
+# Both also depend on the start-up hook file, which `pip install -e` copies into site-packages.
+$(BIN)/.installed: pyproject.toml llamafactory_dids.pth
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[test]"
 	touch $@
 
-$(BIN)/.installed-runtime: pyproject.toml
-	if [ $(BIN)/.installed -nt pyproject.toml ]; then touch $@; else \
+$(BIN)/.installed-runtime: pyproject.toml llamafactory_dids.pth
+	if [ $(BIN)/.installed -nt pyproject.toml ] && [ $(BIN)/.installed -nt llamafactory_dids.pth ]; then touch $@; else \
 		$(PYTHON) -m venv $(VENV) && \
 		$(BIN)/python -m pip install --upgrade pip && \
 		$(BIN)/python -m pip install -e . && \

@@ -162,7 +162,7 @@ def train_config(assets: Any, output_dir: Path, variant: str, steps: int, packin
         per_device_train_batch_size=BATCH,
         gradient_accumulation_steps=1,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # below 1: a fraction of the run (transformers 5 deprecates warmup_ratio)
     )
     if packing:
         config["packing"] = True

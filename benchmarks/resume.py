@@ -78,7 +78,7 @@ def train_config(assets: Any, output_dir: Path, args: argparse.Namespace, save_s
         per_device_train_batch_size=args.batch,
         gradient_accumulation_steps=1,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # below 1: a fraction of the run (transformers 5 deprecates warmup_ratio)
     )
 
 

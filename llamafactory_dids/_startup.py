@@ -2,25 +2,29 @@
 
 That line (torchrun workers run it too) costs microseconds: unless `LLAMAFACTORY_DIDS_DISABLE=1`, it puts
 a finder named `LlamaFactoryDIDSHook` at the front of `sys.meta_path` whose `find_spec` returns None for
-every module but `llamafactory.train.tuner`. It imports nothing, not even this module: a file import at
-start-up would list site-packages and cost milliseconds. Only when the tuner is imported does it call
-`find_tuner_spec` below, which lets the normal machinery load the tuner and then calls
-`llamafactory_dids.integration.patch.apply()`.
+every module but the two in `TARGETS`. It imports nothing, not even this module: a file import at
+start-up would list site-packages and cost milliseconds. Only when one of them is imported does it call
+`find_host_spec` below, which lets the normal machinery load the module and then patches:
+`llamafactory.launcher` (the process of `llamafactory-cli`, which under torchrun never imports the
+tuner) gets `apply_launcher()`, `llamafactory.train.tuner` gets the whole `apply()` and removes the finder.
 """
 
 import sys
 
-TARGET = "llamafactory.train.tuner"
+LAUNCHER = "llamafactory.launcher"
+TUNER = "llamafactory.train.tuner"
+TARGETS = (TUNER, LAUNCHER)
 HOOK_NAME = "LlamaFactoryDIDSHook"
 
 
-def find_tuner_spec(name, path=None, target=None):
-    """Find the tuner's spec with the other finders and make its loader apply the patch afterwards."""
-    sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != HOOK_NAME]  # one shot
+def find_host_spec(name, path=None, target=None):
+    """Find the spec of `name` with the other finders and make its loader patch the host afterwards."""
+    if name == TUNER:  # the last target: one shot
+        sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != HOOK_NAME]
     spec = None
     for finder in sys.meta_path:
         find = getattr(finder, "find_spec", None)
-        if find is not None:
+        if find is not None and type(finder).__name__ != HOOK_NAME:
             spec = find(name, path, target)
             if spec is not None:
                 break
@@ -30,9 +34,16 @@ def find_tuner_spec(name, path=None, target=None):
 
     def exec_then_apply(module):
         exec_module(module)
-        from llamafactory_dids.integration.patch import apply
+        from llamafactory_dids.integration import patch
 
-        apply()
+        if name == TUNER:
+            patch.apply()
+        else:
+            patch.apply_launcher()
 
     spec.loader.exec_module = exec_then_apply
     return spec
+
+
+# The name that `llamafactory_dids.pth` files installed before the launcher hook call (for the tuner only).
+find_tuner_spec = find_host_spec

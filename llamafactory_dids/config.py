@@ -30,6 +30,8 @@ NORMALISERS = ("softmax", "clamp", "evidence")
 # these tuples in sync, so validation stays stdlib-only).
 DIDS_VARIANTS = ("directional", "paper", "reference")
 IMPACT_FORMS = ("distance", "similarity", "cosine")
+# the impact form of each variant that takes keys (`dids_pool_control` needs `cosine`)
+VARIANT_IMPACTS = {"directional": "similarity", "paper": "distance"}
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
 # components a `reference` run takes from the authors' code, never from keys
@@ -180,8 +182,8 @@ class DIDSConfig:
     dids_variant: str = field(
         default="directional",
         metadata={
-            "help": "`dids` only: the update rule. `directional` (default): Fisher cosine of each domain with "
-            "each task, centred over domains; tasks weighted half equally and half by relative progress; "
+            "help": "`dids` only: the update rule. `directional` (default): Fisher inner product of each domain's "
+            "gradient with each task's (eq. 12's cross term); tasks weighted half equally and half by relative progress; "
             "evidence accumulated over updates per task and read as signal-to-noise; natural-proportions "
             "prior; 5% uniform floor. `paper`: eq. 12-16 literally (distance, /p, softmax "
             "T = 1, uniform start). `reference`: the authors' code. docs/dids.md lists every departure with "
@@ -192,13 +194,14 @@ class DIDSConfig:
         default=None,
         metadata={
             "help": "`dids` component: `distance` (eq. 12, (max - I) / sum per task), `similarity` (Fisher "
-            "inner product shifted by its minimum) or `cosine` (Fisher cosine). Unset: the variant's."
+            "inner product, shifted by its minimum and divided by the sum per task; the `directional` default) or "
+            "`cosine` (Fisher cosine, centred over domains or against `dids_pool_control`). Unset: the variant's."
         },
     )
     dids_pool_control: bool | None = field(
         default=None,
         metadata={
-            "help": "`dids` component, with `dids_impact: cosine`: compare each domain's cosine with a task to "
+            "help": "`dids` component, only with `dids_impact: cosine`: compare each domain's cosine with a task to "
             "its cosine with a control gradient over rows of the whole training pool (one more probed "
             "gradient per update); false centres the cosines over domains instead. Unset: the variant's."
         },
@@ -258,7 +261,8 @@ class DIDSConfig:
         metadata={
             "help": "`dids` component: `softmax` (Algorithm 1), `clamp` (the reference code: negatives to 0, "
             "divide by sum) or `evidence` (impact scores accumulated over updates, divided by their standard error, "
-            "a 1.5-standard-error dead zone, summed over the tasks with significant evidence, then "
+            "a dead zone of Phi^-1(1 - 0.2 / (2k)) standard errors (2.05 for 5 domains), nothing before the second "
+            "update, summed over the tasks with significant evidence, then "
             "prior x exp(s / T)). Unset: the variant's."
         },
     )
@@ -613,6 +617,14 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             problems.append(
                 f"`dids_variant: reference` runs the authors' code as it is, so {', '.join(f'`{k}`' for k in fixed)} "
                 "cannot be set with it. Remove them, or use `dids_variant: paper` or `directional` with them."
+            )
+    elif cfg.dids_pool_control:
+        impact = cfg.dids_impact or VARIANT_IMPACTS.get(cfg.dids_variant)
+        if impact != "cosine":
+            problems.append(
+                f"`dids_pool_control: true` compares cosines, but the impact is {impact!r} "
+                f"({'`dids_impact`' if cfg.dids_impact else f'the `{cfg.dids_variant}` variant'}). "
+                "Add `dids_impact: cosine`, or remove `dids_pool_control`."
             )
     if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
         problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")

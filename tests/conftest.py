@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -94,3 +95,29 @@ def read_trace(output_dir: Path) -> dict[int, list[int]]:
         for record in read_jsonl(path):
             steps.setdefault(record["step"], []).extend(record["rows"])
     return steps
+
+
+def host_argument_warnings(config: dict) -> list[str]:
+    """What transformers logs at WARNING while LLaMA-Factory's parser builds the arguments of `config`.
+
+    The `dids_*` keys are left out (the plugin pops them before this parser runs); transformers' loggers
+    do not propagate to the root logger, so a handler on its library logger collects the messages.
+    """
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
+
+    from llamafactory_dids.config import split_dids_keys
+
+    messages: list[str] = []
+    collect = logging.Handler(logging.WARNING)
+    collect.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    library = logging.getLogger("transformers")
+    level = library.level
+    library.addHandler(collect)
+    library.setLevel(logging.WARNING)  # an earlier test may have quietened it
+    try:
+        HfArgumentParser(_TRAIN_ARGS).parse_dict(split_dids_keys(config)[1], allow_extra_keys=False)
+    finally:
+        library.removeHandler(collect)
+        library.setLevel(level)
+    return messages

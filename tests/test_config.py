@@ -214,6 +214,15 @@ def test_host_conflicts(host, match):
             {"dids_strategy": "uniform", "dids_variant": "reference", "dids_normaliser": "softmax"},
             r"`dids_variant: reference` runs the authors' code as it is, so `dids_normaliser` cannot be set",
         ),
+        (
+            {"dids_strategy": "uniform", "dids_pool_control": True},
+            r"`dids_pool_control: true` compares cosines, but the impact is 'similarity' \(the `directional` "
+            r"variant\)\. Add `dids_impact: cosine`",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_pool_control": "true", "dids_impact": "distance"},
+            r"but the impact is 'distance' \(`dids_impact`\)",
+        ),
         ({"dids_strategy": "uniform", "dids_probe_samples": 0}, r"`dids_probe_samples` must be a positive"),
         (
             {"dids_strategy": "uniform", "dids_projection_dim": -1},
@@ -224,6 +233,11 @@ def test_host_conflicts(host, match):
 def test_dids_keys_validation(raw, match):
     with pytest.raises(DIDSConfigError, match=match):
         parse_dids_config(raw)
+
+
+def test_pool_control_with_the_cosine_is_valid():
+    cfg = parse_dids_config({"dids_strategy": "uniform", "dids_impact": "cosine", "dids_pool_control": True})
+    assert cfg.dids_pool_control is True and cfg.dids_impact == "cosine"
 
 
 def test_dids_keys_parse():

@@ -20,7 +20,7 @@ from llamafactory_dids.evaluation import parse_eval_config, parse_observe_config
 from llamafactory_dids.evaluation.config import OBSERVATION_MANIFEST
 from llamafactory_dids.evaluation.observe import dataset_name
 
-from conftest import REPO
+from conftest import REPO, host_argument_warnings
 
 EXAMPLES = sorted((REPO / "examples" / "yaml").rglob("*.yaml"))
 
@@ -85,6 +85,8 @@ def test_training_example_parses(path: Path, monkeypatch):
     check_host_arguments(
         cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
     )
+    # no key the installed transformers deprecates (`warmup_ratio`, `logging_dir`, ...)
+    assert [m for m in host_argument_warnings(rest) if "deprecated" in m] == []
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if kind(p) == "repartition"], ids=lambda p: p.name)

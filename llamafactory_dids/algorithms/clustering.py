@@ -5,8 +5,9 @@ Role: the clustering step of repartition (features -> *clustering* -> domains ->
 refines each domain": every source (a `dataset:` entry or a source column value) is split on its own into
 k_s clusters; the paper uses 72 domains from 18 sources.
 
-Features are L2-normalised first (spherical k-means: cosine geometry, which matched true domains better
-than raw Euclidean k-means in every measurement of DESIGN.md section 4). Backends: faiss when installed
+Features are L2-normalised first (spherical k-means: rows compare by direction; a per-example gradient's
+norm follows how large the row's loss is rather than what the row is about, and the projection's scale is
+a constant; docs/repartition.md, "Clustering"). Backends: faiss when installed
 (`faiss.Kmeans(spherical=True)`), else scikit-learn `KMeans` on the normalised rows with centroids
 re-normalised. Both are seeded and deterministic. For large inputs the centroids are fitted on a seeded
 sample of `max_points_per_centroid * k` rows and every row is then assigned to its nearest centroid in

@@ -6,24 +6,28 @@ same for a control drawn from the whole training pool) and each task's loss hist
 rows. One pipeline, four stages, each a component the variants set differently:
 
     Î        impact scores [k, m]        `impact`: distance (eq. 12, (max - I) / sum per task), similarity
-                                         (<g_D, g_S>_F shifted by its minimum), cosine (Fisher cosine minus
-                                         the domain's cosine with the pool control, or centred over domains)
+                                         (the Fisher inner product <g_D, g_S>_F, eq. 12's cross term, shifted
+                                         by its minimum and divided by the sum per task), cosine (Fisher
+                                         cosine minus the domain's cosine with the pool control, or centred
+                                         over domains)
     w        task weights [m]            `task_weighting`: absolute (l_c + l_p in nats, eq. 16) or relative
                                          (half equal, half each task's share of the positive relative
                                          improvement (l_c + l_p) / L_t)
     s_i      = sum_j Î_ij w_j            [/ p_{t-1,i} with `importance_correction`, eq. 16]
     p̂        `normaliser`: softmax(s / T) (Algorithm 1), clamp(s, 0) / sum (reference code), or evidence
-             (Î accumulated over updates per task, divided by its standard error, a dead zone of
-             `EVIDENCE_DEAD_ZONE` standard errors giving z'; s = sum over tasks with significant
-             evidence of w_j z'_j / their total weight, then prior * exp(s / T))
+             (Î accumulated over updates per task, divided by its standard error, a dead zone that a
+             noise column passes with chance `EVIDENCE_FALSE_POSITIVE` giving z', nothing before the
+             second update; s = sum over tasks with significant evidence of w_j z'_j / their total
+             weight, then prior * exp(s / T))
     p_t      = beta p_{t-1} + (1 - beta) p̂, then (1 - smoothing) p_t + smoothing / k (a floor)
 
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
 paper literally), `reference` (the authors' code as documented in docs/dids.md: a Fisher kernel normalised
 with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
-at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: Fisher cosine centred over
-domains (or against a pool control on request), relative task weights, no /p, evidence normaliser
-(T = 1/3) with a natural-proportions prior, 5% uniform floor). Why the default departs from the paper, with the measurements: docs/dids.md.
+at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the Fisher inner product per task,
+relative task weights, no /p, evidence normaliser (T = 1/3) with a natural-proportions prior, 5% uniform
+floor; `impact="cosine"` for the Fisher cosine, centred over domains or against a pool control). Why the
+default departs from the paper, with the measurements: docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
 `inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form.
@@ -32,6 +36,7 @@ Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every v
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -48,7 +53,7 @@ PRIORS = ("uniform", "natural")
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
     "directional": {
-        "impact": "cosine",
+        "impact": "similarity",
         "pool_control": False,
         "task_weighting": "relative",
         "importance_correction": False,
@@ -85,11 +90,22 @@ DEFAULT_VARIANT = "directional"
 #: the reference code's trajectory: below this many points the potential is 1.0
 REFERENCE_MIN_POINTS = 5
 REFERENCE_NEGATIVE_FLOOR = 1e-7
-#: evidence normaliser: standard errors inside which a column's evidence counts as noise (docs/dids.md
-#: compares 1.0 to 2.5 on a synthetic world, its null control and the quality benchmark)
-EVIDENCE_DEAD_ZONE = 1.5
+#: evidence normaliser: the chance that one column of pure noise gets past the dead zone in one update
+#: (two-sided, Bonferroni over the k domains; docs/dids.md compares 0.1, 0.2 and a fixed 1.5)
+EVIDENCE_FALSE_POSITIVE = 0.2
 #: evidence normaliser: |z| is capped here, so one update can move a domain's odds by at most e^(cap / T)
 EVIDENCE_Z_CAP = 4.0
+#: evidence normaliser: updates accumulated before any column can count as significant
+EVIDENCE_MIN_UPDATES = 2
+
+
+def evidence_dead_zone(num_domains: int, false_positive: float = EVIDENCE_FALSE_POSITIVE) -> float:
+    """Standard errors inside which evidence counts as noise: Phi^-1(1 - alpha / (2k)).
+
+    With k domains a noise column has k z-scores; the dead zone grows with k so that the chance of any of
+    them passing stays alpha (2.05 for k = 5, 1.83 for k = 3, 2.99 for the paper's 72 domains).
+    """
+    return NormalDist().inv_cdf(1.0 - false_positive / (2.0 * max(int(num_domains), 1)))
 
 
 def softmax(x: np.ndarray, temperature: float = 1.0, prior: np.ndarray | None = None) -> np.ndarray:
@@ -175,10 +191,13 @@ class Evidence:
               signal yet), then max(rho V_j + (1 - rho) mean_i (Î_t,ij - mu_{t-1,ij})^2, var_i(Î_t,ij)):
               deviations from what came before, never below the current update's spread
         z_ij = (mu_ij - sum_i prior_i mu_ij) / (sqrt(V_j * N2) / N)  (standard error of the weighted mean)
-        z'_ij = sign(z) max(|z| - dead_zone, 0), capped at cap
+        z'_ij = sign(z) max(|z| - dead_zone, 0), capped at cap; z' = 0 at the first update
+        dead_zone = Phi^-1(1 - alpha / (2k)) (`evidence_dead_zone`, alpha = EVIDENCE_FALSE_POSITIVE)
 
     A column that is consistent across updates grows |z| as the square root of the evidence; a column of
-    noise (a task no domain serves, or too few probe rows) keeps |z| near 1, inside the dead zone, and adds
+    noise (a task no domain serves, or too few probe rows) keeps |z| near 1, inside the dead zone (all k of
+    its z-scores together pass it with chance alpha per update), and adds nothing. The first update has no
+    noise estimate of its own (its z are the scores standardised by their own spread), so it moves
     nothing. The caller combines the live columns (some z'_ij != 0) with the task weights:
     u_i = sum_j w_j z'_ij / sum_{j live} w_j.
     """
@@ -187,11 +206,12 @@ class Evidence:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"evidence decay must be in [0, 1), got {decay}.")
         self.decay = decay
-        self.dead_zone = EVIDENCE_DEAD_ZONE if dead_zone is None else dead_zone
+        self.dead_zone = evidence_dead_zone(num_domains) if dead_zone is None else dead_zone
         self.num_domains = num_domains
         self.total: np.ndarray | None = None  # [k, m], created at the first update
         self.count = 0.0
         self.count_sq = 0.0
+        self.updates = 0
         self.variance: np.ndarray | None = None  # [m]
 
     def add(self, scores: np.ndarray, prior: np.ndarray) -> dict[str, Any]:
@@ -203,7 +223,7 @@ class Evidence:
         rho = self.decay
         spread = s.var(axis=0)
         if self.total is None or self.count == 0 or self.total.shape != s.shape:
-            self.total, self.count, self.count_sq = np.zeros_like(s), 0.0, 0.0
+            self.total, self.count, self.count_sq, self.updates = np.zeros_like(s), 0.0, 0.0, 0
             self.variance = spread
         else:
             previous = self.total / self.count
@@ -214,12 +234,19 @@ class Evidence:
         self.total = rho * self.total + s
         self.count = rho * self.count + 1.0
         self.count_sq = rho * rho * self.count_sq + 1.0
+        self.updates += 1
         mean = self.total / self.count
         centred = mean - prior @ mean
         stderr = np.sqrt(self.variance * self.count_sq) / self.count  # [m]
-        scale = np.maximum(stderr, 1e-12 * np.maximum(np.abs(centred).max(axis=0), 1e-300))
+        # a column with no spread at all (every domain scored alike) has no signal: rounding in the centring
+        # must not become a huge z, so the scale never falls below 1e-9 of the scores' own magnitude
+        scale = np.maximum(stderr, 1e-9 * np.maximum(np.abs(mean).max(axis=0), 1e-300))
         z = centred / scale
         shrunk = np.sign(z) * np.clip(np.abs(z) - self.dead_zone, 0.0, EVIDENCE_Z_CAP)
+        if self.updates < EVIDENCE_MIN_UPDATES:
+            # one update has no noise estimate of its own: its z are the scores standardised by their own
+            # spread, |z| up to sqrt(k - 1) whatever the signal (the null control moved 0.17 here)
+            shrunk = np.zeros_like(shrunk)
         return {
             "evidence_mean": mean.tolist(),
             "evidence_stderr": stderr.tolist(),
@@ -233,12 +260,13 @@ class Evidence:
             "total": None if self.total is None else self.total.tolist(),
             "count": self.count,
             "count_sq": self.count_sq,
+            "updates": self.updates,
             "variance": None if self.variance is None else self.variance.tolist(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("total") is None:
-            self.total, self.variance, self.count, self.count_sq = None, None, 0.0, 0.0
+            self.total, self.variance, self.count, self.count_sq, self.updates = None, None, 0.0, 0.0, 0
             return
         total = np.asarray(state["total"], dtype=np.float64)
         if total.shape[0] != self.num_domains:
@@ -246,6 +274,8 @@ class Evidence:
         self.total = total
         self.count = float(state["count"])
         self.count_sq = float(state["count_sq"])
+        # states saved before the counter existed: more than one update had been added iff count > 1
+        self.updates = int(state.get("updates", EVIDENCE_MIN_UPDATES if self.count > 1.0 else 1))
         self.variance = np.asarray(state["variance"], dtype=np.float64)
 
 
@@ -419,6 +449,11 @@ class DIDSStrategy(MixingStrategy):
         if self.prior_kind not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior_kind!r}.")
         self.use_trajectory = use_trajectory
+        if self.resolved["pool_control"] and self.resolved["impact"] != "cosine":
+            raise ValueError(
+                "dids_pool_control compares cosines (each domain's cosine with a task minus its cosine with "
+                f"the pool): set `dids_impact: cosine` with it (the impact here is {self.resolved['impact']!r})."
+            )
         # the probe adds the pool-control gradient only when the cosine impact will read it
         self.impact_control = bool(self.resolved["pool_control"]) and self.resolved["impact"] == "cosine"
         self.evidence = Evidence(self.num_domains, decay=evidence_decay)

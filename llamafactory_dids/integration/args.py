@@ -56,6 +56,24 @@ def pop_dids_keys(
     return found, rest
 
 
+def training_run_problems(
+    cfg: DIDSConfig, *, data_args: Any, training_args: Any, finetuning_args: Any
+) -> list[str]:
+    """Every problem of a valid `cfg` with the host's arguments and with the data files, one message each.
+
+    The check every process runs after LLaMA-Factory parsed its arguments; torchrun's launcher runs it
+    once before any worker starts (`launch.check_before_torchrun`).
+    """
+    problems: list[str] = []
+    try:
+        check_host_arguments(
+            cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
+        )
+    except DIDSConfigError as err:
+        problems = err.problems
+    return problems + check_training_data(cfg, data_args)
+
+
 def wrap_get_train_args(original: Callable[..., tuple]) -> Callable[..., tuple]:
     def get_train_args(args: dict[str, Any] | list[str] | None = None):
         if args is None:
@@ -66,14 +84,9 @@ def wrap_get_train_args(original: Callable[..., tuple]) -> Callable[..., tuple]:
         cfg = parse_dids_config(raw) if raw else DIDSConfig()
         model_args, data_args, training_args, finetuning_args, generating_args = original(rest)
         if cfg.enabled:
-            problems = []
-            try:
-                check_host_arguments(
-                    cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
-                )
-            except DIDSConfigError as err:
-                problems = err.problems
-            problems += check_training_data(cfg, data_args)
+            problems = training_run_problems(
+                cfg, data_args=data_args, training_args=training_args, finetuning_args=finetuning_args
+            )
             if problems:
                 raise DIDSConfigError(problems)
             if cfg.dids_budget is not None and training_args.num_train_epochs != 1:

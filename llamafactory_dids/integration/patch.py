@@ -3,8 +3,9 @@
 Role: the single integration point with the host. It is idempotent, checks the installed
 LLaMA-Factory version first, logs what it replaced, and can be undone. The automatic start-up hook
 (`llamafactory_dids._startup`, run from a `.pth` file in every interpreter, torchrun workers included)
-only calls `apply()` once `llamafactory.train.tuner` has been imported. Python API users call it
-themselves before `llamafactory.train.tuner.run_exp`.
+calls `apply()` once `llamafactory.train.tuner` has been imported, and `apply_launcher()` (the launcher
+alone: under torchrun that process never imports the tuner) once `llamafactory.launcher` has. Python API
+users call `apply()` themselves before `llamafactory.train.tuner.run_exp`.
 
 Rebound names (module -> global):
 - llamafactory.train.tuner.get_train_args         pop and validate `dids_*` keys
@@ -13,6 +14,9 @@ Rebound names (module -> global):
 - llamafactory.data.loader._get_dataset_processor  tokenise domain by domain
 - llamafactory.train.{sft,pt}.workflow.get_dataset encode labels as `domain_ids`
 - llamafactory.train.sft.workflow.CustomSeq2SeqTrainer, llamafactory.train.pt.workflow.CustomTrainer
+- llamafactory.launcher.launch                       before torchrun starts: torchrun on PATH, config
+                                                    checked once (reads the launcher's torchrun condition
+                                                    and calls `llamafactory.hparams.read_args`)
 - sys.excepthook                                    a config error that reaches the top of
                                                     `llamafactory-cli train` prints as one `error:` block
 """
@@ -55,7 +59,18 @@ def _trainer_factory(base: type) -> type:
     return type(f"DIDS{base.__name__}", (DIDSTrainerMixin, base), {"__module__": __name__})
 
 
-def _replacements() -> list[tuple[str, str, Callable[[Any], Any]]]:
+Replacement = tuple[str, str, Callable[[Any], Any]]
+TUNER_KEY = ("llamafactory.train.tuner", "get_train_args")
+EXCEPTHOOK_KEY = ("sys", "excepthook")
+
+
+def _launcher_replacements() -> list[Replacement]:
+    from .launch import wrap_launch
+
+    return [("llamafactory.launcher", "launch", wrap_launch)]
+
+
+def _replacements() -> list[Replacement]:
     from .args import wrap_get_train_args
     from .loader import (
         wrap_align_dataset,
@@ -73,36 +88,52 @@ def _replacements() -> list[tuple[str, str, Callable[[Any], Any]]]:
         ("llamafactory.train.pt.workflow", "get_dataset", wrap_get_dataset),
         ("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer", _trainer_factory),
         ("llamafactory.train.pt.workflow", "CustomTrainer", _trainer_factory),
+        *_launcher_replacements(),
     ]
 
 
 def is_applied() -> bool:
-    return bool(_ORIGINALS)
+    return TUNER_KEY in _ORIGINALS
 
 
 def apply() -> None:
     """Hook DIDS into LLaMA-Factory (idempotent). Imports `llamafactory.train.tuner` if needed."""
-    if _ORIGINALS:
+    _apply(_replacements())
+
+
+def apply_launcher() -> None:
+    """Hook only LLaMA-Factory's launcher and the excepthook (idempotent); `apply()` adds the rest.
+
+    What the launcher process of `llamafactory-cli train` needs: it starts torchrun and never imports
+    the tuner, whose import would cost seconds there.
+    """
+    _apply(_launcher_replacements())
+
+
+def _apply(replacements: list[Replacement]) -> None:
+    keys = [(module_name, attr) for module_name, attr, _ in replacements]
+    if all(key in _ORIGINALS for key in [*keys, EXCEPTHOOK_KEY]):
         return
     installed = _check_version()
-    replacements = _replacements()
-    # Importing the host modules can fire the start-up hook, which calls apply() itself: import first,
-    # then check again, so the globals are never wrapped twice.
-    modules = {name: importlib.import_module(name) for name, _, _ in replacements}
-    if _ORIGINALS:
-        return
+    # Importing the host modules can fire the start-up hook, which applies itself: import first, then
+    # skip what is already wrapped, so no global is ever wrapped twice.
+    modules = {name: importlib.import_module(name) for name, _ in keys}
     replaced = []
     for module_name, attr, make in replacements:
+        if (module_name, attr) in _ORIGINALS:
+            continue
         module = modules[module_name]
         original = getattr(module, attr)
         setattr(module, attr, make(original))
         _ORIGINALS[(module_name, attr)] = original
         replaced.append(f"{module_name}.{attr}")
-    _ORIGINALS[("sys", "excepthook")] = sys.excepthook
-    sys.excepthook = print_config_problems(sys.excepthook)
-    replaced.append("sys.excepthook")
+    if EXCEPTHOOK_KEY not in _ORIGINALS:
+        _ORIGINALS[EXCEPTHOOK_KEY] = sys.excepthook
+        sys.excepthook = print_config_problems(sys.excepthook)
+        replaced.append("sys.excepthook")
     _share_host_logging()
-    logger.debug("llamafactory-dids hooked into llamafactory %s: %s", installed, ", ".join(replaced))
+    if replaced:
+        logger.debug("llamafactory-dids hooked into llamafactory %s: %s", installed, ", ".join(replaced))
 
 
 def print_config_problems(previous: Callable[..., Any]) -> Callable[..., Any]:

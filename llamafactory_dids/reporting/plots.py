@@ -112,7 +112,8 @@ def plot_impact(run: RunOutputs, path: Path, *, max_domains: int = 40) -> tuple[
         layout="constrained",
         gridspec_kw={"width_ratios": [4, 1 + 0.3 * len(run.tasks)]},
     )
-    signed = bool(impact.min() < 0)  # centred cosines (the default rule) are scores around 0, not shares
+    # cosine scores (`dids_impact: cosine`) lie around 0; the other impact forms are shares
+    signed = bool(impact.min() < 0)
     vmax = float(max(np.abs(impact).max(), 1e-12))
     scale = (
         {"cmap": "RdBu_r", "vmin": -vmax, "vmax": vmax}
@@ -139,7 +140,7 @@ def plot_impact(run: RunOutputs, path: Path, *, max_domains: int = 40) -> tuple[
     left.set_title(f"impact per update, mean over tasks ({shown})", fontsize=10)
     right.set_title("mean over updates", fontsize=10)
     label = (
-        "impact score (Fisher cosine, centred over domains)"
+        "impact score (Fisher cosine, centred over domains or minus the pool's)"
         if signed
         else "normalised impact (sums to 1 over all domains)"
     )

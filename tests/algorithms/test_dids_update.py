@@ -1,7 +1,7 @@
 """The DIDS update rule (eq. 13-16) in its three variants, and the trajectory terms (eq. 14-15).
 
 Hand-computed values for the `paper` and `reference` variants; for the default `directional` rule the
-properties it was designed for (docs/dids.md): scale invariance, direction over size, evidence that
+properties it was designed for (docs/dids.md): scale invariance, first-order impact over size, evidence that
 accumulates, no oscillation, no noise from an unserved task, a floor, and a resumable state.
 """
 
@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from llamafactory_dids.algorithms.dids import (
+    EVIDENCE_FALSE_POSITIVE,
     VARIANTS,
     DIDSStrategy,
     Evidence,
     clamp_normalise,
     dids_update,
+    evidence_dead_zone,
     impact_scores,
     softmax,
     task_weights,
@@ -26,7 +28,14 @@ from llamafactory_dids.algorithms.trajectory import (
     fit_exponential_decay,
     potential_improvement,
 )
-from llamafactory_dids.config import DIDS_VARIANTS, IMPACT_FORMS, NORMALISERS, PRIORS, TASK_WEIGHTINGS
+from llamafactory_dids.config import (
+    DIDS_VARIANTS,
+    IMPACT_FORMS,
+    NORMALISERS,
+    PRIORS,
+    TASK_WEIGHTINGS,
+    VARIANT_IMPACTS,
+)
 
 
 def terms_from_gradients(
@@ -178,7 +187,8 @@ def test_directional_task_weights_are_scale_free():
 
 def test_an_easy_irrelevant_domain_gains_no_weight_by_direction():
     """Eq. 12 with (max - I) ranks by gradient size: a domain with a tiny gradient looks close to the task.
-    The Fisher cosine ranks by direction: the matched domain wins and the easy one does not gain."""
+    The Fisher cosine ranks by direction and the inner product by first-order impact: with either the
+    matched domain wins and the easy one does not gain."""
     domains, tasks, pool = toy_world()
     domains = 2.0 * domains  # training rows are not yet learnt as well as the task's: larger gradients
     easy = 0.05 * domains.mean(0)  # boilerplate: a small gradient along what every row shares
@@ -189,8 +199,13 @@ def test_an_easy_irrelevant_domain_gains_no_weight_by_direction():
     assert int(np.argmax(distance[:, 0])) == 5  # the paper's normalisation prefers the easy domain
     cosine = impact_scores(terms, "cosine", pool_control=True)
     assert int(np.argmax(cosine[:, 0])) == 0
-    path, _ = run_rule(lambda t: terms, 8, pool_control=True)
     uniform_share = 1 / 6
+    path, _ = run_rule(lambda t: terms, 8, impact="cosine", pool_control=True)
+    assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
+    # the default inner product: a tiny gradient has a tiny first-order impact whatever its direction
+    similarity = impact_scores(terms, "similarity", pool_control=False)
+    assert int(np.argmax(similarity[:, 0])) == 0 and int(np.argmin(similarity[:, 0])) == 5
+    path, _ = run_rule(lambda t: terms, 8)
     assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
 
 
@@ -215,22 +230,59 @@ def test_evidence_accumulates_and_a_consistent_signal_becomes_decisive():
     assert second["z"][0][0] > first["z"][0][0]
 
 
+@pytest.mark.parametrize("k", [3, 5, 72])
+def test_the_dead_zone_lets_a_noise_column_through_with_the_stated_chance(k):
+    """k independent unit z-scores of pure noise: any of them outside the dead zone in about alpha of the
+    draws (Bonferroni: at most alpha, and close to it for independent scores)."""
+    rng = np.random.default_rng(k)
+    z = rng.normal(size=(40_000, k))
+    passed = (np.abs(z) > evidence_dead_zone(k)).any(axis=1).mean()
+    assert 0.85 * EVIDENCE_FALSE_POSITIVE < passed <= EVIDENCE_FALSE_POSITIVE + 0.006
+    assert evidence_dead_zone(72) > evidence_dead_zone(5) > evidence_dead_zone(3) > 1.5
+
+
 def test_noise_alone_stays_inside_the_dead_zone_mostly():
-    """A null control: every domain as useful as the pool (the same gradients up to noise)."""
-    rng = np.random.default_rng(3)
+    """A null control of the default rule: every domain as useful as the pool, up to noise on both sides
+    (each update draws fresh rows), so no domain has a first-order advantage and the rule keeps the prior."""
     domains, _, pool = toy_world()
-    tv = []
+    tv, worst = [], []
     for seed in range(10):
         rng = np.random.default_rng(seed)
 
         def noisy(t, rng=rng):
             return terms_from_gradients(
-                domains, (pool + rng.normal(size=pool.shape))[None, :], pool + rng.normal(size=pool.shape)
+                pool + rng.normal(size=domains.shape),
+                (pool + rng.normal(size=pool.shape))[None, :],
+                pool + rng.normal(size=pool.shape),
             )
 
         path, _ = run_rule(noisy, 10)
-        tv.append(0.5 * np.abs(path[-1] - 0.2).sum())
-    assert np.median(tv) < 0.1
+        distance = 0.5 * np.abs(path - 0.2).sum(axis=1)
+        tv.append(distance[-1])
+        worst.append(distance.max())
+        assert distance[1] == pytest.approx(0.0, abs=1e-12)  # one update is no evidence: the prior holds
+    assert np.median(tv) < 0.1 and np.median(worst) < 0.2
+
+
+def test_the_cosine_ignores_a_fixed_size_advantage_under_the_null():
+    """Fixed domain gradients of different sizes along the pool direction, a pool target with noise: the
+    inner product (`similarity`, the default) reads the larger projections as a first-order advantage and
+    tilts towards them; the Fisher cosine (`dids_impact: cosine`) measures direction only and stays near the
+    prior (docs/dids.md: why the default is nevertheless the inner product)."""
+    domains, _, pool = toy_world()
+    finals = {"cosine": [], "similarity": []}
+    for seed in range(10):
+        for impact, out in finals.items():
+            rng = np.random.default_rng(seed)
+
+            def noisy(t, rng=rng):
+                return terms_from_gradients(
+                    domains, (pool + rng.normal(size=pool.shape))[None, :], pool + rng.normal(size=pool.shape)
+                )
+
+            out.append(0.5 * np.abs(run_rule(noisy, 10, impact=impact)[0][-1] - 0.2).sum())
+    assert np.median(finals["cosine"]) < 0.1
+    assert np.median(finals["similarity"]) > 0.3
 
 
 def test_weights_do_not_oscillate():
@@ -245,22 +297,27 @@ def test_weights_do_not_oscillate():
     assert np.nanmean(lag1) > -0.3
 
 
-@pytest.mark.parametrize("pool_control", [False, True])
-def test_a_task_no_domain_serves_adds_little_noise(pool_control):
-    """An unserved task: every domain's cosine with it is the same (centred default), or equals the domain's
-    cosine with the pool (pool control), up to noise. A flat column never passes the dead zone and changes
-    nothing; a noisy one passes it only by chance (its z-scores are unit-scale whatever the noise level),
-    so over 12 noise draws the served domain keeps the lead and its weight moves by little."""
+@pytest.mark.parametrize(
+    ("impact", "pool_control"), [("similarity", False), ("cosine", False), ("cosine", True)]
+)
+def test_a_task_no_domain_serves_adds_little_noise(impact, pool_control):
+    """An unserved task: every domain's inner product (default) or cosine with it is the same, or equals the
+    domain's cosine with the pool (pool control), up to noise. A flat column never passes the dead zone and
+    changes nothing; a noisy one passes it only by chance (its z-scores are unit-scale whatever the noise
+    level), so over 12 noise draws the served domain keeps the lead and its weight moves by little."""
     domains, tasks, pool = toy_world()
     served = terms_from_gradients(domains, tasks, pool)
     rng = np.random.default_rng(7)
+    options = {"impact": impact, "pool_control": pool_control}
 
     def with_unserved(noise: float) -> ImpactTerms:
+        norm = 4.0
         if pool_control:
             column, norm = served.control_cross.copy(), served.control_sq
-        else:  # <g_D, g_U> = 0.3 |g_D| |g_U| for every domain
-            norm = 4.0
+        elif impact == "cosine":  # <g_D, g_U> = 0.3 |g_D| |g_U| for every domain
             column = 0.3 * np.sqrt(served.domain_sq) * np.sqrt(norm)
+        else:  # <g_D, g_U> the same for every domain
+            column = np.full(served.shape[0], 0.3 * np.sqrt(served.domain_sq.mean() * norm))
         column = column * (1 + noise * rng.normal(size=column.shape))
         return ImpactTerms(
             task_sq=np.array([served.task_sq[0], norm]),
@@ -272,15 +329,16 @@ def test_a_task_no_domain_serves_adds_little_noise(pool_control):
         )
 
     flat = with_unserved(0.0)
-    assert np.allclose(impact_scores(flat, "cosine", pool_control=pool_control)[:, 1], 0.0)
-    alone, _ = run_rule(lambda t: served, 6, pool_control=pool_control)
-    flat_path, strategy = run_rule(lambda t: flat, 6, pool_control=pool_control)
+    scores = impact_scores(flat, impact, pool_control=pool_control)[:, 1]
+    assert np.allclose(scores, scores.mean())
+    alone, _ = run_rule(lambda t: served, 6, **options)
+    flat_path, strategy = run_rule(lambda t: flat, 6, **options)
     np.testing.assert_allclose(flat_path, alone, rtol=1e-12)  # a flat column drops out exactly
     assert strategy.last_terms["live_tasks"] == [True, False]
     finals = []
     for _ in range(12):
         noisy = [with_unserved(0.02) for _ in range(6)]
-        finals.append(run_rule(lambda t, noisy=noisy: noisy[t], 6, pool_control=pool_control)[0][-1])
+        finals.append(run_rule(lambda t, noisy=noisy: noisy[t], 6, **options)[0][-1])
     finals = np.array(finals)
     assert (finals.argmax(axis=1) == 0).all()
     assert abs(finals[:, 0].mean() - flat_path[-1][0]) < 0.1
@@ -315,7 +373,10 @@ def test_floor_and_simplex_invariants_hold_for_every_variant_and_normaliser():
 def test_natural_prior_and_initial_weights():
     s = DIDSStrategy(["a", "b"], [30, 10])
     np.testing.assert_allclose(s.initial_weights(), 0.95 * np.array([0.75, 0.25]) + 0.025)
-    assert not s.impact_control and DIDSStrategy(["a", "b"], [3, 1], pool_control=True).impact_control
+    assert not s.impact_control
+    assert DIDSStrategy(["a", "b"], [3, 1], impact="cosine", pool_control=True).impact_control
+    with pytest.raises(ValueError, match="dids_pool_control compares cosines"):
+        DIDSStrategy(["a", "b"], [3, 1], pool_control=True)  # the default impact is the inner product
     paper = DIDSStrategy(["a", "b"], [30, 10], variant="paper")
     np.testing.assert_allclose(paper.initial_weights(), [0.5, 0.5])
     assert not paper.impact_control
@@ -377,5 +438,6 @@ def test_config_tuples_match_the_algorithm_tables():
     from llamafactory_dids.algorithms import dids
 
     assert set(DIDS_VARIANTS) == set(VARIANTS)
+    assert VARIANT_IMPACTS == {name: spec["impact"] for name, spec in VARIANTS.items() if name != "reference"}
     assert IMPACT_FORMS == dids.IMPACT_FORMS and NORMALISERS == dids.NORMALISERS
     assert TASK_WEIGHTINGS == dids.TASK_WEIGHTINGS and PRIORS == dids.PRIORS

@@ -1,4 +1,5 @@
-"""benchmarks/run_all.py plumbing with fake scripts: figure records, target verdicts, failures, table."""
+"""benchmarks/run_all.py plumbing with fake scripts: figure records, target verdicts, failures, table; and
+the training configs the benchmarks write parse without a deprecation warning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from llamafactory_dids.demo import DemoAssets
+
+from conftest import host_argument_warnings
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -163,3 +168,17 @@ def test_registered_scripts_expose_figures():
     assert {s.name for s in present} >= {"overhead", "components", "resume", "dids_update"}
     for script in present:
         assert run_all.availability(script, BENCH) is None, script.name
+
+
+@pytest.mark.parametrize("name", ["overhead", "resume"])
+def test_benchmark_training_configs_use_no_deprecated_key(name, tmp_path):
+    module = _load(name)
+    assets = DemoAssets(root=tmp_path, model_dir=tmp_path / "tiny-llama", dataset_dir=tmp_path / "data")
+    if name == "overhead":
+        config = module.train_config(assets, tmp_path / "out", "plugin", 200, False)
+    else:
+        config = module.train_config(assets, tmp_path / "out", module.build_parser().parse_args([]), 8)
+    assert config["warmup_steps"] == 0.05  # a fraction of the run, as warmup_ratio was
+    assert [m for m in host_argument_warnings(config) if "deprecated" in m] == []
+    legacy = {k: v for k, v in config.items() if k != "warmup_steps"} | {"warmup_ratio": 0.05}
+    assert any("warmup_ratio is deprecated" in m for m in host_argument_warnings(legacy))  # the check sees it

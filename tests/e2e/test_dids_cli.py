@@ -56,7 +56,8 @@ def test_planted_target_gains_weight(demo_assets, tmp_path):
     logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("dids/task_loss/demo_target_code" in log for log in logs)
     last = [log for log in logs if "dids/impact/demo_code" in log][-1]
-    assert abs(sum(last[f"dids/impact/{d}"] for d in DOMAINS)) < 1e-4  # centred Fisher cosines sum to 0
+    # the default impact (Fisher inner product, shifted and divided by its sum per task) sums to 1
+    assert abs(sum(last[f"dids/impact/{d}"] for d in DOMAINS) - 1) < 1e-4
     assert {"dids/l_c/demo_target_code", "dids/l_p/demo_target_code", "dids/update_seconds"} <= set(last)
 
 

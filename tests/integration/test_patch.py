@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import llamafactory_dids
 from llamafactory_dids.integration import patch
+
+from conftest import REPO
 
 PATCHED = [
     ("llamafactory.train.tuner", "get_train_args"),
@@ -20,6 +23,7 @@ PATCHED = [
     ("llamafactory.train.pt.workflow", "get_dataset"),
     ("llamafactory.train.sft.workflow", "CustomSeq2SeqTrainer"),
     ("llamafactory.train.pt.workflow", "CustomTrainer"),
+    ("llamafactory.launcher", "launch"),
 ]
 
 
@@ -80,8 +84,56 @@ def test_startup_hook_patches_a_fresh_interpreter():
     assert _probe({}) == "True llamafactory_dids.integration.args"
 
 
+LAUNCHER_PROBE = (
+    "import sys; import llamafactory.launcher as l; import llamafactory_dids.integration.patch as p; "
+    "print(l.launch.__module__, 'llamafactory.train.tuner' in sys.modules, p.is_applied()); "
+    "import llamafactory.train.tuner; "
+    "print(l.launch.__module__, l.launch.__wrapped__.__module__, p.is_applied())"
+)
+
+
+def test_startup_hook_wraps_the_launcher_alone_then_the_rest():
+    """`llamafactory-cli` imports the launcher first: under torchrun that process never imports the tuner."""
+    env = {k: v for k, v in os.environ.items() if k != "LLAMAFACTORY_DIDS_DISABLE"}
+    out = subprocess.run(
+        [sys.executable, "-c", LAUNCHER_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    launcher_imported, tuner_imported = out.stdout.splitlines()[-2:]
+    # launch wrapped; the tuner neither imported nor patched
+    assert launcher_imported == "llamafactory_dids.integration.launch False False"
+    # launch wrapped once, the rest applied
+    assert tuner_imported == "llamafactory_dids.integration.launch llamafactory.launcher True"
+
+
+def test_apply_launcher_then_apply_wraps_each_global_once():
+    llamafactory_dids.revert()
+    patch.apply_launcher()
+    import llamafactory.launcher
+
+    launcher_only = llamafactory.launcher.launch
+    assert not patch.is_applied() and launcher_only.__wrapped__.__module__ == "llamafactory.launcher"
+    patch.apply()
+    assert patch.is_applied() and llamafactory.launcher.launch is launcher_only
+    patch.apply_launcher()
+    assert llamafactory.launcher.launch is launcher_only
+    llamafactory_dids.revert()
+    assert llamafactory.launcher.launch is launcher_only.__wrapped__
+    llamafactory_dids.apply()
+
+
 def test_startup_hook_can_be_switched_off():
     assert _probe({"LLAMAFACTORY_DIDS_DISABLE": "1"}) == "False llamafactory.hparams.parser"
+
+
+def test_installed_pth_is_the_checkouts():
+    """site.py runs the installed copy of the .pth file: after it changes, the package must be reinstalled."""
+    import sysconfig
+
+    installed = Path(sysconfig.get_paths()["purelib"]) / "llamafactory_dids.pth"
+    assert installed.read_text() == (REPO / "llamafactory_dids.pth").read_text(), (
+        f"{installed} is stale: run `pip install -e .` (or copy llamafactory_dids.pth there)"
+    )
 
 
 def test_startup_hook_imports_nothing_heavy():
