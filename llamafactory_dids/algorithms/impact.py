@@ -12,7 +12,7 @@ Every term is a coordinate-wise sum, so `ImpactAccumulator` adds them parameter 
 it never holds more than the task gradients, F and one domain gradient. `inner_product` gives the
 DIDS-FIM ablation (paper Table 2: DGA's eq. 6 similarity, no Fisher). `ImpactAccumulator.terms()` hands the
 three scalar families (|g_S|^2, <g_D, g_S>, |g_D|^2 under the metric) to the strategy as `ImpactTerms`,
-from which the distance, the inner product and the Fisher cosine of the `directional` rule follow.
+from which the distance, the inner product (the `directional` rule's default) and the Fisher cosine follow.
 
 The quadratic form is a distance (a KL divergence): smaller means the domain moves the model the way
 the task would. `normalise_impacts` turns distances into non-negative impacts that sum to 1 per task:
