@@ -23,12 +23,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import REFERENCE_STRATEGIES, STRATEGIES
+from . import config as dids_config
 from .integration.runs import read_final, read_history
 
 COMPARE_VERSION = 1
-# keys only one family of strategies reads; the config validation refuses them for the others
-STRATEGY_ONLY_KEYS = {"dids_static_weights": ("static",), "dids_reference_dir": REFERENCE_STRATEGIES}
+
+
+def strategy_only_keys() -> dict[str, tuple[str, ...]]:
+    """Keys only one family of strategies reads (the config validation refuses them for the others)."""
+    return {"dids_static_weights": ("static",), "dids_reference_dir": dids_config.REFERENCE_STRATEGIES}
 
 
 class CompareError(ValueError):
@@ -54,9 +57,10 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
     Raises:
         CompareError: unknown or repeated strategies, no target sets or output_dir, no reference.
     """
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    names, reference_strategies = dids_config.STRATEGIES, dids_config.REFERENCE_STRATEGIES
+    unknown = [s for s in strategies if s not in names]
     if unknown or not strategies:
-        raise CompareError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}.")
+        raise CompareError(f"unknown strategies {unknown}; choose from {', '.join(names)}.")
     if len(set(strategies)) != len(strategies):
         raise CompareError(f"--strategies lists a strategy twice: {list(strategies)}.")
     if not config.get("dids_target_datasets"):
@@ -69,21 +73,22 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
     root = Path(config["output_dir"])
     reference = config.get("dids_reference_dir")
     order = list(strategies)
-    if any(s in REFERENCE_STRATEGIES for s in order) and not reference:
+    if any(s in reference_strategies for s in order) and not reference:
         if "uniform" not in order:
             raise CompareError(
-                f"{', '.join(s for s in order if s in REFERENCE_STRATEGIES)} compare against a reference run: "
+                f"{', '.join(s for s in order if s in reference_strategies)} compare against a reference run: "
                 "add `uniform` to --strategies (it then serves as the reference) or set `dids_reference_dir`."
             )
         order.remove("uniform")
         order.insert(0, "uniform")
         reference = str(root / "uniform")
     runs = []
+    only = strategy_only_keys()
     for strategy in order:
-        run = {k: v for k, v in config.items() if strategy in STRATEGY_ONLY_KEYS.get(k, (strategy,))}
+        run = {k: v for k, v in config.items() if strategy in only.get(k, (strategy,))}
         run["dids_strategy"] = strategy
         run["output_dir"] = str(root / strategy)
-        if strategy in REFERENCE_STRATEGIES:
+        if strategy in reference_strategies:
             run["dids_reference_dir"] = reference
         runs.append((strategy, run))
     return runs

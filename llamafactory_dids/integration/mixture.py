@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..algorithms.strategies import MixingStrategy, normalise
+from ..algorithms.strategies import SIGNALS, MixingStrategy, normalise
 from ..data.sampler import DomainMixtureSampler
 from .runs import FINAL_FILE, FINAL_VERSION, HISTORY_FILE
 
@@ -265,11 +265,7 @@ class DomainMixture:
             "weights_before": before.tolist(),
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
-            "signals": {
-                k: _jsonable(v)
-                for k, v in signals.items()
-                if k not in ("impact", "alignment", "task_loss_history")
-            },
+            "signals": {k: _jsonable(v) for k, v in signals.items() if SIGNALS[k].logged},
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,
             "terms": getattr(self.strategy, "last_terms", {}),
