@@ -28,6 +28,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..algorithms.registry import build_strategy
 from ..algorithms.velocitune import scaling_law_target
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
+from ..run_files import TRACE_DIR, TRAINER_STATE
+from ..utils import IGNORE_INDEX
 from .loader import dids_config_of
 from .mixture import DomainMixture
 from .probe import GradientProbe
@@ -37,8 +39,6 @@ from .runs import read_reference
 PROBE_SIGNALS = frozenset({"impact", "alignment", "task_loss_history"})
 
 logger = logging.getLogger(__name__)
-
-TRACE_DIR = "dids_trace"
 
 
 class RecordingCausalLMLoss:
@@ -55,7 +55,7 @@ class RecordingCausalLMLoss:
         labels: torch.Tensor,
         vocab_size: int,
         num_items_in_batch: torch.Tensor | int | None = None,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         shift_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
@@ -332,7 +332,7 @@ def _strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dic
 
 
 def _checkpoint_step(path: str) -> int | None:
-    state = os.path.join(path, "trainer_state.json")
+    state = os.path.join(path, TRAINER_STATE)
     if os.path.isfile(state):
         with open(state, encoding="utf-8") as f:
             return int(json.load(f)["global_step"])
