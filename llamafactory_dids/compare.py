@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import config as dids_config
-from .integration.runs import read_final, read_history
-
-COMPARE_VERSION = 1
+from .integration.runs import read_final
+from .run_files import COMPARE_JSON, COMPARE_TABLE, COMPARE_VERSION, FINAL_FILE, read_history
+from .utils import OverrideError, read_yaml_config
+from .utils import parse_overrides as _parse_overrides
 
 
 def strategy_only_keys() -> dict[str, tuple[str, ...]]:
@@ -39,16 +40,11 @@ class CompareError(ValueError):
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict; values are read as YAML (numbers, booleans, lists)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise CompareError(f"override {item!r} is not key=value (e.g. dids_budget=1000).")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+    """`key=value` strings to a dict, typed as `utils.parse_override` documents (YAML values)."""
+    try:
+        return _parse_overrides(items)
+    except OverrideError as e:
+        raise CompareError(str(e)) from None
 
 
 def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -97,7 +93,7 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
 def summarise_run(strategy: str, output_dir: Path, returncode: int, seconds: float) -> dict[str, Any]:
     """One row of the table from a finished run's output directory."""
     final = read_final(output_dir) if returncode == 0 else None
-    history = read_history(output_dir)
+    history, _ = read_history(output_dir, missing_ok=True)
     row: dict[str, Any] = {
         "strategy": strategy,
         "status": "ok" if returncode == 0 and final is not None else f"failed (exit {returncode})",
@@ -109,7 +105,7 @@ def summarise_run(strategy: str, output_dir: Path, returncode: int, seconds: flo
         "weights": None,
     }
     if returncode == 0 and final is None:
-        row["status"] = "no dids_final.json (no target sets measured)"
+        row["status"] = f"no {FINAL_FILE} (no target sets measured)"
     if final is not None:
         row["task_losses"] = dict(zip(final["tasks"], final["task_losses"], strict=True))
         row["mean_task_loss"] = sum(final["task_losses"]) / max(len(final["task_losses"]), 1)
@@ -157,8 +153,7 @@ def run_compare(
     """Train every strategy, print the table, write `compare.json` / `compare.md`. Returns (exit code, rows)."""
     import yaml
 
-    with open(config_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = read_yaml_config(config_path)
     config.update(parse_overrides(overrides))
     runs = plan_runs(config, strategies)
     root = Path(config["output_dir"])
@@ -180,14 +175,14 @@ def run_compare(
         rows.append(summarise_run(strategy, Path(run["output_dir"]), result.returncode, seconds))
         print(f"[dids] compare: {strategy}: {rows[-1]['status']} in {seconds:.1f} s", file=out, flush=True)
     table = markdown_table(rows)
-    (root / "compare.md").write_text(table, encoding="utf-8")
+    (root / COMPARE_TABLE).write_text(table, encoding="utf-8")
     summary = {
         "schema": COMPARE_VERSION,
         "config": str(config_path),
         "strategies": list(strategies),
         "rows": rows,
     }
-    (root / "compare.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (root / COMPARE_JSON).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(table, file=out)
-    print(f"[dids] compare: table in {root / 'compare.md'} and {root / 'compare.json'}", file=out)
+    print(f"[dids] compare: table in {root / COMPARE_TABLE} and {root / COMPARE_JSON}", file=out)
     return (0 if all(r["status"] == "ok" for r in rows) else 1), rows

@@ -349,9 +349,6 @@ class DIDSConfig:
     def enabled(self) -> bool:
         return self.dids_strategy is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def known_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(DIDSConfig)]

@@ -3,9 +3,9 @@
 Role: the last algorithmic step before the sampler (repartition -> impact -> schedule -> *sampler*).
 Every strategy shares one small interface: it declares the signals it needs (`signals`), gives the
 initial probabilities, and at each update receives the requested signals and returns new
-probabilities. The schedule machinery (integration.callback) computes only the declared signals,
-so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) will request impacts and
-task-loss trajectories through the same call.
+probabilities. The schedule machinery (`integration.mixture.DomainMixture.signals`) computes only the
+declared signals, so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) requests
+impacts and task-loss trajectories through the same call.
 
 Strategies here: `uniform` (1/k), `natural` (proportional to domain sizes, the paper's "Random"
 baseline), `static` (user weights).
@@ -121,7 +121,6 @@ class MixingStrategy:
             raise ValueError("At least one domain is needed.")
         self.domain_names = list(domain_names)
         self.domain_sizes = np.asarray(domain_sizes, dtype=np.int64)
-        self.options = options
 
     @classmethod
     def reference_options(cls, reference: Any, planned_samples: int) -> dict[str, Any]:

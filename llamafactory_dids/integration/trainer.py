@@ -28,14 +28,14 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
+from ..run_files import TRACE_DIR, TRAINER_STATE
+from ..utils import IGNORE_INDEX
 from .loader import dids_config_of
 from .mixture import DomainMixture
 from .probe import GradientProbe
 from .runs import read_reference
 
 logger = logging.getLogger(__name__)
-
-TRACE_DIR = "dids_trace"
 
 
 class RecordingCausalLMLoss:
@@ -52,7 +52,7 @@ class RecordingCausalLMLoss:
         labels: torch.Tensor,
         vocab_size: int,
         num_items_in_batch: torch.Tensor | int | None = None,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         shift_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
@@ -301,7 +301,7 @@ def strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dict
 
 
 def _checkpoint_step(path: str) -> int | None:
-    state = os.path.join(path, "trainer_state.json")
+    state = os.path.join(path, TRAINER_STATE)
     if os.path.isfile(state):
         with open(state, encoding="utf-8") as f:
             return int(json.load(f)["global_step"])
