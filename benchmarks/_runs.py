@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llamafactory_dids.utils import IGNORE_INDEX
+
 
 def new_run(
     workdir: Path, tag: str, make_config: Callable[[Path], dict[str, Any]]
@@ -56,7 +58,7 @@ def encode_alpaca_rows(
     tokenizer: Any, rows: Sequence[Mapping[str, str]], cutoff_len: int
 ) -> list[dict[str, list[int]]]:
     """Alpaca rows -> `input_ids` / `labels` as LLaMA-Factory's supervised processor builds them with the
-    `default` template (prompt tokens masked with -100, source/target lengths cut by `infer_seqlen`)."""
+    `default` template (prompt tokens masked with IGNORE_INDEX, source/target lengths cut by `infer_seqlen`)."""
     from llamafactory.data.processor.processor_utils import infer_seqlen
     from llamafactory.data.template import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
@@ -72,7 +74,7 @@ def encode_alpaca_rows(
         extra = 1 if template.efficient_eos else 0
         source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - extra)
         source, target = source[:source_len], target[:target_len]
-        input_ids, labels = source + target, [-100] * source_len + target
+        input_ids, labels = source + target, [IGNORE_INDEX] * source_len + target
         if template.efficient_eos:
             input_ids, labels = input_ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
         encoded.append({"input_ids": input_ids, "labels": labels})

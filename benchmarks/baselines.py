@@ -37,6 +37,8 @@ from pathlib import Path
 
 import yaml
 
+from llamafactory_dids.run_files import read_history
+
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 
 STRATEGIES = ("uniform", "natural", "dids", "dga", "doge", "doremi", "velocitune")
@@ -88,7 +90,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         out = Path(row["output_dir"])
         results = out / "train_results.json"
         runtime = json.loads(results.read_text())["train_runtime"] if results.is_file() else float("nan")
-        history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines() if line]
+        history, _ = read_history(out)
         seconds = [r["seconds"] for r in history if r.get("update", 0) > 0]
         figures.append(
             {

@@ -44,6 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llamafactory_dids.utils import IGNORE_INDEX
+
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 
 BATCH = 8
@@ -110,7 +112,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
         width = int(-(-lengths.max() // 8) * 8)
         ids = torch.randint(4, vocab, (BATCH, width))
         mask = torch.zeros(BATCH, width, dtype=torch.long)
-        labels = torch.full((BATCH, width), -100)
+        labels = torch.full((BATCH, width), IGNORE_INDEX)
         for i, n in enumerate(lengths):
             mask[i, :n] = 1
             labels[i, n // 3 : n] = ids[i, n // 3 : n]  # first third is the prompt
@@ -128,7 +130,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
     faults: dict[bool, list[int]] = {False: [], True: []}
 
     def train_step(batch: dict[str, torch.Tensor], plugin: bool) -> float:
-        num_items = (batch["labels"][:, 1:] != -100).sum()
+        num_items = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         model.loss_function = recorder if plugin else stock_loss
         minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
@@ -164,8 +166,8 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
 
     logits = torch.randn(BATCH, 256, vocab)
     labels = torch.randint(4, vocab, (BATCH, 256))
-    labels[:, :80] = -100
-    num_items = (labels[:, 1:] != -100).sum()
+    labels[:, :80] = IGNORE_INDEX
+    num_items = (labels[:, 1:] != IGNORE_INDEX).sum()
 
     def loss_only(fn: Callable[..., torch.Tensor], arm: bool) -> float:
         x = logits.clone().requires_grad_(True)

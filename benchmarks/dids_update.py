@@ -84,6 +84,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llamafactory_dids.run_files import HISTORY_FILE, TRAINER_STATE, read_history
+from llamafactory_dids.utils import IGNORE_INDEX
+
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 from _runs import encode_alpaca_rows, new_run, offline_env
 
@@ -171,7 +174,7 @@ def run_training(
         tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-4000:]
         raise RuntimeError(f"training run {tag} failed (exit {proc.returncode}); log tail:\n{tail}")
     results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
-    state = json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((output_dir / TRAINER_STATE).read_text(encoding="utf-8"))
     run: dict[str, Any] = {
         "strategy": strategy,
         "tag": tag,
@@ -180,11 +183,8 @@ def run_training(
         "steps": int(state["global_step"]),
         "total_flos": float(results.get("total_flos", float("nan"))),
     }
-    history = output_dir / "history.jsonl"
-    records = []
-    if history.exists():
-        with open(history, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    history = output_dir / HISTORY_FILE
+    records, _ = read_history(output_dir, missing_ok=True)
     updates_seen = [r for r in records if r["update"] > 0]
     run["update_seconds"] = [float(r["seconds"]) for r in updates_seen]
     run["update_steps"] = [int(r["step"]) for r in updates_seen]
@@ -208,7 +208,7 @@ def _collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     width = -(-width // 8) * 8  # LLaMA-Factory's SFT collator pads to a multiple of 8 when training
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
         ids[i, :n] = torch.tensor(r["input_ids"])
@@ -260,7 +260,7 @@ class Floor:
 
     @staticmethod
     def _usable(rows: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
-        return [r for r in rows if any(x != -100 for x in r["labels"][1:])]
+        return [r for r in rows if any(x != IGNORE_INDEX for x in r["labels"][1:])]
 
     def _grad_pass(self, row: dict[str, list[int]]) -> None:
         import torch
@@ -358,7 +358,7 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
         out = []
         for _ in range(n):
             ids = torch.randint(4, vocab, (MEMORY_ROW_LENGTH,), generator=g).tolist()
-            labels = [-100] * (MEMORY_ROW_LENGTH // 4) + ids[MEMORY_ROW_LENGTH // 4 :]
+            labels = [IGNORE_INDEX] * (MEMORY_ROW_LENGTH // 4) + ids[MEMORY_ROW_LENGTH // 4 :]
             out.append({"input_ids": ids, "attention_mask": [1] * MEMORY_ROW_LENGTH, "labels": labels})
         return out
 

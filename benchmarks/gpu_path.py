@@ -30,6 +30,8 @@ from typing import Any
 
 from dids_update import _cli
 
+from llamafactory_dids.run_files import read_history
+
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 from _runs import new_run, offline_env
 
@@ -114,12 +116,8 @@ def run(workdir: Path, assets: Any, model: Path, strategy: str, args: argparse.N
         tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-4000:]
         raise RuntimeError(f"{tag} failed (exit {proc.returncode}):\n{tail}")
     results = json.loads((output_dir / "train_results.json").read_text())
-    updates = []
-    if (output_dir / "history.jsonl").exists():
-        records = [
-            json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines() if line
-        ]
-        updates = [float(r["seconds"]) for r in records if r["update"] > 0]
+    records, _ = read_history(output_dir, missing_ok=True)
+    updates = [float(r["seconds"]) for r in records if r["update"] > 0]
     return {
         "strategy": strategy,
         "train_runtime_s": float(results["train_runtime"]),

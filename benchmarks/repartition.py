@@ -66,6 +66,7 @@ from llamafactory_dids.algorithms.features import (  # noqa: E402
 )
 from llamafactory_dids.demo import build_demo_assets  # noqa: E402
 from llamafactory_dids.integration.probe import transformer_blocks  # noqa: E402
+from llamafactory_dids.utils import IGNORE_INDEX  # noqa: E402
 
 from _figures import Figure  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
@@ -170,7 +171,7 @@ def batches(encoded, size: int):
         width = max(len(encoded[i][0]) for i in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100)
+        labels = torch.full((len(rows), width), IGNORE_INDEX)
         for j, i in enumerate(rows):
             n = len(encoded[i][0])
             ids[j, :n], mask[j, :n], labels[j, :n] = (

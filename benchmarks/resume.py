@@ -45,10 +45,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from llamafactory_dids.run_files import STATE_FILE, TRACE_DIR, TRAINER_STATE
+
 from _figures import Figure  # benchmarks/ is on sys.path when a script runs
 
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
-TRACE_DIR = "dids_trace"
 
 
 def find_cli() -> str:
@@ -138,7 +139,7 @@ def domain_counts(records: list[dict[str, Any]], names: list[str]) -> dict[str, 
 
 
 def logged_losses(output_dir: Path) -> dict[int, float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((output_dir / TRAINER_STATE).read_text(encoding="utf-8"))
     return {int(e["step"]): float(e["loss"]) for e in state["log_history"] if "loss" in e}
 
 
@@ -171,7 +172,7 @@ def check_resume(
     print(f"[nproc {nproc}] resumed run from a copy of {checkpoint.name}", flush=True)
     resumed_s = run_cli(cli, config, base / "resumed", nproc)
 
-    state = json.loads((checkpoint / "dids_state.json").read_text(encoding="utf-8"))
+    state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     names, sizes = list(state["domains"]), list(state["domain_sizes"])
     full, resumed = read_traces(full_dir), read_traces(resumed_dir)
     expected = {key: recs for key, recs in full.items() if key[1] >= k}
@@ -186,7 +187,7 @@ def check_resume(
     final_checkpoints = sorted(full_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     events: list[dict[str, Any]] = []
     if final_checkpoints:
-        last_state = json.loads((final_checkpoints[-1] / "dids_state.json").read_text(encoding="utf-8"))
+        last_state = json.loads((final_checkpoints[-1] / STATE_FILE).read_text(encoding="utf-8"))
         events = last_state["sampler"].get("events", [])
 
     loss_full, loss_resumed = logged_losses(full_dir), logged_losses(resumed_dir)

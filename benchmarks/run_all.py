@@ -10,7 +10,7 @@ measures as `python benchmarks/<script> ARGV` would and returns its figures (nam
 target, comparator); the table gives the full and the `--quick` ARGV of each. Every script runs in its
 own process (`run_all.py --worker NAME`), so one script's crash or global state (threads, allocator,
 imported modules) does not touch the others; its output goes to a log file, named when it fails.
-Scripts listed here but not present yet are reported as "not available".
+Scripts listed here but not present are reported as "not available".
 
 Exit code: 0, or 1 with `--check` when a target is missed or a script fails.
 """

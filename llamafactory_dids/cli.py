@@ -26,6 +26,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .run_files import (
+    DATASET_INFO,
+    HISTORY_FILE,
+    REPARTITION_DATA,
+    REPARTITION_DOMAIN_MAP,
+    REPARTITION_REPORT,
+    TRAINER_STATE,
+)
+from .utils import OverrideError, parse_override, parse_overrides, read_yaml_config
+
 DEMO_YAML = Path("examples/yaml/demo_sft.yaml")
 DEMO_WORKDIR = Path("dids_demo")
 
@@ -64,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
     result = subprocess.run(command, check=False, env=env)
     if result.returncode != 0:
         return result.returncode
-    output_dir = Path(_run_value(config, args.overrides, "output_dir") or "")
+    output_dir = Path(str(_run_value(config, args.overrides, "output_dir") or ""))
     for line in demo_output_lines(output_dir, _run_value(config, args.overrides, "report_to")):
         print(line)
     return 0
@@ -78,8 +88,8 @@ def demo_output_lines(output_dir: Path, report_to: Any) -> list[str]:
     """
     lines = [
         f"[dids] training outputs:  {output_dir}",
-        f"[dids] mixture history:   {output_dir / 'history.jsonl'} (weights and signals at every update)",
-        f"[dids] per-domain logs:   {output_dir / 'trainer_state.json'} (log_history: dids/* keys)",
+        f"[dids] mixture history:   {output_dir / HISTORY_FILE} (weights and signals at every update)",
+        f"[dids] per-domain logs:   {output_dir / TRAINER_STATE} (log_history: dids/* keys)",
     ]
     reporters = report_to if isinstance(report_to, list) else str(report_to or "none").split(",")
     if {r.strip() for r in reporters} & {"tensorboard", "all"}:
@@ -89,15 +99,13 @@ def demo_output_lines(output_dir: Path, report_to: Any) -> list[str]:
 
 
 def _run_value(config: Path, overrides: list[str], key: str) -> Any:
-    """A key of the training YAML, as a `key=value` override replaces it."""
-    import yaml
-
-    with open(config, encoding="utf-8") as f:
-        value = (yaml.safe_load(f) or {}).get(key)
+    """A key of the training YAML, as a `key=value` override replaces it (items without `=` are skipped)."""
+    value = read_yaml_config(config).get(key)
     for item in overrides:
-        name, sep, text = item.partition("=")
-        if sep and name.strip() == key:
-            value = text
+        if "=" in item:
+            name, text = parse_override(item)
+            if name == key:
+                value = text
     return value
 
 
@@ -158,19 +166,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _evaluation_values(args: argparse.Namespace, cls: type) -> dict:
     """YAML values (if a config file is given), then key=value overrides, then --flags (highest)."""
-    import yaml
-
     values: dict = {}
     if args.config and "=" in args.config and not Path(args.config).is_file():  # no YAML, only overrides
         args.overrides, args.config = [args.config, *args.overrides], None
     if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            values.update(yaml.safe_load(f) or {})
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: override {item!r} is not key=value")
-        values[key] = value
+        values.update(read_yaml_config(args.config))
+    try:
+        values.update(parse_overrides(args.overrides))
+    except OverrideError as e:
+        raise SystemExit(f"error: {e}") from None
     for f in dataclasses.fields(cls):
         if getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
@@ -269,17 +273,15 @@ def _repartition(args: argparse.Namespace) -> int:
     from .repartition import RepartitionConfigError, RepartitionInputError, run_repartition
 
     try:
-        with open(args.config, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
+        config = read_yaml_config(args.config)
     except (OSError, yaml.YAMLError) as err:
         print(f"error: cannot read {args.config}: {err}", file=sys.stderr)
         return 2
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"error: override {item!r} must be key=value (e.g. dids_num_domains=12).", file=sys.stderr)
-            return 2
-        config[key.strip()] = yaml.safe_load(value)
+    try:
+        config.update(parse_overrides(args.overrides))
+    except OverrideError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = run_repartition(config)
@@ -287,9 +289,9 @@ def _repartition(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"[dids] repartitioned dataset: {out / 'data.jsonl'} (dataset_info.json entry `dids_repartitioned`)"
+        f"[dids] repartitioned dataset: {out / REPARTITION_DATA} ({DATASET_INFO} entry `dids_repartitioned`)"
     )
-    print(f"[dids] domain map and report:  {out / 'domain_map.json'}, {out / 'report.md'}")
+    print(f"[dids] domain map and report:  {out / REPARTITION_DOMAIN_MAP}, {out / REPARTITION_REPORT}")
     return 0
 
 

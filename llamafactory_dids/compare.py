@@ -23,12 +23,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import REFERENCE_STRATEGIES, STRATEGIES
-from .integration.runs import read_final, read_history
+from . import config as dids_config
+from .integration.runs import read_final
+from .run_files import COMPARE_JSON, COMPARE_TABLE, COMPARE_VERSION, FINAL_FILE, read_history
+from .utils import OverrideError, read_yaml_config
+from .utils import parse_overrides as _parse_overrides
 
-COMPARE_VERSION = 1
-# keys only one family of strategies reads; the config validation refuses them for the others
-STRATEGY_ONLY_KEYS = {"dids_static_weights": ("static",), "dids_reference_dir": REFERENCE_STRATEGIES}
+
+def strategy_only_keys() -> dict[str, tuple[str, ...]]:
+    """Keys only one family of strategies reads (the config validation refuses them for the others)."""
+    return {"dids_static_weights": ("static",), "dids_reference_dir": dids_config.REFERENCE_STRATEGIES}
 
 
 class CompareError(ValueError):
@@ -36,16 +40,11 @@ class CompareError(ValueError):
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict; values are read as YAML (numbers, booleans, lists)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise CompareError(f"override {item!r} is not key=value (e.g. dids_budget=1000).")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+    """`key=value` strings to a dict, typed as `utils.parse_override` documents (YAML values)."""
+    try:
+        return _parse_overrides(items)
+    except OverrideError as e:
+        raise CompareError(str(e)) from None
 
 
 def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -54,9 +53,10 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
     Raises:
         CompareError: unknown or repeated strategies, no target sets or output_dir, no reference.
     """
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    names, reference_strategies = dids_config.STRATEGIES, dids_config.REFERENCE_STRATEGIES
+    unknown = [s for s in strategies if s not in names]
     if unknown or not strategies:
-        raise CompareError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}.")
+        raise CompareError(f"unknown strategies {unknown}; choose from {', '.join(names)}.")
     if len(set(strategies)) != len(strategies):
         raise CompareError(f"--strategies lists a strategy twice: {list(strategies)}.")
     if not config.get("dids_target_datasets"):
@@ -69,21 +69,22 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
     root = Path(config["output_dir"])
     reference = config.get("dids_reference_dir")
     order = list(strategies)
-    if any(s in REFERENCE_STRATEGIES for s in order) and not reference:
+    if any(s in reference_strategies for s in order) and not reference:
         if "uniform" not in order:
             raise CompareError(
-                f"{', '.join(s for s in order if s in REFERENCE_STRATEGIES)} compare against a reference run: "
+                f"{', '.join(s for s in order if s in reference_strategies)} compare against a reference run: "
                 "add `uniform` to --strategies (it then serves as the reference) or set `dids_reference_dir`."
             )
         order.remove("uniform")
         order.insert(0, "uniform")
         reference = str(root / "uniform")
     runs = []
+    only = strategy_only_keys()
     for strategy in order:
-        run = {k: v for k, v in config.items() if strategy in STRATEGY_ONLY_KEYS.get(k, (strategy,))}
+        run = {k: v for k, v in config.items() if strategy in only.get(k, (strategy,))}
         run["dids_strategy"] = strategy
         run["output_dir"] = str(root / strategy)
-        if strategy in REFERENCE_STRATEGIES:
+        if strategy in reference_strategies:
             run["dids_reference_dir"] = reference
         runs.append((strategy, run))
     return runs
@@ -92,7 +93,7 @@ def plan_runs(config: dict[str, Any], strategies: Sequence[str]) -> list[tuple[s
 def summarise_run(strategy: str, output_dir: Path, returncode: int, seconds: float) -> dict[str, Any]:
     """One row of the table from a finished run's output directory."""
     final = read_final(output_dir) if returncode == 0 else None
-    history = read_history(output_dir)
+    history, _ = read_history(output_dir, missing_ok=True)
     row: dict[str, Any] = {
         "strategy": strategy,
         "status": "ok" if returncode == 0 and final is not None else f"failed (exit {returncode})",
@@ -104,7 +105,7 @@ def summarise_run(strategy: str, output_dir: Path, returncode: int, seconds: flo
         "weights": None,
     }
     if returncode == 0 and final is None:
-        row["status"] = "no dids_final.json (no target sets measured)"
+        row["status"] = f"no {FINAL_FILE} (no target sets measured)"
     if final is not None:
         row["task_losses"] = dict(zip(final["tasks"], final["task_losses"], strict=True))
         row["mean_task_loss"] = sum(final["task_losses"]) / max(len(final["task_losses"]), 1)
@@ -152,8 +153,7 @@ def run_compare(
     """Train every strategy, print the table, write `compare.json` / `compare.md`. Returns (exit code, rows)."""
     import yaml
 
-    with open(config_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    config = read_yaml_config(config_path)
     config.update(parse_overrides(overrides))
     runs = plan_runs(config, strategies)
     root = Path(config["output_dir"])
@@ -175,14 +175,14 @@ def run_compare(
         rows.append(summarise_run(strategy, Path(run["output_dir"]), result.returncode, seconds))
         print(f"[dids] compare: {strategy}: {rows[-1]['status']} in {seconds:.1f} s", file=out, flush=True)
     table = markdown_table(rows)
-    (root / "compare.md").write_text(table, encoding="utf-8")
+    (root / COMPARE_TABLE).write_text(table, encoding="utf-8")
     summary = {
         "schema": COMPARE_VERSION,
         "config": str(config_path),
         "strategies": list(strategies),
         "rows": rows,
     }
-    (root / "compare.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (root / COMPARE_JSON).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(table, file=out)
-    print(f"[dids] compare: table in {root / 'compare.md'} and {root / 'compare.json'}", file=out)
+    print(f"[dids] compare: table in {root / COMPARE_TABLE} and {root / COMPARE_JSON}", file=out)
     return (0 if all(r["status"] == "ok" for r in rows) else 1), rows

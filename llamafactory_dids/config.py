@@ -18,32 +18,64 @@ from .unknown_keys import unknown_key_problem
 
 KEY_PREFIX = "dids_"
 
-# Strategy names the config accepts. The table of classes lives in algorithms.strategies; this tuple is
-# kept here (stdlib only) so validation does not import numpy. A test keeps the two in sync.
-STRATEGIES = ("uniform", "natural", "static", "dids", "dga", "doge", "doremi", "velocitune")
-# Strategies that update during training and observe the downstream tasks (`dids_target_datasets`).
-DYNAMIC_STRATEGIES = ("dids", "dga", "doge", "doremi", "velocitune")
-# Strategies whose rule compares against a reference run (`dids_reference_dir`).
-REFERENCE_STRATEGIES = ("doremi", "velocitune")
-NORMALISERS = ("softmax", "clamp", "evidence")
-# The DIDS rule's variants and components (the tables of values live in algorithms.dids; a test keeps
-# these tuples in sync, so validation stays stdlib-only).
-DIDS_VARIANTS = ("directional", "paper", "reference")
-IMPACT_FORMS = ("distance", "similarity", "cosine")
-# the impact form of each variant that takes keys (`dids_pool_control` needs `cosine`)
-VARIANT_IMPACTS = {"directional": "similarity", "paper": "distance"}
-TASK_WEIGHTINGS = ("absolute", "relative")
-PRIORS = ("uniform", "natural")
-# components a `reference` run takes from the authors' code, never from keys
-REFERENCE_FIXED_KEYS = (
-    "dids_impact",
-    "dids_pool_control",
-    "dids_task_weighting",
-    "dids_importance_correction",
-    "dids_normaliser",
-    "dids_prior",
-    "dids_smoothing",
-)
+# The strategy names, which of them are dynamic or compare against a reference run, and the DIDS rule's
+# variants and components are defined once, by the strategy classes (`algorithms.registry`) and the rule
+# (`algorithms.dids`). They are read on first use (`STRATEGIES`, `DYNAMIC_STRATEGIES`, ... below, module
+# attributes computed by `__getattr__`), so importing this module stays stdlib-only.
+_DIDS_TABLES = ("NORMALISERS", "IMPACT_FORMS", "TASK_WEIGHTINGS", "PRIORS")
+
+
+def strategy_classes() -> dict[str, Any]:
+    """`dids_strategy` name -> class, from `algorithms.registry` (imported on first use)."""
+    from .algorithms.registry import STRATEGY_CLASSES
+
+    return STRATEGY_CLASSES
+
+
+def _strategy_names(*, dynamic: bool = False, reference: bool = False) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, cls in strategy_classes().items()
+        if (not dynamic or cls.dynamic) and (not reference or cls.needs_reference)
+    )
+
+
+def _dids_rule() -> Any:
+    from .algorithms import dids
+
+    return dids
+
+
+def _variant_impacts() -> dict[str, str]:
+    """The impact form of each variant that takes keys (`dids_pool_control` needs `cosine`)."""
+    return {name: spec["impact"] for name, spec in _dids_rule().VARIANTS.items() if name != "reference"}
+
+
+def _reference_fixed_keys() -> tuple[str, ...]:
+    """The keys of the components a `reference` run takes from the authors' code (all but beta)."""
+    from .algorithms.dids import VARIANTS, DIDSStrategy
+
+    return tuple(DIDSStrategy.config_keys[c] for c in VARIANTS["reference"] if c != "beta")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "STRATEGIES":
+        return _strategy_names()
+    if name == "DYNAMIC_STRATEGIES":
+        return _strategy_names(dynamic=True)
+    if name == "REFERENCE_STRATEGIES":
+        return _strategy_names(reference=True)
+    if name == "DIDS_VARIANTS":
+        return tuple(_dids_rule().VARIANTS)
+    if name == "VARIANT_IMPACTS":
+        return _variant_impacts()
+    if name == "REFERENCE_FIXED_KEYS":
+        return _reference_fixed_keys()
+    if name in _DIDS_TABLES:
+        return getattr(_dids_rule(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 IMPACT_METRICS = ("fim", "inner_product")
 FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
@@ -73,9 +105,9 @@ class DIDSConfig:
     dids_strategy: str | None = field(
         default=None,
         metadata={
-            "help": "Domain sampling strategy: one of "
-            + ", ".join(STRATEGIES)
-            + ". Unset leaves LLaMA-Factory's own sampling untouched."
+            "help": "Domain sampling strategy: `uniform`, `natural`, `static`, `dids` or a baseline (every name "
+            "registered in `algorithms/registry.py`; README: Strategies). Unset leaves LLaMA-Factory's own "
+            "sampling untouched."
         },
     )
     dids_domain_column: str | None = field(
@@ -317,9 +349,6 @@ class DIDSConfig:
     def enabled(self) -> bool:
         return self.dids_strategy is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def known_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(DIDSConfig)]
@@ -422,9 +451,9 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
 
     strategy = values.get("dids_strategy")
     if strategy is not None:
-        if not isinstance(strategy, str) or strategy.lower() not in STRATEGIES:
+        if not isinstance(strategy, str) or strategy.lower() not in _strategy_names():
             problems.append(
-                f"`dids_strategy` must be one of {', '.join(STRATEGIES)}, got {strategy!r}. "
+                f"`dids_strategy` must be one of {', '.join(_strategy_names())}, got {strategy!r}. "
                 "Set e.g. `dids_strategy: uniform`, or remove the key to keep LLaMA-Factory's sampling."
             )
         else:
@@ -522,12 +551,12 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     for key, allowed in (
         ("dids_on_exhausted", EXHAUSTION_POLICIES),
         ("dids_impact_metric", IMPACT_METRICS),
-        ("dids_normaliser", NORMALISERS),
+        ("dids_normaliser", _dids_rule().NORMALISERS),
         ("dids_fisher_estimator", FISHER_ESTIMATORS),
-        ("dids_variant", DIDS_VARIANTS),
-        ("dids_impact", IMPACT_FORMS),
-        ("dids_task_weighting", TASK_WEIGHTINGS),
-        ("dids_prior", PRIORS),
+        ("dids_variant", tuple(_dids_rule().VARIANTS)),
+        ("dids_impact", _dids_rule().IMPACT_FORMS),
+        ("dids_task_weighting", _dids_rule().TASK_WEIGHTINGS),
+        ("dids_prior", _dids_rule().PRIORS),
     ):
         if values.get(key) is None:
             continue
@@ -576,7 +605,7 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
     if cfg.dids_strategy is None and set_keys and "dids_strategy" not in values:
         problems.append(
             f"{', '.join(f'`{k}`' for k in set_keys)} set without `dids_strategy`. "
-            f"Add `dids_strategy: <{'|'.join(STRATEGIES)}>`."
+            f"Add `dids_strategy: <{'|'.join(_strategy_names())}>`."
         )
     if (
         cfg.dids_strategy == "static"
@@ -589,7 +618,7 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_static_weights` is only used by `dids_strategy: static`, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
-    if cfg.dids_strategy in DYNAMIC_STRATEGIES:
+    if cfg.dids_strategy in _strategy_names(dynamic=True):
         name = cfg.dids_strategy
         if not cfg.dids_target_datasets:
             problems.append(
@@ -601,25 +630,26 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
                 f"`dids_strategy: {name}` updates the mixture during training: set `dids_update_interval` "
                 "(optimizer steps) or `dids_num_updates` (updates over the run; the paper used 25 to 95)."
             )
-    if cfg.dids_strategy in REFERENCE_STRATEGIES and cfg.dids_reference_dir is None:
+    reference_strategies = _strategy_names(reference=True)
+    if cfg.dids_strategy in reference_strategies and cfg.dids_reference_dir is None:
         problems.append(
             f"`dids_strategy: {cfg.dids_strategy}` needs `dids_reference_dir`: the output_dir of a finished run "
             "with the same data and `dids_target_datasets` (e.g. the same YAML with `dids_strategy: uniform`)."
         )
-    if cfg.dids_strategy not in REFERENCE_STRATEGIES and cfg.dids_reference_dir is not None:
+    if cfg.dids_strategy not in reference_strategies and cfg.dids_reference_dir is not None:
         problems.append(
-            f"`dids_reference_dir` is only used by {' and '.join(REFERENCE_STRATEGIES)}, but the strategy is "
+            f"`dids_reference_dir` is only used by {' and '.join(reference_strategies)}, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
     if cfg.dids_variant == "reference":
-        fixed = [k for k in REFERENCE_FIXED_KEYS if values.get(k) is not None]
+        fixed = [k for k in _reference_fixed_keys() if values.get(k) is not None]
         if fixed:
             problems.append(
                 f"`dids_variant: reference` runs the authors' code as it is, so {', '.join(f'`{k}`' for k in fixed)} "
                 "cannot be set with it. Remove them, or use `dids_variant: paper` or `directional` with them."
             )
     elif cfg.dids_pool_control:
-        impact = cfg.dids_impact or VARIANT_IMPACTS.get(cfg.dids_variant)
+        impact = cfg.dids_impact or _variant_impacts().get(cfg.dids_variant)
         if impact != "cosine":
             problems.append(
                 f"`dids_pool_control: true` compares cosines, but the impact is {impact!r} "

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .utils import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["DOMAINS", "DemoAssets", "build_demo_assets"]
@@ -158,7 +160,7 @@ def _build(assets: DemoAssets, params: dict[str, Any]) -> None:
             os.replace(staging / final.name, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _atomic_write(assets.root / _MARKER, json.dumps(params, sort_keys=True) + "\n")
+    write_text_atomic(assets.root / _MARKER, json.dumps(params, sort_keys=True) + "\n")
     logger.info(
         "Built demo assets in %s (%d rows/domain, vocab %d, %d parameters) in %.1fs",
         assets.root,
@@ -167,12 +169,6 @@ def _build(assets: DemoAssets, params: dict[str, Any]) -> None:
         n_params,
         time.perf_counter() - start,
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- real-text corpus
@@ -354,7 +350,7 @@ def _build_domains(examples_per_domain: int, seed: int) -> dict[str, list[dict[s
 
 
 def _dump_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def _write_datasets(dataset_dir: Path, domains: dict[str, list[dict[str, str]]], seed: int) -> list[str]:

@@ -51,5 +51,5 @@ def test_keys_lists_every_config(capsys, kind, first):
 def test_keys_defaults_to_the_training_keys(capsys):
     assert main(["keys"]) == 0
     assert capsys.readouterr().out.startswith(
-        "dids_strategy (default: None)\n    Domain sampling strategy: one of"
+        "dids_strategy (default: None)\n    Domain sampling strategy: `uniform`, `natural`, `static`, `dids`"
     )

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from llamafactory_dids import config as dids_config
 from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES
 from llamafactory_dids.config import (
-    STRATEGIES,
     DIDSConfig,
     DIDSConfigError,
     check_host_arguments,
@@ -18,8 +18,25 @@ from llamafactory_dids.config import (
 )
 
 
-def test_strategy_names_match_the_strategy_table():
-    assert set(STRATEGIES) == set(STRATEGY_CLASSES)
+def test_strategy_names_come_from_the_strategy_classes():
+    assert dids_config.STRATEGIES == tuple(STRATEGY_CLASSES)
+    assert dids_config.DYNAMIC_STRATEGIES == ("dids", "dga", "doge", "doremi", "velocitune")
+    assert dids_config.REFERENCE_STRATEGIES == ("doremi", "velocitune")
+    with pytest.raises(AttributeError, match="no attribute 'NOPE'"):
+        dids_config.NOPE  # noqa: B018
+
+
+def test_importing_the_config_loads_no_numpy_or_torch():
+    """Validation reads the strategy table on first use; the import itself stays stdlib-only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llamafactory_dids.config; "
+        "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_empty_config_is_disabled():
@@ -213,6 +230,10 @@ def test_host_conflicts(host, match):
         (
             {"dids_strategy": "uniform", "dids_variant": "reference", "dids_normaliser": "softmax"},
             r"`dids_variant: reference` runs the authors' code as it is, so `dids_normaliser` cannot be set",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_variant": "reference", "dids_temperature": 0.5},
+            r"`dids_variant: reference` runs the authors' code as it is, so `dids_temperature` cannot be set",
         ),
         (
             {"dids_strategy": "uniform", "dids_pool_control": True},

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llamafactory_dids.run_files import read_history
+
 from . import evaluate, runs
 from .bench import PRESETS
 from .build import SOURCES, TASKS, build_assets, train_name
@@ -118,8 +120,7 @@ def _train(
     if "error" not in record:
         record["losses"] = score(Path(record["output_dir"]))
         record["target_mean"] = statistics.fmean(record["losses"][t] for t in TASKS if t != "tables")
-        history = Path(record["output_dir"]) / "history.jsonl"
-        record["history"] = [json.loads(line) for line in history.read_text().splitlines() if line]
+        record["history"], _ = read_history(record["output_dir"])
     return {"name": name, "seed": ctx.seed, "strategy": strategy, **record}
 
 

@@ -62,9 +62,11 @@ def heldout_losses(
 ) -> dict[str, dict[str, float]]:
     """task -> {"loss": token-weighted mean response cross-entropy, "tokens": response tokens counted}."""
     import torch
-    import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from llamafactory_dids.algorithms.features import row_losses
+    from llamafactory_dids.utils import IGNORE_INDEX
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars, one per model
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -77,7 +79,7 @@ def heldout_losses(
             width = max(len(r["input_ids"]) for r in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
             for i, r in enumerate(batch):
                 n = len(r["input_ids"])
                 ids[i, :n] = torch.tensor(r["input_ids"])
@@ -85,14 +87,9 @@ def heldout_losses(
                 labels[i, :n] = torch.tensor(r["labels"])
             with torch.no_grad():
                 logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, width, vocab]
-            shifted = labels[:, 1:]  # token t is predicted from the prefix ending at t - 1
-            total += F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                shifted.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            ).item()
-            count += int((shifted != -100).sum())
+            sums, tokens = row_losses(logits, labels)  # token t is predicted from the prefix ending at t - 1
+            total += float(sums.double().sum())
+            count += int(tokens.sum())
         if count == 0:
             raise ValueError(f"Task {task!r}: no response token survives the cutoff.")
         out[task] = {"loss": total / count, "tokens": count}

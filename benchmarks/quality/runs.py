@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._runs import offline_env
+from llamafactory_dids.run_files import read_history
+from llamafactory_dids.utils import OverrideError, parse_override
 
 from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
 
@@ -127,10 +129,11 @@ def parse_row(name: str) -> tuple[str, str, Callable[[RunContext], dict[str, Any
         strategy, _, body = name[:-1].partition("{")
         keys: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in body.split(";"))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--strategies: {item!r} in {name!r} is not key=value.")
-            keys[f"dids_{key.strip()}"] = yaml_value(value.strip())
+            try:
+                key, value = parse_override(item)
+            except OverrideError:
+                raise ValueError(f"--strategies: {item!r} in {name!r} is not key=value.") from None
+            keys[f"dids_{key}"] = value
         if strategy not in STRATEGY_CLASSES:
             raise ValueError(f"--strategies: unknown strategy {strategy!r} in {name!r}.")
         return name, strategy, keys
@@ -140,12 +143,6 @@ def parse_row(name: str) -> tuple[str, str, Callable[[RunContext], dict[str, Any
             f"{sorted(ROWS)} nor STRATEGY{{key=value;...}}."
         )
     return name, name, {}
-
-
-def yaml_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def registered_strategies() -> list[str]:
@@ -240,18 +237,14 @@ def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[st
     results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
     record["train_runtime"] = float(results["train_runtime"])
     record["train_loss"] = float(results.get("train_loss", float("nan")))
-    history = output_dir / "history.jsonl"
-    if history.is_file():
-        records = [
-            json.loads(line) for line in history.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-        if records:
-            last = records[-1]
-            record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
-            record["weight_changes_lag1"] = weight_change_autocorrelation([r["weights"] for r in records])
-            record["updates"] = sum(1 for r in records if r.get("update", 0) > 0)
-            if last.get("realised_counts") is not None:
-                record["realised_counts"] = dict(zip(last["domains"], last["realised_counts"], strict=True))
+    records, _ = read_history(output_dir, missing_ok=True)
+    if records:
+        last = records[-1]
+        record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
+        record["weight_changes_lag1"] = weight_change_autocorrelation([r["weights"] for r in records])
+        record["updates"] = sum(1 for r in records if r.get("update", 0) > 0)
+        if last.get("realised_counts") is not None:
+            record["realised_counts"] = dict(zip(last["domains"], last["realised_counts"], strict=True))
     return record
 
 

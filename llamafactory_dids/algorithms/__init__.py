@@ -1,1 +1,1 @@
-"""Mixing rules and the signals they consume (numpy/scipy only)."""
+"""Mixing rules and the signals they consume (numpy/scipy; torch for gradient features and impact terms)."""

@@ -53,6 +53,7 @@ class DGAStrategy(MirrorDescentStrategy):
 
     name = "dga"
     signals = frozenset({"alignment"})
+    config_keys = {"step_size": "dids_step_size", "beta": "dids_ema_beta"}
 
     def __init__(
         self,

@@ -411,6 +411,20 @@ class DIDSStrategy(MixingStrategy):
     name = "dids"
     dynamic = True
     signals = frozenset({"impact", "task_loss_history"})
+    config_keys = {
+        "variant": "dids_variant",
+        "impact": "dids_impact",
+        "pool_control": "dids_pool_control",
+        "task_weighting": "dids_task_weighting",
+        "importance_correction": "dids_importance_correction",
+        "normaliser": "dids_normaliser",
+        "prior": "dids_prior",
+        "beta": "dids_ema_beta",
+        "smoothing": "dids_smoothing",
+        "temperature": "dids_temperature",
+        "evidence_decay": "dids_evidence_decay",
+        "use_trajectory": "dids_use_trajectory",
+    }
 
     def __init__(
         self,

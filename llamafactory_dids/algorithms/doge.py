@@ -38,6 +38,7 @@ class DoGEStrategy(MirrorDescentStrategy):
 
     name = "doge"
     signals = frozenset({"alignment"})
+    config_keys = {"step_size": "dids_step_size"}
 
     def update(self, weights: np.ndarray, signals: Mapping[str, Any]) -> np.ndarray:
         alignment = np.asarray(signals["alignment"], dtype=np.float64)

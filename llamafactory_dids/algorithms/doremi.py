@@ -48,6 +48,14 @@ class DoReMiStrategy(MirrorDescentStrategy):
 
     name = "doremi"
     signals = frozenset({"alignment", "task_loss_history"})
+    config_keys = {"step_size": "dids_step_size", "smoothing": "dids_smoothing"}
+    needs_reference = True
+
+    @classmethod
+    def reference_options(cls, reference: Any, planned_samples: int) -> dict[str, Any]:
+        """The reference run's final task losses (DoReMi's reference model)."""
+        del planned_samples
+        return {"reference_losses": reference.final_losses}
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ Two ways to get there:
   weight gradient is computed either.
 
 The per-example loss is the mean token cross-entropy over that example's supervised tokens (labels !=
--100: the response tokens of an SFT row, as in training).
+IGNORE_INDEX: the response tokens of an SFT row, as in training).
 """
 
 from __future__ import annotations
@@ -32,28 +32,37 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..utils import IGNORE_INDEX
 from .impact import SparseJLProjection
 
-IGNORE_INDEX = -100
 
-
-def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example mean cross-entropy over supervised tokens.
+def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed next-token cross-entropy over the supervised tokens, and their number.
 
     Args:
         logits: [B, T, V] next-token logits.
         labels: [B, T] token ids, IGNORE_INDEX where not supervised (shifted inside, as HF causal LMs do).
 
     Returns:
-        [B] float32 losses; 0 for an example without supervised tokens.
+        [B] float32 loss sums (0 for a row without supervised tokens) and [B] supervised-token counts.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
+    shift_labels = labels[..., 1:]
     per_token = F.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # [B, T-1]
-    count = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp_min(1)
-    return per_token.sum(dim=1) / count
+        logits[..., :-1, :].flatten(0, 1).float(),
+        shift_labels.flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)  # [B, T-1]
+    return per_token.sum(dim=-1), (shift_labels != IGNORE_INDEX).sum(dim=-1)
+
+
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example mean cross-entropy over supervised tokens ([B] float32; 0 for a row without any).
+
+    Args: as `row_losses`.
+    """
+    sums, counts = row_losses(logits, labels)
+    return sums / counts.clamp_min(1)
 
 
 def response_token_fit(
@@ -64,7 +73,7 @@ def response_token_fit(
     A gradient feature is only as informative as the proxy: an untrained or mismatched model predicts the
     response tokens no better than their frequencies, and its gradients barely tell kinds of text apart.
     Both figures are in nats per supervised token over all `batches` ((input_ids, attention_mask, labels),
-    labels -100 where not supervised, shifted as in `example_losses`):
+    labels IGNORE_INDEX where not supervised, shifted as in `example_losses`):
 
     * `loss`: the proxy's mean cross-entropy;
     * `unigram_entropy`: the entropy of the same tokens' empirical distribution, i.e. the loss of the best
@@ -75,10 +84,10 @@ def response_token_fit(
     with torch.no_grad():
         for input_ids, attention_mask, labels in batches:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-            shift = labels[:, 1:]
-            counts = (shift != IGNORE_INDEX).sum(dim=1)
-            total += float((example_losses(logits, labels).double() * counts).sum())
+            sums, counts = row_losses(logits, labels)
+            total += float(sums.double().sum())
             tokens += int(counts.sum())
+            shift = labels[:, 1:]
             targets.append(shift[shift != IGNORE_INDEX].cpu())
     if tokens == 0:
         return {"loss": float("nan"), "unigram_entropy": float("nan"), "tokens": 0}

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils import rank_and_world
+
 
 class ImpactAccumulator:
     """Accumulate the scalar terms of eq. 12 for k domains x m tasks, block by block.
@@ -64,7 +66,7 @@ class ImpactAccumulator:
         """Sum the partial terms over ranks (each rank added its shards or its domains)."""
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if rank_and_world()[1] > 1:
             packed = torch.cat([self.task_sq, self.cross.flatten(), self.domain_sq])
             backend = dist.get_backend()
             device = (

@@ -3,9 +3,9 @@
 Role: the last algorithmic step before the sampler (repartition -> impact -> schedule -> *sampler*).
 Every strategy shares one small interface: it declares the signals it needs (`signals`), gives the
 initial probabilities, and at each update receives the requested signals and returns new
-probabilities. The schedule machinery (integration.callback) computes only the declared signals,
-so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) will request impacts and
-task-loss trajectories through the same call.
+probabilities. The schedule machinery (`integration.mixture.DomainMixture.signals`) computes only the
+declared signals, so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) requests
+impacts and task-loss trajectories through the same call.
 
 Strategies here: `uniform` (1/k), `natural` (proportional to domain sizes, the paper's "Random"
 baseline), `static` (user weights).
@@ -14,29 +14,54 @@ baseline), `static` (user weights).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-# Names of signals the schedule machinery knows how to provide.
-#   domain_sizes      int64 [k]    rows per domain in the training set
-#   domain_train_loss float64 [k]  mean token loss per domain since the last update (NaN if unseen)
-#   realised_counts   int64 [k]    samples trained per domain since the start of the run
-#   step              int          optimizer step of this update
-#   impact            ImpactTerms    eq. 12 scalar terms of domains x tasks (+ the pool control on request)
-#   alignment         float64 [k, m] eq. 6 gradient inner products <g_D, g_S> (whatever dids_impact_metric)
-#   task_loss_history float64 [t+1, m] task losses at the start and at every update so far
-KNOWN_SIGNALS = frozenset(
-    {
-        "domain_sizes",
-        "domain_train_loss",
-        "realised_counts",
-        "step",
-        "impact",
-        "alignment",
-        "task_loss_history",
-    }
-)
+
+@dataclass(frozen=True)
+class Signal:
+    """One signal the mixture can compute for a strategy at an update (its provider: `DomainMixture.signals`)."""
+
+    shape: str
+    #: computed by the probe on the observation sets (`dids_target_datasets`): a strategy declaring it needs one
+    probe: bool = False
+    #: the probe backpropagates for it (domain and task gradients), not only forward passes
+    gradients: bool = False
+    #: copied as is into each history record's `signals` (the probe's signals are large: the strategy's
+    #: `last_terms` records what it used of them instead)
+    logged: bool = True
+
+
+#: every signal a strategy may declare in `signals`; the mixture computes only the declared ones
+SIGNALS: dict[str, Signal] = {
+    "domain_sizes": Signal("int64 [k]: rows per domain in the training set"),
+    "domain_train_loss": Signal(
+        "float64 [k]: mean token loss per domain since the last update (NaN if unseen)"
+    ),
+    "realised_counts": Signal("int64 [k]: samples trained per domain since the start of the run"),
+    "step": Signal("int: optimizer step of this update"),
+    "impact": Signal(
+        "ImpactTerms: eq. 12 scalar terms of domains x tasks (+ the pool control on request)",
+        probe=True,
+        gradients=True,
+        logged=False,
+    ),
+    "alignment": Signal(
+        "float64 [k, m]: eq. 6 gradient inner products <g_D, g_S> (whatever dids_impact_metric)",
+        probe=True,
+        gradients=True,
+        logged=False,
+    ),
+    "task_loss_history": Signal(
+        "float64 [t+1, m]: task losses at the start and at every update so far", probe=True, logged=False
+    ),
+}
+KNOWN_SIGNALS = frozenset(SIGNALS)
+#: signals that need the probe (observation sets), and those of them that need gradients
+PROBE_SIGNALS = frozenset(name for name, signal in SIGNALS.items() if signal.probe)
+GRADIENT_SIGNALS = frozenset(name for name, signal in SIGNALS.items() if signal.gradients)
 
 
 def normalise(weights: np.ndarray, *, floor: float = 0.0, active: np.ndarray | None = None) -> np.ndarray:
@@ -80,6 +105,12 @@ class MixingStrategy:
     name: ClassVar[str]
     signals: ClassVar[frozenset[str]] = frozenset()
     dynamic: ClassVar[bool] = False
+    #: constructor argument -> the `dids_*` key that feeds it; a key left unset (None) keeps the argument's
+    #: default. The integration layer reads the keys (`integration.trainer.strategy_options`): a strategy
+    #: never sees the config object.
+    config_keys: ClassVar[Mapping[str, str]] = {}
+    #: compares against a finished run of the same data (`dids_reference_dir`); see `reference_options`
+    needs_reference: ClassVar[bool] = False
     #: with the `impact` signal: also probe the pool control (a gradient over rows of the whole pool)
     impact_control: bool = False
 
@@ -90,7 +121,16 @@ class MixingStrategy:
             raise ValueError("At least one domain is needed.")
         self.domain_names = list(domain_names)
         self.domain_sizes = np.asarray(domain_sizes, dtype=np.int64)
-        self.options = options
+
+    @classmethod
+    def reference_options(cls, reference: Any, planned_samples: int) -> dict[str, Any]:
+        """Constructor arguments read from the reference run (strategies with `needs_reference`).
+
+        `reference` has `samples` [t] (samples trained at each record), `losses` [t, m] (task losses) and
+        `final_losses` [m]; `planned_samples` is this run's budget.
+        """
+        del reference, planned_samples
+        return {}
 
     @property
     def num_domains(self) -> int:
@@ -136,6 +176,7 @@ class StaticStrategy(MixingStrategy):
     """User-given weights, by domain name or in domain order, normalised."""
 
     name = "static"
+    config_keys = {"weights": "dids_static_weights"}
 
     def __init__(
         self, domain_names: Sequence[str], domain_sizes: Sequence[int], *, weights: Any, **options: Any

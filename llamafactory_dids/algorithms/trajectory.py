@@ -34,9 +34,6 @@ def exponential_decay(t: np.ndarray, a: float, b: float, c: float) -> np.ndarray
     return a * np.exp(-b * t) + c
 
 
-_decay = exponential_decay
-
-
 def fit_exponential_decay(history: Sequence[float]) -> tuple[float, float, float] | None:
     """Fit L(t) = a e^{-bt} + c to the history (t = 0..n-1). None if too short or the fit fails."""
     y = np.asarray(history, dtype=np.float64)
@@ -51,7 +48,12 @@ def fit_exponential_decay(history: Sequence[float]) -> tuple[float, float, float
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             params, _ = curve_fit(
-                _decay, t, y, p0=p0, bounds=([-np.inf, 0.0, -np.inf], [np.inf, 50.0, np.inf]), maxfev=2000
+                exponential_decay,
+                t,
+                y,
+                p0=p0,
+                bounds=([-np.inf, 0.0, -np.inf], [np.inf, 50.0, np.inf]),
+                maxfev=2000,
             )
     except (RuntimeError, ValueError):
         return None
@@ -67,7 +69,7 @@ def potential_improvement(history: Sequence[float], horizon: float = 1.0) -> tup
     if params is None:
         return fallback, False
     t_now = len(history) - 1
-    now, later = _decay(np.array([t_now, t_now + horizon], dtype=np.float64), *params)
+    now, later = exponential_decay(np.array([t_now, t_now + horizon], dtype=np.float64), *params)
     value = float(now - later)
     if not math.isfinite(value):
         return fallback, False

@@ -95,6 +95,18 @@ class VelocituneStrategy(MirrorDescentStrategy):
 
     name = "velocitune"
     signals = frozenset({"alignment", "task_loss_history"})
+    config_keys = {"step_size": "dids_step_size", "smoothing": "dids_smoothing"}
+    needs_reference = True
+
+    @classmethod
+    def reference_options(cls, reference: Any, planned_samples: int) -> dict[str, Any]:
+        """Each task's target loss: the reference run's scaling law evaluated at this run's budget."""
+        losses = np.asarray(reference.losses, dtype=np.float64)
+        targets = [
+            scaling_law_target(reference.samples, losses[:, j], planned_samples)[0]
+            for j in range(losses.shape[1])
+        ]
+        return {"target_losses": targets}
 
     def __init__(
         self,

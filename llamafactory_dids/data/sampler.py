@@ -98,11 +98,6 @@ class DomainMixtureSampler(torch.utils.data.Sampler[int]):
         """The probabilities that apply from the next generated position on."""
         return self.schedule[-1][1].copy()
 
-    @property
-    def position(self) -> int:
-        """Next stream position the sampler will generate (counts all epochs)."""
-        return self._next_position
-
     def set_weights(self, weights: Sequence[float] | np.ndarray) -> int:
         """Apply `weights` from the next generated stream position on. Returns that position."""
         w = self._check_weights(weights)

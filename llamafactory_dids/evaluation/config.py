@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigProblems, as_bool, as_int
+from ..run_files import OBSERVATION_MANIFEST, RESULTS_FILE
 from ..unknown_keys import unknown_key_problem
 
 BACKENDS = ("auto", "hf", "vllm")
 OVERLAP_POLICIES = ("exclude", "refuse")
-OBSERVATION_MANIFEST = "observation_manifest.json"
-RESULTS_FILE = "eval_results.json"
 
 
 class EvalConfigError(ConfigProblems):

@@ -16,14 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import OBSERVATION_MANIFEST, RESULTS_FILE, EvalConfig
+from ..run_files import OBSERVATION_MANIFEST, RESULTS_FILE, SAMPLES_FILE
+from ..run_files import RESULTS_VERSION as RESULTS_SCHEMA_VERSION
+from .config import EvalConfig
 from .observe import read_manifest
 from .tasks import doc_hash, eval_split, load_leaf_tasks, require_lm_eval, task_manager
 
 logger = logging.getLogger(__name__)
-
-RESULTS_SCHEMA_VERSION = 1
-SAMPLES_FILE = "eval_samples.jsonl"
 
 
 # --------------------------------------------------------------------------- model and backend

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
 from typing import Any
 
-from .config import OBSERVATION_MANIFEST, ObserveConfig
+from ..run_files import DATASET_INFO, OBSERVATION_MANIFEST
+from ..run_files import MANIFEST_VERSION as MANIFEST_SCHEMA_VERSION
+from ..utils import write_text_atomic
+from .config import ObserveConfig
 from .tasks import doc_hash, load_leaf_tasks, observation_split, task_manager
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA_VERSION = 1
 _ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
@@ -135,7 +136,7 @@ def build_observation_sets(config: ObserveConfig) -> Path:
             "leaves": used,
         }
         print(f"[dids] observe: {name}: {len(rows)} docs -> {out / file_name} (dataset `{dataset}`)")
-    _merge_dataset_info(out / "dataset_info.json", info_entries)
+    _merge_dataset_info(out / DATASET_INFO, info_entries)
     path = out / OBSERVATION_MANIFEST
     _write_json(path, manifest)
     print(f"[dids] observe: manifest of the docs used -> {path}")
@@ -157,9 +158,7 @@ def _merge_dataset_info(path: Path, entries: dict[str, dict]) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

@@ -23,26 +23,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..algorithms.strategies import MixingStrategy, normalise
+from ..algorithms.strategies import SIGNALS, MixingStrategy, normalise
 from ..data.sampler import DomainMixtureSampler
-from .runs import FINAL_FILE, FINAL_VERSION, HISTORY_FILE
+from ..run_files import FINAL_FILE, FINAL_VERSION, HISTORY_FILE, HISTORY_VERSION, STATE_FILE, STATE_VERSION
+from ..utils import atomic_write, rank_and_world
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "dids_state.json"
-STATE_VERSION = 1
-HISTORY_VERSION = 1
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def broadcast_from_rank0(value: Any) -> Any:
     """Every rank gets rank 0's value (identity outside torch.distributed)."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world == 1:
         return value
     box = [value if rank == 0 else None]
@@ -86,7 +77,6 @@ class DomainMixture:
         self._samples = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         # global totals (all ranks), on CPU
         self.realised_total = np.zeros(self.k, dtype=np.int64)
-        self.window_samples = np.zeros(self.k, dtype=np.int64)
         self.window_loss = np.full(self.k, np.nan)  # per domain, over the rows trained since the last log
         self._since_log_loss = np.zeros(self.k)
         self._since_log_tokens = np.zeros(self.k)
@@ -134,7 +124,7 @@ class DomainMixture:
     def sync(self) -> None:
         """All-reduce the window accumulators into the global totals (collective: call on every rank)."""
         packed = torch.stack([self._samples, self._loss_sum, self._tokens])
-        _, world = _world()
+        _, world = rank_and_world()
         if world > 1:
             dist.all_reduce(packed)
         samples, loss, tokens = packed.cpu().numpy()
@@ -143,7 +133,6 @@ class DomainMixture:
         self._tokens.zero_()
         counts = np.rint(samples).astype(np.int64)
         self.realised_total += counts
-        self.window_samples += counts
         self._since_update_loss += loss
         self._since_update_tokens += tokens
         # an update at a logging step syncs first: the log still sees the rows since the previous log
@@ -187,7 +176,6 @@ class DomainMixture:
             out["dids/update_seconds"] = self.last_update_seconds
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
-        self.window_samples[:] = 0
         self._since_log_loss[:] = 0
         self._since_log_tokens[:] = 0
         return out
@@ -243,7 +231,7 @@ class DomainMixture:
         signals = self.signals(step)
         if self.probe is not None and "task_loss_history" not in self.strategy.signals:
             self._measure_task_losses()  # observed for the record (history, logs, compare)
-        rank, _ = _world()
+        rank, _ = rank_and_world()
         new = None
         if rank == 0:
             proposed = self.strategy.update(before, signals)
@@ -265,11 +253,7 @@ class DomainMixture:
             "weights_before": before.tolist(),
             "weights": new.tolist(),
             "realised_counts": self.realised_total.tolist(),
-            "signals": {
-                k: _jsonable(v)
-                for k, v in signals.items()
-                if k not in ("impact", "alignment", "task_loss_history")
-            },
+            "signals": {k: _jsonable(v) for k, v in signals.items() if SIGNALS[k].logged},
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,
             "terms": getattr(self.strategy, "last_terms", {}),
@@ -322,12 +306,10 @@ class DomainMixture:
             "task_losses": losses,
             "num_updates": self.num_updates,
         }
-        if _world()[0] == 0:
+        if rank_and_world()[0] == 0:
             os.makedirs(self.output_dir, exist_ok=True)
-            path = os.path.join(self.output_dir, FINAL_FILE)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
+            with atomic_write(os.path.join(self.output_dir, FINAL_FILE)) as f:
                 json.dump(record, f)
-            os.replace(path + ".tmp", path)
         return record
 
     # ------------------------------------------------------------------------------------- history
@@ -336,7 +318,7 @@ class DomainMixture:
         return os.path.join(self.output_dir, HISTORY_FILE)
 
     def write_history(self, record: Mapping[str, Any]) -> None:
-        if _world()[0] != 0:
+        if rank_and_world()[0] != 0:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         with open(self.history_path, "a", encoding="utf-8") as f:
@@ -347,7 +329,7 @@ class DomainMixture:
 
         A `dids_final.json` left by an earlier run in this output_dir is removed: this run has not ended.
         """
-        if _world()[0] != 0:
+        if rank_and_world()[0] != 0:
             return
         final = os.path.join(self.output_dir, FINAL_FILE)
         if os.path.exists(final):
@@ -358,10 +340,8 @@ class DomainMixture:
         if last_step is not None:
             with open(self.history_path, encoding="utf-8") as f:
                 kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-        tmp = self.history_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(self.history_path) as f:
             f.writelines(kept)
-        os.replace(tmp, self.history_path)
 
     # --------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -384,13 +364,11 @@ class DomainMixture:
     def save(self, checkpoint_dir: str) -> None:
         """Write the state into a checkpoint folder (collective: syncs counters; rank 0 writes)."""
         self.sync()
-        if _world()[0] != 0:
+        if rank_and_world()[0] != 0:
             return
         state = self.state_dict()
-        tmp = os.path.join(checkpoint_dir, STATE_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(os.path.join(checkpoint_dir, STATE_FILE)) as f:
             json.dump(state, f)
-        os.replace(tmp, os.path.join(checkpoint_dir, STATE_FILE))
 
     def restore_from(self, checkpoint_dir: str) -> bool:
         """Read a checkpoint's state; applied when the sampler is built. False if the file is absent."""

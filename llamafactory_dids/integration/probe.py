@@ -43,21 +43,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..algorithms.features import row_losses
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..config import FISHER_ESTIMATORS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
+from ..utils import IGNORE_INDEX, rank_and_world
 
 logger = logging.getLogger(__name__)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    if _world()[1] > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(tensor)
     return tensor
 
@@ -253,14 +249,14 @@ class GradientProbe:
         """
         chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
         total = len(chunks)
-        if self.sharded and _world()[1] > 1:
+        if self.sharded and rank_and_world()[1] > 1:
             count = torch.tensor([total], dtype=torch.float64, device=self.device)
             dist.all_reduce(count, op=dist.ReduceOp.MAX)
             total = int(count.item())
         for i in range(total):
             real = i < len(chunks)
             batch = self._batch(chunks[i] if real else filler[:size])
-            if (batch["labels"][..., 1:] != -100).sum() == 0:
+            if (batch["labels"][..., 1:] != IGNORE_INDEX).sum() == 0:
                 if not self.sharded:
                     continue
                 real = False
@@ -282,14 +278,14 @@ class GradientProbe:
     # -------------------------------------------------------------------------------- task losses
     def task_losses(self) -> np.ndarray:
         """[m] token-weighted mean loss of every task on its observation samples (collective)."""
-        rank, world = _world()
+        rank, world = rank_and_world()
         sums = torch.zeros(2 * len(self.task_rows), dtype=torch.float64, device=self.device)
         with self._eval_mode(), torch.no_grad():
             for j, rows in enumerate(self.task_rows):
                 for batch, real in self._micro_batches(rows[rank::world], self.eval_batch_size, rows):
                     loss = self.model(**batch).loss
                     if real:
-                        tokens = (batch["labels"][..., 1:] != -100).sum()
+                        tokens = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()
                         sums[2 * j] += loss.double() * tokens
                         sums[2 * j + 1] += tokens
         sums = _all_reduce(sums).cpu().numpy()
@@ -346,14 +342,9 @@ class GradientProbe:
     def _row_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B] mean next-token loss of every row (0 for a row without supervised tokens) and [B] which
         rows have supervised tokens."""
-        labels = batch["labels"]
         logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        shifted = labels[..., 1:]
-        token_losses = torch.nn.functional.cross_entropy(
-            logits[..., :-1, :].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="none"
-        ).view_as(shifted)
-        tokens = (shifted != -100).sum(-1)
-        return token_losses.sum(-1) / tokens.clamp_min(1), tokens > 0
+        sums, tokens = row_losses(logits, batch["labels"])
+        return sums / tokens.clamp_min(1), tokens > 0
 
     def _fisher_term(
         self, grad: torch.Tensor, io: list[torch.Tensor] | None, attention_mask: torch.Tensor | None
@@ -463,7 +454,7 @@ class GradientProbe:
         return np.sort(rng.choice(pool, size=size, replace=False)).tolist() if size else []
 
     def _accumulate(self, update_index: int, *, control: bool) -> ImpactAccumulator:
-        rank, world = _world()
+        rank, world = rank_and_world()
         k = len(self.domain_pools)
         sizes = [math.prod(shape) for shape in self.shapes]
         shards = CoordinateShards(sizes, rank, world) if self.sharded else None

@@ -17,18 +17,7 @@ from typing import Any
 
 import numpy as np
 
-HISTORY_FILE = "history.jsonl"
-FINAL_FILE = "dids_final.json"
-FINAL_VERSION = 1
-
-
-def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record of `run_dir/history.jsonl` ([] if the file does not exist)."""
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from ..run_files import FINAL_FILE, FINAL_VERSION, HISTORY_FILE, read_history
 
 
 def read_final(run_dir: str | Path) -> dict[str, Any] | None:
@@ -66,7 +55,8 @@ def read_reference(run_dir: str | Path, domains: list[str], tasks: list[str]) ->
     )
     if not path.is_dir():
         raise ValueError(f"`dids_reference_dir`: {path} is not a directory. {fix}")
-    records = [r for r in read_history(path) if r.get("task_losses") is not None]
+    history, _ = read_history(path, missing_ok=True)
+    records = [r for r in history if r.get("task_losses") is not None]
     final = read_final(path)
     if final is not None:
         records.append(final)

@@ -25,20 +25,17 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..algorithms.registry import build_strategy
-from ..algorithms.velocitune import scaling_law_target
+from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
+from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
+from ..run_files import TRACE_DIR, TRAINER_STATE
+from ..utils import IGNORE_INDEX
 from .loader import dids_config_of
 from .mixture import DomainMixture
 from .probe import GradientProbe
 from .runs import read_reference
 
-# signals computed by the gradient probe
-PROBE_SIGNALS = frozenset({"impact", "alignment", "task_loss_history"})
-
 logger = logging.getLogger(__name__)
-
-TRACE_DIR = "dids_trace"
 
 
 class RecordingCausalLMLoss:
@@ -55,7 +52,7 @@ class RecordingCausalLMLoss:
         labels: torch.Tensor,
         vocab_size: int,
         num_items_in_batch: torch.Tensor | int | None = None,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         shift_labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
@@ -114,7 +111,7 @@ class DIDSTrainerMixin:
         self._dids_seed = int(cfg.dids_seed if cfg.dids_seed is not None else self.args.seed)
         sizes = np.bincount(self._dids_domain_ids, minlength=len(names))
         strategy = build_strategy(
-            cfg.dids_strategy, names, sizes, **_strategy_options(cfg, names, self._dids_planned_samples())
+            cfg.dids_strategy, names, sizes, **strategy_options(cfg, names, self._dids_planned_samples())
         )
         self.dids_mixture = DomainMixture(
             strategy,
@@ -129,7 +126,7 @@ class DIDSTrainerMixin:
         # gradient strategies need the probe; with target sets any strategy observes the task losses
         if strategy.signals & PROBE_SIGNALS or getattr(cfg, "target_sets", None):
             metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
-            gradients = bool(strategy.signals & {"impact", "alignment"})
+            gradients = bool(strategy.signals & GRADIENT_SIGNALS)
             self.dids_mixture.probe = self._build_probe(len(names), metric, gradients)
             self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
@@ -288,51 +285,23 @@ class DIDSTrainerMixin:
             f.writelines(kept)
 
 
-def _strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dict[str, Any]:
-    """The strategy's constructor arguments from the config (and, for doremi/velocitune, the reference run)."""
-    name = cfg.dids_strategy
-    if name == "static":
-        return {"weights": cfg.dids_static_weights}
-    if name == "dga":
-        return {
-            "step_size": cfg.dids_step_size,
-            "beta": 0.1 if cfg.dids_ema_beta is None else cfg.dids_ema_beta,
-        }
-    if name == "doge":
-        return {"step_size": cfg.dids_step_size}
-    if name in ("doremi", "velocitune"):
-        tasks = list(cfg.dids_target_datasets)
-        reference = read_reference(cfg.dids_reference_dir, domains, tasks)
-        smoothing = 1e-3 if cfg.dids_smoothing is None else cfg.dids_smoothing
-        options = {"step_size": cfg.dids_step_size, "smoothing": smoothing}
-        if name == "doremi":
-            return {**options, "reference_losses": reference.final_losses}
-        targets = [
-            scaling_law_target(reference.samples, reference.losses[:, j], planned_samples)[0]
-            for j in range(len(tasks))
-        ]
-        logger.info("[dids] velocitune target losses at %d samples: %s", planned_samples, targets)
-        return {**options, "target_losses": targets}
-    if cfg.dids_strategy == "dids":
-        return {
-            "variant": cfg.dids_variant,
-            "impact": cfg.dids_impact,
-            "pool_control": cfg.dids_pool_control,
-            "task_weighting": cfg.dids_task_weighting,
-            "importance_correction": cfg.dids_importance_correction,
-            "normaliser": cfg.dids_normaliser,
-            "prior": cfg.dids_prior,
-            "beta": cfg.dids_ema_beta,
-            "smoothing": cfg.dids_smoothing,
-            "temperature": cfg.dids_temperature,
-            "evidence_decay": cfg.dids_evidence_decay,
-            "use_trajectory": cfg.dids_use_trajectory,
-        }
-    return {}
+def strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dict[str, Any]:
+    """The strategy's constructor arguments: the `dids_*` keys it declares (`config_keys`; unset keys keep
+    the constructor's defaults) and, for strategies with `needs_reference`, what it reads from that run."""
+    cls = STRATEGY_CLASSES[cfg.dids_strategy]
+    options = {
+        arg: getattr(cfg, key) for arg, key in cls.config_keys.items() if getattr(cfg, key) is not None
+    }
+    if cls.needs_reference:
+        reference = read_reference(cfg.dids_reference_dir, domains, list(cfg.dids_target_datasets))
+        from_reference = cls.reference_options(reference, planned_samples)
+        logger.info("[dids] %s from the reference run: %s", cfg.dids_strategy, from_reference)
+        options.update(from_reference)
+    return options
 
 
 def _checkpoint_step(path: str) -> int | None:
-    state = os.path.join(path, "trainer_state.json")
+    state = os.path.join(path, TRAINER_STATE)
     if os.path.isfile(state):
         with open(state, encoding="utf-8") as f:
             return int(json.load(f)["global_step"])

@@ -13,14 +13,15 @@ rather than a silent mix of old and new shards.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from ..run_files import FEATURE_CACHE_MANIFEST
+from ..run_files import FEATURE_CACHE_VERSION as SCHEMA_VERSION
+from ..utils import atomic_write, write_text_atomic
 
 
 class FeatureCache:
@@ -54,7 +55,7 @@ class FeatureCache:
         Raises:
             ValueError: if the folder holds features computed with other settings or data.
         """
-        manifest = self.root / "manifest.json"
+        manifest = self.root / FEATURE_CACHE_MANIFEST
         expected = {
             "schema_version": SCHEMA_VERSION,
             "fingerprint": self.fingerprint,
@@ -72,7 +73,7 @@ class FeatureCache:
                 )
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(manifest, json.dumps(expected, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(manifest, json.dumps(expected, indent=2, sort_keys=True) + "\n")
         return sum(self.done(i) for i in range(self.num_shards))
 
     def save(self, shard: int, features: np.ndarray) -> None:
@@ -81,9 +82,8 @@ class FeatureCache:
             raise ValueError(
                 f"shard {shard}: expected features {(end - start, self.dim)}, got {features.shape}."
             )
-        tmp = self.path(shard).with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, np.ascontiguousarray(features, dtype=np.float32))
-        os.replace(tmp, self.path(shard))
+        with atomic_write(self.path(shard), "wb") as f:
+            np.save(f, np.ascontiguousarray(features, dtype=np.float32))
 
     def load(self) -> np.ndarray:
         """[num_rows, dim] float32, every shard (all must be finished)."""
@@ -104,9 +104,3 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> str:
     return (
         ", ".join(f"{k}: {flat_found.get(k)!r} -> {flat_expected[k]!r}" for k in keys) or "manifest differs"
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -26,6 +26,7 @@ from ..algorithms.features import (
     response_token_fit,
 )
 from ..integration.probe import transformer_blocks
+from ..utils import IGNORE_INDEX
 from .config import RepartitionConfig
 from .inputs import Inputs, RepartitionInputError
 
@@ -69,7 +70,7 @@ class Extractor:
         width = max(self._length(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         for i, r in enumerate(rows):
             input_ids, row_labels = self.inputs.encoded[r]
             ids[i, : len(input_ids)] = torch.tensor(input_ids)

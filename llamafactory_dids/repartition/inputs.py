@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..algorithms.clustering import allocate_domains
+from ..utils import IGNORE_INDEX
 from .config import RepartitionConfig
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Inputs:
     def trainable(self) -> np.ndarray:
         """[n] bool: the row has at least one supervised token after the shift."""
         return np.array(
-            [e is not None and any(x != -100 for x in e[1][1:]) for e in self.encoded], dtype=bool
+            [e is not None and any(x != IGNORE_INDEX for x in e[1][1:]) for e in self.encoded], dtype=bool
         )
 
     def token_digest(self) -> str:

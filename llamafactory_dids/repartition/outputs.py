@@ -11,31 +11,25 @@ the domains: source, size, example rows, and how tightly their rows sit around t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..run_files import DATASET_INFO, REPARTITION_DOMAIN_MAP, REPARTITION_REPORT
+from ..run_files import REPARTITION_DATA as DATA_FILE
+from ..run_files import REPARTITION_VERSION as SCHEMA_VERSION
+from ..utils import atomic_write, write_text_atomic
 from .inputs import DOMAIN_COLUMN, SOURCE_COLUMN, Inputs
 
-SCHEMA_VERSION = 1
 DATASET_NAME = "dids_repartitioned"
-DATA_FILE = "data.jsonl"
 EXAMPLE_ROWS = 5
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_dataset(out: Path, inputs: Inputs, domain_names: list[str], row_domain: np.ndarray) -> int:
     """Write data.jsonl and dataset_info.json; return the number of rows written (checked = rows in)."""
-    tmp = out / f"{DATA_FILE}.tmp{os.getpid()}"
     written = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(out / DATA_FILE) as f:
         for dataset in inputs.raw:
             for row in dataset:
                 row = dict(row)
@@ -43,11 +37,10 @@ def write_dataset(out: Path, inputs: Inputs, domain_names: list[str], row_domain
                 row[SOURCE_COLUMN] = inputs.source_names[inputs.sources[written]]
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 written += 1
-    if written != inputs.num_rows:
-        raise RuntimeError(f"wrote {written} rows for {inputs.num_rows} input rows; output discarded")
-    os.replace(tmp, out / DATA_FILE)
+        if written != inputs.num_rows:
+            raise RuntimeError(f"wrote {written} rows for {inputs.num_rows} input rows; output discarded")
     entry = {"file_name": DATA_FILE, **inputs.info_entry}
-    _atomic_text(out / "dataset_info.json", json.dumps({DATASET_NAME: entry}, indent=2) + "\n")
+    write_text_atomic(out / DATASET_INFO, json.dumps({DATASET_NAME: entry}, indent=2) + "\n")
     return written
 
 
@@ -109,7 +102,7 @@ def _proxy_fit_lines(fit: dict[str, Any] | None) -> list[str]:
 
 def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None:
     """domain_map.json and report.md."""
-    _atomic_text(out / "domain_map.json", json.dumps(domain_map, indent=2) + "\n")
+    write_text_atomic(out / REPARTITION_DOMAIN_MAP, json.dumps(domain_map, indent=2) + "\n")
     run = domain_map["run"]
     lines = [
         "# Domain repartition report",
@@ -139,4 +132,4 @@ def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None
                 f"{c.get('cosine_min', float('nan')):.3f} | {examples} |"
             )
         lines.append("")
-    _atomic_text(out / "report.md", "\n".join(lines))
+    write_text_atomic(out / REPARTITION_REPORT, "\n".join(lines))

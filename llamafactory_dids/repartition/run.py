@@ -27,6 +27,7 @@ from ..algorithms.clustering import (
     resolve_clusterer,
     spherical_kmeans,
 )
+from ..utils import rank_and_world
 from .cache import FeatureCache
 from .config import RepartitionConfig, parse_repartition_config
 from .extract import Extractor, GradientExtractor, build_extractor, check_model_path
@@ -44,8 +45,7 @@ def _distributed() -> tuple[int, int, torch.device, bool]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=timedelta(hours=12))
         created = True
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank, world = rank_and_world()
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..run_files import EXPORT_DIR, EXPORT_INTERLEAVE, EXPORT_JSON, EXPORT_STATIC, HISTORY_FILE
+from ..run_files import EXPORT_VERSION as EXPORT_SCHEMA
 from .run_outputs import (
     AVERAGING,
     RunOutputs,
@@ -32,8 +34,6 @@ from .run_outputs import (
     time_averaged_weights,
 )
 
-EXPORT_DIR = "dids_export"
-EXPORT_SCHEMA = 1
 MIXTURES = ("mean", "final")
 INTERLEAVE_STRATEGIES = ("interleave_under", "interleave_over")
 WEBUI_CONFIG = "training_args.yaml"  # LLaMA-Board saves the training arguments here
@@ -243,8 +243,8 @@ def export_mixture(
         warnings.append(f"no interleave.yaml: {note}")
     source = f"{output_dir.resolve()} ({run.strategy}, {run.num_updates} updates, {run.end_step} steps)"
     header = [f"Learned domain mixture of {source}", f"mixture: {mixture} = {how}"]
-    static_path = _write_static(dest / "static.yaml", header, run.domains, probs)
-    interleave_path = dest / "interleave.yaml"
+    static_path = _write_static(dest / EXPORT_STATIC, header, run.domains, probs)
+    interleave_path = dest / EXPORT_INTERLEAVE
     if datasets is not None:
         by_name = dict(zip(run.domains, probs, strict=True))
         _write_interleave(interleave_path, header, datasets, by_name, note, mix_strategy, decimals)
@@ -262,7 +262,7 @@ def export_mixture(
         "how_computed": how,
         "source": {
             "output_dir": str(output_dir.resolve()),
-            "history": str((output_dir / "history.jsonl").resolve()),
+            "history": str((output_dir / HISTORY_FILE).resolve()),
             "strategy": run.strategy,
             "updates": run.num_updates,
             "final_step": run.end_step,
@@ -285,6 +285,6 @@ def export_mixture(
             "note": note,
         },
     }
-    json_path = dest / "mixture.json"
+    json_path = dest / EXPORT_JSON
     json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return Export(run.domains, probs, json_path, static_path, interleave_path, note, warnings)

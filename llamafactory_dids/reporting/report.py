@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..run_files import REPORT_DIR
+from ..run_files import REPORT_SUMMARY as SUMMARY
 from . import plots
 from .run_outputs import (
     RunOutputs,
@@ -24,8 +26,6 @@ from .run_outputs import (
     weights_at_progress,
 )
 
-REPORT_DIR = "dids_report"
-SUMMARY = "report.md"
 PROGRESS = tuple(i / 10 for i in range(11))
 
 

@@ -4,7 +4,7 @@ Role: the reader behind `llamafactory-dids report` and `export`, downstream of t
 (repartition -> impact -> schedule -> sampler): it reads what `integration.mixture.DomainMixture` wrote.
 
 - `history.jsonl`: one record per mixture update (update 0 is the initial mixture), schema
-  `HISTORY_SCHEMA`. A resumed run keeps the records up to its checkpoint and appends from there; when
+  `HISTORY_VERSION`, read by `run_files.read_history`. A resumed run keeps the records up to its checkpoint and appends from there; when
   records go back in step (a history written without that truncation), the later records supersede
   every earlier one at or after their step, as the resumed run's timeline does.
 - the per-step `dids/*` scalars (`dids/target/<domain>`, `dids/realised/<domain>`, `dids/loss/<domain>`,
@@ -33,16 +33,20 @@ from typing import Any
 
 import numpy as np
 
-HISTORY_FILE = "history.jsonl"  # = integration.mixture.HISTORY_FILE (a test keeps them equal)
-HISTORY_SCHEMA = 1  # = integration.mixture.HISTORY_VERSION
-TRAINER_STATE = "trainer_state.json"
-TRAINER_LOG = "trainer_log.jsonl"
-REQUIRED_KEYS = ("schema", "update", "step", "domains", "weights")
+from ..run_files import (
+    HISTORY_FILE,
+    HISTORY_VERSION,
+    TRAINER_LOG,
+    TRAINER_STATE,
+    RunOutputsError,
+    read_history,
+    read_jsonl,
+    supersede,
+)
+
+HISTORY_SCHEMA = HISTORY_VERSION  # the name this module exported before `run_files` owned it
+
 AVERAGING = ("samples", "steps")
-
-
-class RunOutputsError(ValueError):
-    """A run's output directory cannot be read: names the file, the line and the fix."""
 
 
 @dataclass
@@ -121,88 +125,6 @@ class RunOutputs:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """(line number, value) of every non-blank line; a line that is not JSON is an error naming it."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append((i + 1, json.loads(line)))
-        except json.JSONDecodeError as e:
-            if i == last:
-                raise RunOutputsError(
-                    f"{path}, line {i + 1} (the last line): not valid JSON ({e.msg}); the file is truncated, "
-                    "probably written by a run that was killed. Delete that line to use the records before it, "
-                    "or resume the run from its last checkpoint (which rewrites the history)."
-                ) from None
-            raise RunOutputsError(
-                f"{path}, line {i + 1}: not valid JSON ({e.msg}); the file is corrupt. Restore it, or delete "
-                "that line and the following ones to use the records before it."
-            ) from None
-    return out
-
-
-def _supersede(entries: list[tuple[int, dict[str, Any]]], step_key: str) -> tuple[list[dict[str, Any]], int]:
-    """Drop the entries a later one supersedes (same or later step, written before it). Returns (kept, dropped)."""
-    kept: list[dict[str, Any]] = []
-    dropped = 0
-    for _, entry in entries:
-        while kept and kept[-1][step_key] >= entry[step_key]:
-            kept.pop()
-            dropped += 1
-        kept.append(entry)
-    return kept, dropped
-
-
-def read_history(output_dir: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """The records of `output_dir/history.jsonl`, validated and resume-resolved. Returns (records, superseded).
-
-    Raises:
-        RunOutputsError: no history file, an empty one, a line that is not JSON (the last line: truncated),
-            a wrong schema version, a record without the required keys, or records over different domains.
-    """
-    output_dir = Path(output_dir)
-    path = output_dir / HISTORY_FILE
-    if not output_dir.is_dir():
-        raise RunOutputsError(f"{output_dir} is not a directory. Pass the `output_dir` of a training run.")
-    if not path.is_file():
-        raise RunOutputsError(
-            f"{output_dir} has no {HISTORY_FILE}: it is not the output_dir of a run trained with a "
-            "`dids_strategy` (the mixture history is written there at the first training step). Pass the "
-            "`output_dir` of such a run."
-        )
-    entries = _read_jsonl(path)
-    if not entries:
-        raise RunOutputsError(f"{path} is empty: the run stopped before its first training step.")
-    domains = None
-    for line, record in entries:
-        if not isinstance(record, dict):
-            raise RunOutputsError(
-                f"{path}, line {line}: expected a JSON object, got {type(record).__name__}."
-            )
-        if record.get("schema") != HISTORY_SCHEMA:
-            raise RunOutputsError(
-                f"{path}, line {line}: history schema {record.get('schema')!r}, this version of llamafactory-dids "
-                f"reads schema {HISTORY_SCHEMA}. Report it with the llamafactory-dids version that trained the run."
-            )
-        missing = [k for k in REQUIRED_KEYS if k not in record]
-        if missing:
-            raise RunOutputsError(f"{path}, line {line}: record without {missing}; the file is corrupt.")
-        if domains is None:
-            domains = record["domains"]
-        if record["domains"] != domains or len(record["weights"]) != len(domains):
-            raise RunOutputsError(
-                f"{path}, line {line}: record over domains {record['domains'][:8]} with {len(record['weights'])} "
-                f"weights, but line {entries[0][0]} has {domains[:8]}: two runs wrote into one output_dir. "
-                "Report on a directory holding one run."
-            )
-    return _supersede(entries, "step")
-
-
 def _newest_trainer_state(output_dir: Path) -> Path | None:
     candidates = [output_dir / TRAINER_STATE] + [
         p / TRAINER_STATE for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
@@ -243,8 +165,8 @@ def read_training_log(output_dir: str | Path) -> tuple[list[dict[str, Any]], int
         source = str(state_path)
     log_path = output_dir / TRAINER_LOG
     if log_path.is_file():
-        lines = [(n, e) for n, e in _read_jsonl(log_path) if isinstance(e, dict) and "current_steps" in e]
-        kept, _ = _supersede(lines, "current_steps")
+        lines = [(n, e) for n, e in read_jsonl(log_path) if isinstance(e, dict) and "current_steps" in e]
+        kept, _ = supersede(lines, "current_steps")
         if kept:
             last = int(kept[-1]["current_steps"])
             final_step = last if final_step is None else max(final_step, last)

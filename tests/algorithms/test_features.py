@@ -24,6 +24,7 @@ from llamafactory_dids.algorithms.features import (
     linear_modules_for,
     mean_pooled_embeddings,
     response_token_fit,
+    row_losses,
     topk_sparsify,
 )
 from llamafactory_dids.integration.probe import transformer_blocks
@@ -92,6 +93,25 @@ def test_example_losses_match_the_models_own_loss():
         ref = model(input_ids=ids[i, keep][None], labels=labels[i, keep][None]).loss
         assert torch.allclose(losses[i], ref, atol=1e-5)
     assert losses[3] == 0
+
+
+def test_row_losses_are_sums_and_counts_of_supervised_token_losses():
+    """Reference: -log softmax of each supervised next token, summed by hand row by row."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 6, VOCAB, generator=g)
+    labels = torch.randint(0, VOCAB, (3, 6), generator=g)
+    labels[0, :3] = -100
+    labels[2] = -100
+    sums, counts = row_losses(logits, labels)
+    log_probs = logits.log_softmax(-1)
+    for i in range(3):
+        positions = [t for t in range(1, 6) if labels[i, t] != -100]
+        assert counts[i] == len(positions)
+        reference = sum(-float(log_probs[i, t - 1, labels[i, t]]) for t in positions)
+        assert float(sums[i]) == pytest.approx(reference, abs=1e-4)
+    np.testing.assert_allclose(
+        example_losses(logits, labels), [float(sums[0]) / 3, float(sums[1]) / 5, 0.0], rtol=1e-6
+    )
 
 
 def test_factored_features_equal_the_kronecker_projection_of_exact_gradients():

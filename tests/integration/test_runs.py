@@ -24,6 +24,7 @@ def write_run(path, *, tasks=("a", "b"), domains=DOMAINS, final=True, with_losse
     ):
         records.append(
             {
+                "schema": 1,
                 "update": update,
                 "step": 5 * update,
                 "strategy": "doge",
