@@ -6,7 +6,7 @@
     python benchmarks/repartition.py --json repartition.json
 
 Proxy: a Llama (hidden 256, 4 blocks, ~0.8M parameters in the last block, which is what
-`dids_layers_fraction: 0.1` selects), trained from random initialisation for `--proxy-steps` (600) AdamW
+`dids_probe_layers_fraction: 0.1` selects), trained from random initialisation for `--proxy-steps` (600) AdamW
 steps (warm-up then cosine decay) on `--proxy-rows` (400) held-out rows of every kind it later clusters
 (demo code, docstrings, comments and C): it stands for the pretrained proxy a user brings, which cannot be
 downloaded here. Text is real (Python stdlib code, docstrings, comments, C headers), tokenised by the

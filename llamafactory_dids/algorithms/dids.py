@@ -471,7 +471,6 @@ class DIDSStrategy(MixingStrategy):
         # the probe adds the pool-control gradient only when the cosine impact will read it
         self.impact_control = bool(self.resolved["pool_control"]) and self.resolved["impact"] == "cosine"
         self.evidence = Evidence(self.num_domains, decay=evidence_decay)
-        self.last_terms: dict[str, Any] = {}
 
     @property
     def prior(self) -> np.ndarray:
@@ -500,6 +499,22 @@ class DIDSStrategy(MixingStrategy):
             evidence=self.evidence,
         )
         return new
+
+    def log_scalars(self, task_names: Sequence[str]) -> dict[str, float]:
+        """The last update's impact per domain (mean over tasks) and l_c, l_p per task (eq. 13-15)."""
+        terms = self.last_terms
+        if "impact_normalised" not in terms:
+            return {}
+        out = {
+            f"dids/impact/{name}": round(float(value), 6)
+            for name, value in zip(
+                self.domain_names, np.asarray(terms["impact_normalised"]).mean(axis=1), strict=True
+            )
+        }
+        for j, name in enumerate(task_names):
+            out[f"dids/l_c/{name}"] = round(float(terms["l_c"][j]), 6)
+            out[f"dids/l_p/{name}"] = round(float(terms["l_p"][j]), 6)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"evidence": self.evidence.state_dict()}

@@ -81,7 +81,6 @@ class MirrorDescentStrategy(MixingStrategy):
         self.alpha = np.full(self.num_domains, 1.0 / self.num_domains)
         self.alpha_sum = np.zeros(self.num_domains)
         self.num_steps = 0
-        self.last_terms: dict[str, Any] = {}
 
     def initial_weights(self) -> np.ndarray:
         return np.full(self.num_domains, 1.0 / self.num_domains)
@@ -90,6 +89,14 @@ class MirrorDescentStrategy(MixingStrategy):
     def average(self) -> np.ndarray:
         """[k] mean of the iterates so far (the initial uniform weights before any step)."""
         return self.alpha_sum / self.num_steps if self.num_steps else self.initial_weights()
+
+    def log_scalars(self, task_names: Sequence[str]) -> dict[str, float]:
+        """The per-domain score of the last update (alignment, excess loss or velocity)."""
+        del task_names
+        scores = self.last_terms.get("scores")
+        if scores is None:
+            return {}
+        return {f"dids/score/{n}": round(float(v), 6) for n, v in zip(self.domain_names, scores, strict=True)}
 
     def step(self, scores: np.ndarray) -> np.ndarray:
         """alpha <- smooth(exponentiated_step(alpha, scores)); updates the running average; returns alpha."""

@@ -100,6 +100,9 @@ class MixingStrategy:
 
     Subclasses set `name`, `signals` and `dynamic`, and implement `initial_weights`; dynamic ones also
     implement `update`. State that must survive a resume goes through `state_dict`/`load_state_dict`.
+    What the mixture reads back after an update: `last_terms` (what the rule used, kept in the history
+    record), `log_scalars` (the per-domain and per-task scalars the Trainer logs to `report_to`) and
+    `average` (the offline output of rules that average their iterates; None for the others).
     """
 
     name: ClassVar[str]
@@ -121,6 +124,8 @@ class MixingStrategy:
             raise ValueError("At least one domain is needed.")
         self.domain_names = list(domain_names)
         self.domain_sizes = np.asarray(domain_sizes, dtype=np.int64)
+        #: the terms of the last update, JSON-ready (history records and `llamafactory-dids report`)
+        self.last_terms: dict[str, Any] = {}
 
     @classmethod
     def reference_options(cls, reference: Any, planned_samples: int) -> dict[str, Any]:
@@ -130,6 +135,16 @@ class MixingStrategy:
         `final_losses` [m]; `planned_samples` is this run's budget.
         """
         del reference, planned_samples
+        return {}
+
+    @property
+    def average(self) -> np.ndarray | None:
+        """[k] the time average of the weights, for rules whose output is that average; None otherwise."""
+        return None
+
+    def log_scalars(self, task_names: Sequence[str]) -> dict[str, float]:
+        """Scalars of the last update for the Trainer's log (`dids/<what>/<domain or task>`); {} before one."""
+        del task_names
         return {}
 
     @property

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 _NAME_ATTR = "dids_name"
 
 
+#: dataset-module key of the loaded observation sets ({name: dataset}); the trainer pops it
+TARGET_SETS_KEY = "dids_target_sets"
+
+
 def dids_config_of(args: Any) -> Any:
     """The `DIDSConfig` attached to a LLaMA-Factory arguments object, if DIDS is on."""
     cfg = getattr(args, "dids", None)
@@ -82,7 +86,8 @@ def wrap_get_dataset_processor(original: Callable[..., Any]) -> Callable[..., An
 
 
 def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """Turn the carried labels into a `ClassLabel` column `domain_ids` (and optional row ids)."""
+    """Turn the carried labels into a `ClassLabel` column `domain_ids` (and optional row ids); add the
+    loaded observation sets (`dids_target_datasets`) to the dataset module under `TARGET_SETS_KEY`."""
 
     def get_dataset(template, model_args, data_args, training_args, stage, **kwargs):
         module = original(template, model_args, data_args, training_args, stage, **kwargs)
@@ -114,7 +119,9 @@ def wrap_get_dataset(original: Callable[..., dict[str, Any]]) -> Callable[..., d
         elif eval_data is not None:
             module["eval_dataset"] = _encode_eval(eval_data, vocabulary)
         if cfg.dids_target_datasets:
-            cfg.target_sets = load_target_sets(
+            # LLaMA-Factory's workflows pass the dataset module to the trainer as keyword arguments: the
+            # observation rows reach `DIDSTrainerMixin.__init__` as this one
+            module[TARGET_SETS_KEY] = load_target_sets(
                 cfg, template, model_args, data_args, training_args, stage, **kwargs
             )
         sizes = np.bincount(np.asarray(train[DOMAIN_ID_COLUMN]), minlength=len(vocabulary)).tolist()

@@ -53,7 +53,13 @@ class DomainMixture:
         min_weight: float,
         output_dir: str,
         device: torch.device | str = "cpu",
+        probe: Any = None,
+        task_names: Sequence[str] = (),
+        domain_column: str | None = None,
     ):
+        """`probe`: the gradient probe (`integration.probe.GradientProbe`) when the strategy needs probed
+        signals or target sets are observed, with `task_names` its tasks in order; `domain_column`: the
+        `dids_domain_column` (None: one domain per `dataset:` entry)."""
         self.strategy = strategy
         self.names = list(strategy.domain_names)
         self.sizes = np.asarray(strategy.domain_sizes, dtype=np.int64)
@@ -65,12 +71,14 @@ class DomainMixture:
         self.device = torch.device(device)
         self.sampler: DomainMixtureSampler | None = None
         self.num_updates = 0
-        self.probe: Any = None  # integration.probe.GradientProbe for strategies that need gradients
-        self.task_names: list[str] = []
+        self.probe = probe
+        self.task_names = list(task_names)
+        if probe is None and self.task_names:
+            raise ValueError("task_names without a probe: the task losses are measured by the probe.")
         self.task_loss_history: list[list[float]] = []
         self.last_update_seconds = 0.0
         self.resumed_state: dict[str, Any] | None = None
-        self.domain_column: str | None = None  # `dids_domain_column`; None: one domain per `dataset:` entry
+        self.domain_column = domain_column
         # window accumulators (this rank, since the last sync), on the training device
         self._loss_sum = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         self._tokens = torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -159,20 +167,9 @@ class DomainMixture:
         if self.task_loss_history:
             for name, value in zip(self.task_names, self.task_loss_history[-1], strict=True):
                 out[f"dids/task_loss/{name}"] = round(float(value), 6)
-        terms = getattr(self.strategy, "last_terms", None)
-        if (
-            terms and "impact_normalised" in terms
-        ):  # the latest DIDS update's terms (eq. 13-15), for report_to
-            impact = np.asarray(terms["impact_normalised"]).mean(axis=1)
-            for name, value in zip(self.names, impact, strict=True):
-                out[f"dids/impact/{name}"] = round(float(value), 6)
-            for j, name in enumerate(self.task_names):
-                out[f"dids/l_c/{name}"] = round(float(terms["l_c"][j]), 6)
-                out[f"dids/l_p/{name}"] = round(float(terms["l_p"][j]), 6)
-            out["dids/update_seconds"] = self.last_update_seconds
-        elif terms and "scores" in terms:  # a baseline's per-domain score (alignment, excess loss, velocity)
-            for name, value in zip(self.names, terms["scores"], strict=True):
-                out[f"dids/score/{name}"] = round(float(value), 6)
+        scalars = self.strategy.log_scalars(self.task_names)  # the last update's terms, for report_to
+        if scalars:
+            out.update(scalars)
             out["dids/update_seconds"] = self.last_update_seconds
         p = weights[weights > 0]
         out["dids/weights_entropy"] = round(float(-(p * np.log(p)).sum()), 6)
@@ -256,7 +253,7 @@ class DomainMixture:
             "signals": {k: _jsonable(v) for k, v in signals.items() if SIGNALS[k].logged},
             "task_losses": self.task_loss_history[-1] if self.task_loss_history else None,
             "tasks": self.task_names,
-            "terms": getattr(self.strategy, "last_terms", {}),
+            "terms": self.strategy.last_terms,
             "seconds": round(time.perf_counter() - start, 6),
         }
         self.last_update_seconds = record["seconds"]
@@ -293,7 +290,7 @@ class DomainMixture:
             return None
         self.sync()
         losses = self.probe.task_losses().tolist()
-        average = getattr(self.strategy, "average", None)
+        average = self.strategy.average
         record = {
             "schema": FINAL_VERSION,
             "step": step,

@@ -30,7 +30,7 @@ from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from ..run_files import TRACE_DIR, TRAINER_STATE
 from ..utils import IGNORE_INDEX
-from .loader import dids_config_of
+from .loader import TARGET_SETS_KEY, dids_config_of
 from .mixture import DomainMixture
 from .probe import GradientProbe
 from .runs import read_reference
@@ -98,6 +98,7 @@ class DIDSTrainerMixin:
     """Mixed in front of LLaMA-Factory's `CustomSeq2SeqTrainer` / `CustomTrainer`."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        target_sets = kwargs.pop(TARGET_SETS_KEY, None) or {}  # from the patched get_dataset's module
         super().__init__(*args, **kwargs)
         self.dids_config = dids_config_of(getattr(self, "finetuning_args", None))
         self.dids_mixture: DomainMixture | None = None
@@ -113,6 +114,13 @@ class DIDSTrainerMixin:
         strategy = build_strategy(
             cfg.dids_strategy, names, sizes, **strategy_options(cfg, names, self._dids_planned_samples())
         )
+        self.data_collator = DomainCollator(self.data_collator)
+        # gradient strategies need the probe; with target sets any strategy observes the task losses
+        probe = None
+        if strategy.signals & PROBE_SIGNALS or target_sets:
+            metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
+            gradients = bool(strategy.signals & GRADIENT_SIGNALS)
+            probe = self._build_probe(len(names), target_sets, metric, gradients)
         self.dids_mixture = DomainMixture(
             strategy,
             seed=self._dids_seed,
@@ -120,15 +128,10 @@ class DIDSTrainerMixin:
             min_weight=cfg.dids_min_weight,
             output_dir=self.args.output_dir,
             device=self.args.device,
+            probe=probe,
+            task_names=list(target_sets) if probe is not None else [],
+            domain_column=cfg.dids_domain_column,
         )
-        self.dids_mixture.domain_column = cfg.dids_domain_column
-        self.data_collator = DomainCollator(self.data_collator)
-        # gradient strategies need the probe; with target sets any strategy observes the task losses
-        if strategy.signals & PROBE_SIGNALS or getattr(cfg, "target_sets", None):
-            metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
-            gradients = bool(strategy.signals & GRADIENT_SIGNALS)
-            self.dids_mixture.probe = self._build_probe(len(names), metric, gradients)
-            self.dids_mixture.task_names = list(cfg.target_sets)
         if cfg.dids_log_domain_loss:
             self._dids_loss_recorder = install_loss_recorder(self.model)
             if self._dids_loss_recorder is None:
@@ -154,9 +157,10 @@ class DIDSTrainerMixin:
             )
         return int(len(self._dids_domain_ids) * args.num_train_epochs)
 
-    def _build_probe(self, num_domains: int, metric: str, gradients: bool) -> GradientProbe:
+    def _build_probe(
+        self, num_domains: int, targets: dict[str, Any], metric: str, gradients: bool
+    ) -> GradientProbe:
         cfg = self.dids_config
-        targets = getattr(cfg, "target_sets", None)
         if not targets:
             raise ValueError(
                 f"`dids_strategy: {cfg.dids_strategy}` needs `dids_target_datasets`; no target set was loaded."

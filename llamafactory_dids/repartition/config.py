@@ -59,10 +59,16 @@ class RepartitionConfig:
             "`semantic`: mean-pooled embeddings (the DIDS-GC ablation)."
         },
     )
-    dids_proj_dim: int = field(default=1024, metadata={"help": "JL projection dimension (paper: 1024)."})
-    dids_layers_fraction: float = field(
+    dids_projection_dim: int = field(
+        default=1024,
+        metadata={"help": "JL projection dimension (paper: 1024). Also accepted as `dids_proj_dim`."},
+    )
+    dids_probe_layers_fraction: float = field(
         default=0.1,
-        metadata={"help": "Gradients of the linear layers of this last fraction of blocks (paper: 10%)."},
+        metadata={
+            "help": "Gradients of the linear layers of this last fraction of blocks (paper: 10%), as the "
+            "training probe's key of the same name. Also accepted as `dids_layers_fraction`."
+        },
     )
     dids_topk_fraction: float = field(
         default=0.0,
@@ -112,6 +118,10 @@ class RepartitionConfig:
         return dataclasses.asdict(self)
 
 
+#: older repartition key -> the name it shares with the training keys (both names are accepted)
+KEY_ALIASES = {"dids_proj_dim": "dids_projection_dim", "dids_layers_fraction": "dids_probe_layers_fraction"}
+
+
 def known_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RepartitionConfig)]
 
@@ -126,6 +136,10 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     known = known_keys()
     values = {}
     for key, value in raw.items():
+        if key in KEY_ALIASES:
+            key = KEY_ALIASES[key]
+            if key in raw:
+                problems.append(f"`{key}` is set twice: under its name and its older alias. Keep `{key}`.")
         if key not in known:
             problems.append(
                 unknown_key_problem(
@@ -164,7 +178,7 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     positive = (
         "cutoff_len",
         "max_samples",
-        "dids_proj_dim",
+        "dids_projection_dim",
         "dids_factor_dim",
         "dids_num_domains",
         "dids_domains_per_source",
@@ -188,7 +202,7 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
             cfg.dids_seed = n
 
     for key, low, high, low_open in (
-        ("dids_layers_fraction", 0.0, 1.0, True),
+        ("dids_probe_layers_fraction", 0.0, 1.0, True),
         ("dids_topk_fraction", 0.0, 1.0, False),
     ):
         if key in values:

@@ -2,7 +2,7 @@
 
 Role: integration layer between the loaded inputs and `algorithms.features` (paper section 4.1, eq. 5).
 `build_extractor` loads the proxy (or the embedding model), selects the linear layers of the last
-`dids_layers_fraction` of its blocks, and fails with a clear message if the model has none. Extractors
+`dids_probe_layers_fraction` of its blocks, and fails with a clear message if the model has none. Extractors
 batch rows sorted by length (less padding), right-pad them, and return features in row order; rows
 without a loss (see `inputs`) get zero features.
 """
@@ -100,9 +100,9 @@ class GradientExtractor(Extractor):
     def __init__(self, cfg: RepartitionConfig, inputs: Inputs, device: torch.device, model: Any, pad_id: int):
         super().__init__(cfg, inputs, device, pad_id)
         self.model = model
-        named = last_block_matrices(model, transformer_blocks(model), cfg.dids_layers_fraction)
+        named = last_block_matrices(model, transformer_blocks(model), cfg.dids_probe_layers_fraction)
         self.params = [p for _, p in named]
-        self.dim = cfg.dids_proj_dim
+        self.dim = cfg.dids_projection_dim
         self.description = {
             "layers": [n for n, _ in named],
             "parameters": int(sum(p.numel() for p in self.params)),
@@ -116,7 +116,7 @@ class GradientExtractor(Extractor):
                 model,
                 linears,
                 factor_dim=cfg.dids_factor_dim,
-                proj_dim=cfg.dids_proj_dim,
+                proj_dim=cfg.dids_projection_dim,
                 seed=cfg.dids_seed,
                 topk_fraction=cfg.dids_topk_fraction,
             )
@@ -125,7 +125,7 @@ class GradientExtractor(Extractor):
             for p in self.params:
                 p.requires_grad_(True)
             self.projection = RademacherProjection(
-                self.description["parameters"], cfg.dids_proj_dim, cfg.dids_seed
+                self.description["parameters"], cfg.dids_projection_dim, cfg.dids_seed
             )
 
     def proxy_fit(self, limit: int = PROXY_FIT_ROWS) -> dict[str, float]:
@@ -217,8 +217,8 @@ def build_extractor(
         if isinstance(err, RepartitionInputError):
             raise
         raise RepartitionInputError(
-            f"The proxy model {cfg.model_name_or_path} has no usable layers for `dids_layers_fraction: "
-            f"{cfg.dids_layers_fraction}`: {err}"
+            f"The proxy model {cfg.model_name_or_path} has no usable layers for `dids_probe_layers_fraction: "
+            f"{cfg.dids_probe_layers_fraction}`: {err}"
         ) from err
     logger.info(
         "[dids] %s features over %d tensors (%d parameters) of %s",

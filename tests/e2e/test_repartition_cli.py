@@ -29,7 +29,7 @@ def overrides(assets, out, **extra):
         "cutoff_len": 96,
         "max_samples": 24,
         "dids_domains_per_source": 2,
-        "dids_proj_dim": 128,
+        "dids_projection_dim": 128,
         "dids_shard_size": 16,
         **extra,
     }

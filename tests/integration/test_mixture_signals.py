@@ -29,19 +29,23 @@ class FakeProbe:
         return np.array([[1.0], [-1.0]])
 
 
-def make_mixture(tmp_path, name, **options):
+def make_mixture(tmp_path, name, probe=None, **options):
     strategy = build_strategy(name, ["a", "b"], [10, 10], **options)
     mixture = DomainMixture(
-        strategy, seed=0, on_exhausted="reshuffle", min_weight=0.0, output_dir=str(tmp_path)
+        strategy,
+        seed=0,
+        on_exhausted="reshuffle",
+        min_weight=0.0,
+        output_dir=str(tmp_path),
+        probe=probe,
+        task_names=["t"] if probe is not None else [],
     )
     mixture.build_sampler(np.array([0] * 10 + [1] * 10), 20)
-    mixture.task_names = ["t"]
     return mixture
 
 
 def test_static_strategy_observes_task_losses_and_writes_the_final_ones(tmp_path):
-    mixture = make_mixture(tmp_path, "uniform")
-    mixture.probe = FakeProbe(metric="fim")
+    mixture = make_mixture(tmp_path, "uniform", FakeProbe(metric="fim"))
     mixture.observe_initial_task_losses()
     record = mixture.update(5)
     assert record["task_losses"] == [2.0] and mixture.probe.impact_calls == []  # no gradient for uniform
@@ -54,8 +58,7 @@ def test_static_strategy_observes_task_losses_and_writes_the_final_ones(tmp_path
 
 
 def test_alignment_signal_needs_the_inner_product_probe(tmp_path):
-    mixture = make_mixture(tmp_path, "dga")
-    mixture.probe = FakeProbe()
+    mixture = make_mixture(tmp_path, "dga", FakeProbe())
     record = mixture.update(5)
     assert mixture.probe.impact_calls == [1] and mixture.probe.loss_calls == 1  # observed for the record
     assert record["weights"][0] > 0.5 and record["terms"]["alignment"] == [[1.0], [-1.0]]
@@ -64,11 +67,19 @@ def test_alignment_signal_needs_the_inner_product_probe(tmp_path):
     assert (
         logged["dids/score/a"] == 1.0 and logged["dids/score/b"] == -1.0 and "dids/update_seconds" in logged
     )
-    mixture.probe = FakeProbe(metric="fim")
     with pytest.raises(RuntimeError, match="needs gradient inner products"):
-        mixture.update(10)
+        make_mixture(tmp_path / "fim", "dga", FakeProbe(metric="fim")).update(10)
 
 
 def test_no_probe_no_final_file(tmp_path):
     mixture = make_mixture(tmp_path, "uniform")
     assert mixture.final_evaluation(3) is None and not (tmp_path / "dids_final.json").exists()
+    with pytest.raises(ValueError, match="task_names without a probe"):
+        DomainMixture(
+            build_strategy("uniform", ["a"], [1]),
+            seed=0,
+            on_exhausted="reshuffle",
+            min_weight=0.0,
+            output_dir=str(tmp_path),
+            task_names=["t"],
+        )

@@ -37,7 +37,7 @@ def small_config(assets, out, **overrides):
         "max_samples": 14,
         "output_dir": str(out),
         "dids_domains_per_source": 2,
-        "dids_proj_dim": 64,
+        "dids_projection_dim": 64,
         "dids_factor_dim": 8,
         "dids_batch_size": 4,
         "dids_shard_size": 10,
@@ -155,7 +155,7 @@ def test_changed_feature_settings_refuse_the_old_cache(demo_assets, first_run, t
     with pytest.raises(
         ValueError, match=r"other settings or data \(.*proj_dim: 64 -> 32\).*Delete that folder"
     ):
-        run_repartition(small_config(demo_assets, out, dids_proj_dim=32))
+        run_repartition(small_config(demo_assets, out, dids_projection_dim=32))
 
 
 def test_source_column_and_total_domain_count(demo_assets, tmp_path):
@@ -205,16 +205,29 @@ def write_dataset(assets, tmp_path, name, content):
     return data
 
 
+def test_older_key_names_are_aliases_of_the_training_names():
+    base = {"model_name_or_path": "m", "output_dir": "o", "dataset": "d", "dids_num_domains": 4}
+    old = parse_repartition_config({**base, "dids_proj_dim": 64, "dids_layers_fraction": 0.5})
+    new = parse_repartition_config({**base, "dids_projection_dim": 64, "dids_probe_layers_fraction": 0.5})
+    assert old == new and new.dids_projection_dim == 64 and new.dids_probe_layers_fraction == 0.5
+    with pytest.raises(RepartitionConfigError, match=r"`dids_projection_dim` is set twice"):
+        parse_repartition_config({**base, "dids_proj_dim": 64, "dids_projection_dim": 32})
+    with pytest.raises(RepartitionConfigError, match=r"`dids_probe_layers_fraction` must be in \(0, 1\]"):
+        parse_repartition_config({**base, "dids_layers_fraction": 0})
+
+
 def test_config_errors_are_collected():
     with pytest.raises(RepartitionConfigError) as err:
-        parse_repartition_config({"dataset": "a,a", "dids_proj_dim": 0, "dids_clusterr": "faiss"})
+        parse_repartition_config({"dataset": "a,a", "dids_projection_dim": 0, "dids_clusterr": "faiss"})
     text = str(err.value)
     assert (
         "Unknown key `dids_clusterr`. Did you mean `dids_clusterer`? "
         "(`llamafactory-dids keys repartition` lists every key.)" in text
     )
     assert "`model_name_or_path` is required" in text and "`output_dir` is required" in text
-    assert "lists a dataset twice" in text and "`dids_proj_dim` must be a positive integer, got 0" in text
+    assert (
+        "lists a dataset twice" in text and "`dids_projection_dim` must be a positive integer, got 0" in text
+    )
     assert "Set the number of domains" in text
     with pytest.raises(RepartitionConfigError, match="either `dids_num_domains`"):
         parse_repartition_config(
