@@ -13,8 +13,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The LLaMA-Factory releases whose private names the integration was tested against.
+# The host releases the integration supports (`integration.patch.check_host_versions` enforces them; keep
+# them equal to the pins in pyproject.toml). LLaMA-Factory: the releases whose private names the integration
+# was tested against. transformers: the range LLaMA-Factory 0.9.5 itself accepts; the plugin overrides
+# private Trainer methods and swaps the causal-LM loss, tested on 5.6.0.
 SUPPORTED_LLAMAFACTORY = ">=0.9.5,<0.9.6"
+SUPPORTED_TRANSFORMERS = ">=4.55,<=5.6.0"
 
 
 def apply() -> None:
@@ -31,4 +35,4 @@ def revert() -> None:
     _revert()
 
 
-__all__ = ["SUPPORTED_LLAMAFACTORY", "__version__", "apply", "revert"]
+__all__ = ["SUPPORTED_LLAMAFACTORY", "SUPPORTED_TRANSFORMERS", "__version__", "apply", "revert"]

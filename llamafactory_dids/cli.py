@@ -270,6 +270,7 @@ def _repartition(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from .integration.patch import HostVersionError
     from .repartition import RepartitionConfigError, RepartitionInputError, run_repartition
 
     try:
@@ -285,7 +286,7 @@ def _repartition(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = run_repartition(config)
-    except (RepartitionConfigError, RepartitionInputError) as err:
+    except (HostVersionError, RepartitionConfigError, RepartitionInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

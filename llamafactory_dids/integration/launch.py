@@ -27,6 +27,7 @@ from typing import Any
 
 from ..config import DIDSConfigError, parse_dids_config
 from .args import pop_dids_keys, training_run_problems
+from .patch import swapped
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,8 @@ def check_before_torchrun(argv: list[str]) -> None:
 def _read_train_args(argv: list[str]) -> dict[str, Any] | list[str]:
     from llamafactory.hparams import read_args
 
-    saved = sys.argv
-    sys.argv = [saved[0], *argv]  # `read_args` reads the command line from sys.argv only
-    try:
+    with swapped(sys, "argv", [sys.argv[0], *argv]):  # `read_args` reads the command line from sys.argv only
         return read_args()
-    finally:
-        sys.argv = saved
 
 
 @dataclass

@@ -9,7 +9,8 @@ never copied.
 
 Per-domain loss costs no extra pass: the causal-LM loss of the innermost `PreTrainedModel` is replaced
 by `RecordingCausalLMLoss`, which computes the same token losses as transformers' `ForCausalLMLoss`
-with `reduction="none"`, returns the identical reduced loss and keeps the per-row sums.
+with `reduction="none"`, returns the identical reduced loss and keeps the per-row sums. This swap and the
+private Trainer methods overridden here are listed with every other host touchpoint in `integration.patch`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..run_files import TRACE_DIR, TRAINER_STATE
 from ..utils import IGNORE_INDEX
 from .loader import TARGET_SETS_KEY, dids_config_of
 from .mixture import DomainMixture
+from .patch import swapped
 from .probe import GradientProbe
 from .runs import read_reference
 
@@ -221,11 +223,8 @@ class DIDSTrainerMixin:
                 map_location = "cpu"
             return original(*args, map_location=map_location, **kwargs)
 
-        torch.load = load_on_cpu
-        try:
+        with swapped(torch, "load", load_on_cpu):
             return super()._load_optimizer_and_scheduler(checkpoint)
-        finally:
-            torch.load = original
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.dids_mixture is None:

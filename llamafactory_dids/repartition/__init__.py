@@ -3,6 +3,7 @@
 Role: the first step of DIDS (*repartition* -> impact -> schedule -> sampler), run once offline. An
 integration-level package (it loads data and models through LLaMA-Factory and transformers): config ->
 inputs -> extract -> cache -> clustering (`algorithms.clustering`) -> outputs. See docs/repartition.md.
+Its host calls are listed in `integration.patch`, whose `check_host_versions` it runs first.
 """
 
 from .config import RepartitionConfig, RepartitionConfigError, parse_repartition_config

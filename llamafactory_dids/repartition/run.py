@@ -27,6 +27,7 @@ from ..algorithms.clustering import (
     resolve_clusterer,
     spherical_kmeans,
 )
+from ..integration.patch import check_host_versions
 from ..utils import rank_and_world
 from .cache import FeatureCache
 from .config import RepartitionConfig, parse_repartition_config
@@ -150,9 +151,11 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
     """Repartition the datasets of `config` into gradient (or semantic) domains; return `output_dir`.
 
     Raises:
+        HostVersionError: llamafactory or transformers outside the supported versions, before anything loads.
         RepartitionConfigError: invalid keys (all reported at once).
         RepartitionInputError: unusable data or model, found before features are computed.
     """
+    check_host_versions(disable_hint=False)  # the LLaMA-Factory calls below rely on its internals
     cfg = config if isinstance(config, RepartitionConfig) else parse_repartition_config(config)
     check_model_path(cfg.model_name_or_path, "model_name_or_path")
     if cfg.dids_embedding_model:

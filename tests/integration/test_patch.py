@@ -62,7 +62,111 @@ def test_version_check_names_the_range(monkeypatch):
 
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.9.9")
     with pytest.raises(RuntimeError, match=r"supports llamafactory>=0.9.5,<0.9.6, but 0.9.9 is installed"):
-        patch._check_version()
+        patch.check_host_versions()
+
+
+def _versions(**fake):
+    """`importlib.metadata.version` reporting the `fake` versions for some packages."""
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    return lambda name: fake.get(name) or real(name)
+
+
+def test_version_check_names_an_unsupported_transformers(monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", _versions(transformers="5.7.0"))
+    with pytest.raises(patch.HostVersionError) as err:
+        patch.check_host_versions()
+    assert str(err.value) == (
+        "llamafactory-dids supports transformers>=4.55,<=5.6.0, but 5.7.0 is installed. Install supported "
+        "versions (pip install 'llamafactory>=0.9.5,<0.9.6' 'transformers>=4.55,<=5.6.0') or set "
+        "LLAMAFACTORY_DIDS_DISABLE=1 to run LLaMA-Factory without the plugin."
+    )
+    with pytest.raises(patch.HostVersionError, match=r"5\.7\.0 is installed\. .*<=5\.6\.0'\)\.$"):
+        patch.check_host_versions(disable_hint=False)  # the plugin's own commands: no way around it
+
+
+def test_version_check_passes_the_installed_host():
+    import importlib.metadata
+
+    assert patch.check_host_versions() == {
+        "llamafactory": importlib.metadata.version("llamafactory"),
+        "transformers": importlib.metadata.version("transformers"),
+    }
+
+
+def test_supported_versions_are_the_pyproject_pins():
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {req.name: req.specifier for req in map(Requirement, dependencies)}
+    assert pins["llamafactory"] == SpecifierSet(llamafactory_dids.SUPPORTED_LLAMAFACTORY)
+    assert pins["transformers"] == SpecifierSet(llamafactory_dids.SUPPORTED_TRANSFORMERS)
+
+
+def test_apply_refuses_an_unsupported_host_and_changes_nothing(monkeypatch):
+    import importlib.metadata
+    import logging
+
+    llamafactory_dids.revert()
+    stock = _current()
+    ours = logging.getLogger("llamafactory_dids")
+    handlers = list(ours.handlers)
+    monkeypatch.setattr(importlib.metadata, "version", _versions(transformers="4.54.1"))
+    try:
+        with pytest.raises(patch.HostVersionError, match=r"transformers>=4\.55,<=5\.6\.0, but 4\.54\.1"):
+            llamafactory_dids.apply()
+        assert not patch.is_applied() and _current() == stock
+        assert sys.excepthook is sys.__excepthook__ and ours.handlers == handlers
+    finally:
+        monkeypatch.undo()
+        llamafactory_dids.apply()
+
+
+def _logging_state():
+    import logging
+
+    ours = logging.getLogger("llamafactory_dids")
+    host = logging.getLogger("llamafactory")
+    return ours.handlers[:], ours.level, ours.propagate, host.handlers[:], host.level, host.propagate
+
+
+def test_revert_restores_every_global_and_the_logging_apply_changed():
+    import importlib
+
+    import llamafactory.train.tuner  # noqa: F401  (LLaMA-Factory's logger gets its handler)
+
+    llamafactory_dids.revert()
+    keys = [(m, a) for m, a, _ in patch._replacements()] + [patch.EXCEPTHOOK_KEY]
+    before = {(m, a): getattr(importlib.import_module(m), a) for m, a in keys}
+    logging_before = _logging_state()
+    llamafactory_dids.apply()
+    assert all(getattr(importlib.import_module(m), a) is not before[(m, a)] for m, a in keys)
+    shared = _logging_state()
+    assert len(shared[0]) == len(logging_before[3]) > len(logging_before[0])  # one copy per host handler
+    assert shared[2] is False
+    llamafactory_dids.revert()
+    assert {(m, a): getattr(importlib.import_module(m), a) for m, a in keys} == before
+    assert _logging_state() == logging_before
+    llamafactory_dids.revert()  # idempotent
+    assert _logging_state() == logging_before
+    llamafactory_dids.apply()
+
+
+def test_swapped_restores_the_original_even_on_error():
+    import torch
+
+    original = torch.load
+    with patch.swapped(torch, "load", len) as previous:
+        assert torch.load is len and previous is original
+    assert torch.load is original
+    with pytest.raises(ZeroDivisionError), patch.swapped(torch, "load", len):
+        1 / 0  # noqa: B018
+    assert torch.load is original
 
 
 PROBE = (

@@ -289,3 +289,33 @@ def test_model_without_linear_layers_for_the_factored_path(demo_assets, tmp_path
         RepartitionInputError, match=r"not the weight of an|are not: .*c_attn.*dids_features: exact"
     ):
         run_repartition(config)
+
+
+def test_an_unsupported_host_is_refused_before_anything_loads(demo_assets, tmp_path, monkeypatch, capsys):
+    import importlib.metadata
+
+    from llamafactory_dids.cli import main
+    from llamafactory_dids.integration.patch import HostVersionError
+    from llamafactory_dids.repartition import run as run_module
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda n: "5.7.0" if n == "transformers" else real(n))
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded something before the host version check")
+
+    for name in ("check_model_path", "_distributed", "_tokenizer_and_template", "load_inputs"):
+        monkeypatch.setattr(run_module, name, must_not_load)
+    out = tmp_path / "o"
+    message = (
+        "llamafactory-dids supports transformers>=4.55,<=5.6.0, but 5.7.0 is installed. Install supported "
+        "versions (pip install 'llamafactory>=0.9.5,<0.9.6' 'transformers>=4.55,<=5.6.0')."
+    )
+    with pytest.raises(HostVersionError) as err:
+        run_repartition(small_config(demo_assets, out))
+    assert str(err.value) == message
+    config = tmp_path / "repartition.yaml"
+    config.write_text(json.dumps(small_config(demo_assets, out)))  # JSON is YAML
+    assert main(["repartition", str(config)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not out.exists()
