@@ -63,9 +63,9 @@ from llamafactory_dids.algorithms.features import (  # noqa: E402
     linear_modules_for,
     mean_pooled_embeddings,
     response_token_fit,
+    transformer_blocks,  # noqa: E402
 )
 from llamafactory_dids.demo import build_demo_assets  # noqa: E402
-from llamafactory_dids.integration.probe import transformer_blocks  # noqa: E402
 from llamafactory_dids.utils import IGNORE_INDEX  # noqa: E402
 
 from _figures import Figure  # noqa: E402  (benchmarks/ is on sys.path when a script runs)

@@ -223,24 +223,61 @@ class KroneckerProjection:
         return torch.kron(self.p_out[layer], self.p_in[layer])
 
 
-def last_block_matrices(
-    model: torch.nn.Module, blocks: Sequence[torch.nn.Module], layers_fraction: float
-) -> list[tuple[str, torch.nn.Parameter]]:
-    """The matrices (ndim >= 2) of the last ceil(layers_fraction * len(blocks)) blocks (at least one).
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The longest `ModuleList` of identically typed modules: the decoder layers of any HF causal LM."""
+    best: list[torch.nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            kinds = {type(m) for m in module}
+            if len(kinds) == 1:
+                best = list(module)
+    return best
 
-    "Last 10%" is taken by block, not by parameter tensor (the paper's reference code), so `lm_head` is
-    never part of it whatever the weight tying.
+
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's logical shape (DeepSpeed ZeRO-3 leaves an empty tensor and keeps it in `ds_shape`)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
+def last_block_matrices(
+    model: torch.nn.Module,
+    blocks: Sequence[torch.nn.Module],
+    layers_fraction: float,
+    *,
+    trainable_only: bool = False,
+    include_lm_head: bool = False,
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """The matrices of the last ceil(layers_fraction * len(blocks)) blocks (at least one), in model order.
+
+    The one layer selection of the package: the impact probe (trainable matrices, optionally `lm_head`)
+    and repartition's gradient features (every matrix of the proxy). A matrix is a parameter of logical
+    rank >= 2 (`full_shape`: ZeRO-3 shards included). "Last 10%" is taken by block, not by parameter tensor
+    (the paper's reference code), so `lm_head` is never part of it whatever the weight tying; with
+    `include_lm_head` the output embedding is added unless a chosen block already holds it.
 
     Raises:
-        ValueError: if there are no blocks or no matrix in the chosen ones.
+        ValueError: if there are no blocks or no (trainable) matrix in the chosen ones.
     """
     if not blocks:
         raise ValueError("Cannot find the transformer blocks of the model (no ModuleList of layers).")
     count = max(1, math.ceil(layers_fraction * len(blocks)))
     chosen = {id(p) for block in blocks[-count:] for p in block.parameters()}
-    selected = [(name, p) for name, p in model.named_parameters() if id(p) in chosen and p.ndim >= 2]
+    selected = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if id(p) in chosen and (p.requires_grad or not trainable_only) and len(full_shape(p)) >= 2
+    ]
+    if include_lm_head:
+        head = getattr(model, "get_output_embeddings", lambda: None)()
+        if (
+            head is not None
+            and (head.weight.requires_grad or not trainable_only)
+            and id(head.weight) not in chosen
+        ):
+            selected.append(("lm_head.weight", head.weight))
     if not selected:
-        raise ValueError(f"No weight matrix in the last {count} of {len(blocks)} transformer blocks.")
+        kind = "trainable matrix" if trainable_only else "weight matrix"
+        raise ValueError(f"No {kind} in the last {count} of {len(blocks)} transformer blocks.")
     return selected
 
 

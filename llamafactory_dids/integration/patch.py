@@ -37,7 +37,7 @@ Swapped for one call through `swapped()` (restored on return and on error; what,
 
 Set where they are used, on purpose not undone by `revert()` (what, where: why it stays local):
 - PreTrainedModel.loss_function (a transformers property; sets `_loss_function`) of the trained model
-                             integration/trainer.py `install_loss_recorder`, at trainer init with
+                             integration/loss.py `install_loss_recorder`, at trainer init with
                              `dids_log_domain_loss`: the causal-LM loss swap. Per model instance, so it
                              lives and dies with the model the trainer owns; swapping the global
                              `LOSS_MAPPING["ForCausalLM"]` instead would change every model in the process
@@ -77,7 +77,7 @@ Private or internal host names called or read elsewhere (what, where: why):
                              integration/{args,launch,data_checks}.py, repartition/{run,inputs}.py: parse
                              arguments, read dataset_info.json, tokenizer and template as the host does
 - transformers.loss.loss_utils.LOSS_MAPPING["ForCausalLM"]
-                             integration/trainer.py `install_loss_recorder`: recognise the stock causal-LM
+                             integration/loss.py `install_loss_recorder`: recognise the stock causal-LM
                              loss before replacing it (read only)
 - DeepSpeed ZeRO-3 parameter attributes ds_shape, ds_tensor
                              integration/probe.py `full_shape`, `is_partitioned`: a partitioned parameter's

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..algorithms.features import row_losses
+from ..algorithms.features import full_shape, last_block_matrices, row_losses, transformer_blocks
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..config import FISHER_ESTIMATORS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
@@ -56,11 +56,6 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     if rank_and_world()[1] > 1:
         dist.all_reduce(tensor)
     return tensor
-
-
-def full_shape(param: torch.Tensor) -> tuple[int, ...]:
-    """A parameter's logical shape (DeepSpeed ZeRO-3 leaves an empty tensor and keeps it in `ds_shape`)."""
-    return tuple(getattr(param, "ds_shape", param.shape))
 
 
 def is_partitioned(param: torch.Tensor) -> bool:
@@ -127,45 +122,29 @@ def _chunks(n: int, world: int) -> list[tuple[int, int]]:
     return out
 
 
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The longest `ModuleList` of identically typed modules: the decoder layers of any HF causal LM."""
-    best: list[torch.nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
-            kinds = {type(m) for m in module}
-            if len(kinds) == 1:
-                best = list(module)
-    return best
-
-
 def select_probe_parameters(
     model: torch.nn.Module, *, layers_fraction: float = 0.1, include_lm_head: bool = False
 ) -> list[tuple[str, torch.nn.Parameter]]:
-    """Trainable matrices of the last `layers_fraction` of blocks (at least one block).
+    """Trainable matrices of the last `layers_fraction` of blocks (at least one block), `lm_head` on request.
 
     Raises:
-        ValueError: if the model has no transformer blocks or no trainable matrix there.
+        ValueError: if the model has no transformer blocks or no trainable matrix there (with the LoRA fix).
     """
-    blocks = transformer_blocks(model)
-    if not blocks:
-        raise ValueError("Cannot find the transformer blocks of the model (no ModuleList of layers).")
-    count = max(1, math.ceil(layers_fraction * len(blocks)))
-    chosen_ids = {id(p) for block in blocks[-count:] for p in block.parameters()}
-    selected = [
-        (name, p)
-        for name, p in model.named_parameters()
-        if id(p) in chosen_ids and p.requires_grad and len(full_shape(p)) >= 2
-    ]
-    if include_lm_head:
-        head = getattr(model, "get_output_embeddings", lambda: None)()
-        if head is not None and head.weight.requires_grad and id(head.weight) not in chosen_ids:
-            selected.append(("lm_head.weight", head.weight))
-    if not selected:
-        raise ValueError(
-            f"No trainable matrix in the last {count} of {len(blocks)} transformer blocks to probe. With LoRA, "
-            "make sure `lora_target` covers those layers, or raise `dids_probe_layers_fraction`."
+    try:
+        return last_block_matrices(
+            model,
+            transformer_blocks(model),
+            layers_fraction,
+            trainable_only=True,
+            include_lm_head=include_lm_head,
         )
-    return selected
+    except ValueError as err:
+        if "No trainable matrix" not in str(err):
+            raise
+        raise ValueError(
+            f"{str(err)[:-1]} to probe. With LoRA, make sure `lora_target` covers those layers, or raise "
+            "`dids_probe_layers_fraction`."
+        ) from None
 
 
 class GradientProbe:

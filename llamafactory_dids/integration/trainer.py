@@ -1,16 +1,13 @@
-"""Thin subclasses of LLaMA-Factory's trainers, and the callback that runs the mixture schedule.
+"""Thin subclasses of LLaMA-Factory's trainers, and the strategy built from the `dids_*` keys.
 
 Role: integration layer between the host Trainer and `DomainMixture`. The subclass overrides only what
 the host forces: `_get_train_sampler` (the domain sampler), `compute_loss`/`prediction_step` (pop
 `domain_ids` before the model's forward and record per-domain statistics), `log` (add the mixture's
 scalars so `report_to` shows them) and `train` (restore the mixture on resume, DeepSpeed included).
-Periodic work (updates, saving the state) lives in `MixtureCallback`. The training loop itself is
-never copied.
-
-Per-domain loss costs no extra pass: the causal-LM loss of the innermost `PreTrainedModel` is replaced
-by `RecordingCausalLMLoss`, which computes the same token losses as transformers' `ForCausalLMLoss`
-with `reduction="none"`, returns the identical reduced loss and keeps the per-row sums. This swap and the
-private Trainer methods overridden here are listed with every other host touchpoint in `integration.patch`.
+Periodic work (updates, saving the state) lives in `integration.callback.MixtureCallback`; per-domain loss
+comes from `integration.loss.RecordingCausalLMLoss` at no extra pass. The training loop itself is never
+copied. The loss swap and the private Trainer methods overridden here are listed with every other host
+touchpoint in `integration.patch`.
 """
 
 from __future__ import annotations
@@ -22,78 +19,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
-from ..run_files import TRACE_DIR, TRAINER_STATE
-from ..utils import IGNORE_INDEX
+from ..run_files import TRACE_DIR
+from .callback import MixtureCallback, checkpoint_step
 from .loader import TARGET_SETS_KEY, dids_config_of
+from .loss import RecordingCausalLMLoss, install_loss_recorder
 from .mixture import DomainMixture
 from .patch import swapped
 from .probe import GradientProbe
 from .runs import read_reference
 
 logger = logging.getLogger(__name__)
-
-
-class RecordingCausalLMLoss:
-    """Drop-in for transformers' `ForCausalLMLoss` that also keeps per-row loss sums and token counts."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.row_loss: torch.Tensor | None = None
-        self.row_tokens: torch.Tensor | None = None
-
-    def __call__(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        vocab_size: int,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        ignore_index: int = IGNORE_INDEX,
-        shift_labels: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        logits = logits.float()
-        if shift_labels is None:
-            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
-        rows = shift_labels.shape[0]
-        flat_labels = shift_labels.reshape(-1).to(logits.device)
-        token_loss = F.cross_entropy(
-            logits.view(-1, vocab_size), flat_labels, ignore_index=ignore_index, reduction="none"
-        )
-        mask = flat_labels != ignore_index
-        if self.armed:
-            self.row_loss = token_loss.detach().view(rows, -1).sum(dim=1)
-            self.row_tokens = mask.view(rows, -1).sum(dim=1)
-            self.armed = False
-        if num_items_in_batch is None:
-            return token_loss.sum() / mask.sum()
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(token_loss.device)
-        return token_loss.sum() / num_items_in_batch
-
-    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        out = (self.row_loss, self.row_tokens)
-        self.row_loss = self.row_tokens = None
-        self.armed = False
-        return out
-
-
-def install_loss_recorder(model: torch.nn.Module) -> RecordingCausalLMLoss | None:
-    """Put a `RecordingCausalLMLoss` on the first causal-LM `PreTrainedModel` inside `model`."""
-    from transformers.loss.loss_utils import LOSS_MAPPING
-
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel) and module.loss_function is LOSS_MAPPING["ForCausalLM"]:
-            recorder = RecordingCausalLMLoss()
-            module.loss_function = recorder
-            return recorder
-    return None
 
 
 class DIDSTrainerMixin:
@@ -198,7 +138,7 @@ class DIDSTrainerMixin:
                     logger.warning(
                         "[dids] %s holds no DIDS state: the mixture starts from its initial weights.", path
                     )
-                step = _checkpoint_step(path)
+                step = checkpoint_step(path)
                 self.dids_mixture.truncate_history(step)
                 self._truncate_trace(step)
             else:
@@ -301,63 +241,3 @@ def strategy_options(cfg: Any, domains: list[str], planned_samples: int) -> dict
         logger.info("[dids] %s from the reference run: %s", cfg.dids_strategy, from_reference)
         options.update(from_reference)
     return options
-
-
-def _checkpoint_step(path: str) -> int | None:
-    state = os.path.join(path, TRAINER_STATE)
-    if os.path.isfile(state):
-        with open(state, encoding="utf-8") as f:
-            return int(json.load(f)["global_step"])
-    return None
-
-
-class MixtureCallback(TrainerCallback):
-    """Runs the schedule: initial record, updates every interval, state into every checkpoint."""
-
-    def __init__(self, mixture: DomainMixture, config: Any):
-        self.mixture = mixture
-        self.config = config
-        self.interval: int | None = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        cfg = self.config
-        if cfg.dids_update_interval is not None:
-            self.interval = cfg.dids_update_interval
-        elif cfg.dids_num_updates is not None:
-            self.interval = max(1, state.max_steps // cfg.dids_num_updates)
-        elif self.mixture.strategy.dynamic:
-            raise ValueError(
-                f"`dids_strategy: {self.mixture.strategy.name}` updates the mixture during training: set "
-                "`dids_update_interval` (optimizer steps) or `dids_num_updates`."
-            )
-        if self.mixture.resumed_state is None and state.global_step == 0:
-            self.mixture.observe_initial_task_losses()
-            self.mixture.initial_record()
-        if self.interval is not None:
-            logger.info(
-                "[dids] mixture updates every %d optimizer steps (%d steps in all)",
-                self.interval,
-                state.max_steps,
-            )
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.interval is not None and state.global_step % self.interval == 0:
-            record = self.mixture.update(state.global_step)
-            logger.info(
-                "[dids] update %d at step %d: %s",
-                record["update"],
-                record["step"],
-                np.round(record["weights"], 4).tolist(),
-            )
-
-    def on_train_end(self, args, state, control, **kwargs):
-        # collective: every rank measures its share of the observation rows; rank 0 writes dids_final.json
-        record = self.mixture.final_evaluation(state.global_step)
-        if record is not None:
-            logger.info(
-                "[dids] final task losses: %s", dict(zip(record["tasks"], record["task_losses"], strict=True))
-            )
-
-    def on_save(self, args, state, control, **kwargs):
-        # collective (counters are all-reduced) on every rank; rank 0 writes into the checkpoint folder
-        self.mixture.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))

@@ -24,8 +24,8 @@ from ..algorithms.features import (
     linear_modules_for,
     mean_pooled_embeddings,
     response_token_fit,
+    transformer_blocks,
 )
-from ..integration.probe import transformer_blocks
 from ..utils import IGNORE_INDEX
 from .config import RepartitionConfig
 from .inputs import Inputs, RepartitionInputError

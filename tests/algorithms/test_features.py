@@ -26,8 +26,8 @@ from llamafactory_dids.algorithms.features import (
     response_token_fit,
     row_losses,
     topk_sparsify,
+    transformer_blocks,
 )
-from llamafactory_dids.integration.probe import transformer_blocks
 
 VOCAB = 50
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from llamafactory_dids.integration.trainer import RecordingCausalLMLoss, install_loss_recorder
+from llamafactory_dids.integration.loss import RecordingCausalLMLoss, install_loss_recorder
 
 
 def _batch(seed=0, rows=3, length=7, vocab=11):

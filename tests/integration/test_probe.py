@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from llamafactory_dids.algorithms.features import last_block_matrices, transformer_blocks
 from llamafactory_dids.algorithms.impact import exact_impact
-from llamafactory_dids.integration.probe import GradientProbe, select_probe_parameters, transformer_blocks
+from llamafactory_dids.integration.probe import GradientProbe, select_probe_parameters
 
 VOCAB, LENGTH = 40, 10
 
@@ -74,9 +75,18 @@ def test_parameter_selection_takes_the_last_blocks():
     names = [n for n, _ in select_probe_parameters(model, layers_fraction=0.25, include_lm_head=True)]
     assert {n.split(".")[2] for n in names if n.startswith("model.layers")} == {"7", "8", "9"}
     assert "lm_head.weight" in names
+    # one selection for the probe and repartition: the same tensors while everything trains; frozen
+    # matrices (LoRA's base weights) leave the probe's and stay in repartition's
+    repartition = last_block_matrices(model, transformer_blocks(model), 0.25)
+    assert [n for n, _ in select_probe_parameters(model, layers_fraction=0.25)] == [n for n, _ in repartition]
+    model.model.layers[9].mlp.up_proj.weight.requires_grad_(False)
+    probed = [n for n, _ in select_probe_parameters(model, layers_fraction=0.25)]
+    assert probed == [n for n, _ in repartition if n != "model.layers.9.mlp.up_proj.weight"]
     for p in model.parameters():
         p.requires_grad_(False)
-    with pytest.raises(ValueError, match="No trainable matrix in the last 1 of 10 transformer blocks"):
+    with pytest.raises(
+        ValueError, match="No trainable matrix in the last 1 of 10 transformer blocks to probe"
+    ):
         select_probe_parameters(model)
 
 
