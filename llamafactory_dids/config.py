@@ -430,6 +430,96 @@ def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[f
     return None
 
 
+#: `dids_*` integers: key -> (smallest value, what the error says it must be)
+_INT_KEYS: dict[str, tuple[int, str]] = {
+    "dids_budget": (1, "a positive integer"),
+    "dids_update_interval": (1, "a positive integer"),
+    "dids_num_updates": (1, "a positive integer"),
+    "dids_target_samples": (1, "a positive integer"),
+    "dids_probe_samples": (1, "a positive integer"),
+    "dids_fisher_batch_size": (1, "a positive integer"),
+    "dids_projection_dim": (0, "0 (exact) or a positive integer"),
+    "dids_seed": (0, "a non-negative integer"),
+}
+#: `dids_*` reals: key -> interval, written once: the check and the error message both read it
+_FLOAT_KEYS: dict[str, str] = {
+    "dids_min_weight": "[0, 1)",
+    "dids_ema_beta": "[0, 1)",
+    "dids_temperature": "(0, inf)",
+    "dids_probe_layers_fraction": "(0, 1]",
+    "dids_step_size": "(0, inf)",
+    "dids_smoothing": "[0, 1)",
+    "dids_evidence_decay": "[0, 1)",
+}
+_BOOL_KEYS = (
+    "dids_log_domain_loss",
+    "dids_trace_samples",
+    "dids_use_trajectory",
+    "dids_probe_include_lm_head",
+    "dids_pool_control",
+    "dids_importance_correction",
+)
+
+
+def _choice_keys() -> dict[str, tuple[str, ...]]:
+    """`dids_*` keys with a fixed set of values (the DIDS rule's own tables, read on first use)."""
+    rule = _dids_rule()
+    return {
+        "dids_on_exhausted": EXHAUSTION_POLICIES,
+        "dids_impact_metric": IMPACT_METRICS,
+        "dids_normaliser": rule.NORMALISERS,
+        "dids_fisher_estimator": FISHER_ESTIMATORS,
+        "dids_variant": tuple(rule.VARIANTS),
+        "dids_impact": rule.IMPACT_FORMS,
+        "dids_task_weighting": rule.TASK_WEIGHTINGS,
+        "dids_prior": rule.PRIORS,
+    }
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether `value` lies in an interval written like "[0, 1)", "(0, inf)" or "(0, 1]"."""
+    low_text, high_text = (part.strip() for part in interval[1:-1].split(","))
+    low, high = float(low_text), float(high_text)
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
+
+
+def _parse_scalars(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[str]) -> None:
+    """Integers, reals, switches and choices, from the tables above (unset keys keep their defaults)."""
+    for key, (low, what) in _INT_KEYS.items():
+        if values.get(key) is None:
+            continue
+        n = as_int(values[key])
+        if n is None or n < low:
+            problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, n)
+    for key, interval in _FLOAT_KEYS.items():
+        if values.get(key) is None:
+            continue
+        f = as_float(values[key])
+        if f is None or not in_interval(f, interval):
+            problems.append(f"`{key}` must be in {interval}, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, f)
+    for key in _BOOL_KEYS:
+        if values.get(key) is None:
+            continue
+        b = as_bool(values[key])
+        if b is None:
+            problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, b)
+    for key, allowed in _choice_keys().items():
+        if values.get(key) is None:
+            continue
+        if not isinstance(values[key], str) or values[key].lower() not in allowed:
+            problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
+        else:
+            setattr(cfg, key, values[key].lower())
+
+
 def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     """Build a validated `DIDSConfig` from the popped `dids_*` keys.
 
@@ -478,62 +568,6 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     if "dids_static_weights" in values:
         cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
 
-    positive_ints = (
-        "dids_budget",
-        "dids_update_interval",
-        "dids_num_updates",
-        "dids_target_samples",
-        "dids_probe_samples",
-        "dids_fisher_batch_size",
-    )
-    for key in positive_ints:
-        if values.get(key) is None:
-            continue
-        n = as_int(values[key])
-        if n is None or n <= 0:
-            problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, n)
-
-    if values.get("dids_projection_dim") is not None:
-        n = as_int(values["dids_projection_dim"])
-        if n is None or n < 0:
-            problems.append(
-                f"`dids_projection_dim` must be 0 (exact) or a positive integer, got {values['dids_projection_dim']!r}."
-            )
-        else:
-            cfg.dids_projection_dim = n
-
-    if values.get("dids_seed") is not None:
-        n = as_int(values["dids_seed"])
-        if n is None or n < 0:
-            problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
-        else:
-            cfg.dids_seed = n
-
-    if values.get("dids_min_weight") is not None:
-        f = as_float(values["dids_min_weight"])
-        if f is None or not 0.0 <= f < 1.0:
-            problems.append(f"`dids_min_weight` must be in [0, 1), got {values['dids_min_weight']!r}.")
-        else:
-            cfg.dids_min_weight = f
-
-    for key in (
-        "dids_log_domain_loss",
-        "dids_trace_samples",
-        "dids_use_trajectory",
-        "dids_probe_include_lm_head",
-        "dids_pool_control",
-        "dids_importance_correction",
-    ):
-        if values.get(key) is None:
-            continue
-        b = as_bool(values[key])
-        if b is None:
-            problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, b)
-
     targets = values.get("dids_target_datasets")
     if targets is not None:
         names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets
@@ -548,51 +582,7 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
 
-    for key, allowed in (
-        ("dids_on_exhausted", EXHAUSTION_POLICIES),
-        ("dids_impact_metric", IMPACT_METRICS),
-        ("dids_normaliser", _dids_rule().NORMALISERS),
-        ("dids_fisher_estimator", FISHER_ESTIMATORS),
-        ("dids_variant", tuple(_dids_rule().VARIANTS)),
-        ("dids_impact", _dids_rule().IMPACT_FORMS),
-        ("dids_task_weighting", _dids_rule().TASK_WEIGHTINGS),
-        ("dids_prior", _dids_rule().PRIORS),
-    ):
-        if values.get(key) is None:
-            continue
-        if not isinstance(values[key], str) or values[key].lower() not in allowed:
-            problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, values[key].lower())
-
-    for key, low, high, closed_high in (
-        ("dids_ema_beta", 0.0, 1.0, False),
-        ("dids_temperature", 0.0, math.inf, False),
-        ("dids_probe_layers_fraction", 0.0, 1.0, True),
-        ("dids_step_size", 0.0, math.inf, False),
-        ("dids_smoothing", 0.0, 1.0, False),
-        ("dids_evidence_decay", 0.0, 1.0, False),
-    ):
-        if values.get(key) is None:
-            continue
-        f = as_float(values[key])
-        ok = (
-            f is not None
-            and (f >= low if key in ("dids_ema_beta", "dids_smoothing", "dids_evidence_decay") else f > low)
-            and (f <= high if closed_high else f < high)
-        )
-        if not ok:
-            bounds = {
-                "dids_ema_beta": "[0, 1)",
-                "dids_temperature": "(0, inf)",
-                "dids_probe_layers_fraction": "(0, 1]",
-                "dids_step_size": "(0, inf)",
-                "dids_smoothing": "[0, 1)",
-                "dids_evidence_decay": "[0, 1)",
-            }
-            problems.append(f"`{key}` must be in {bounds[key]}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, f)
+    _parse_scalars(values, cfg, problems)
 
     _check_combinations(cfg, values, problems)
     if problems:

@@ -135,12 +135,15 @@ def _logging_state():
     return ours.handlers[:], ours.level, ours.propagate, host.handlers[:], host.level, host.propagate
 
 
-def test_revert_restores_every_global_and_the_logging_apply_changed():
+def test_revert_restores_every_global_and_the_logging_apply_changed(monkeypatch):
     import importlib
+    import logging
 
     import llamafactory.train.tuner  # noqa: F401  (LLaMA-Factory's logger gets its handler)
 
     llamafactory_dids.revert()
+    # as in a fresh process: the plugin's logger without handlers (earlier tests may leave pytest's there)
+    monkeypatch.setattr(logging.getLogger("llamafactory_dids"), "handlers", [])
     keys = [(m, a) for m, a, _ in patch._replacements()] + [patch.EXCEPTHOOK_KEY]
     before = {(m, a): getattr(importlib.import_module(m), a) for m, a in keys}
     logging_before = _logging_state()
