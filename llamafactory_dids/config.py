@@ -485,9 +485,21 @@ def in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
-def _parse_scalars(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[str]) -> None:
-    """Integers, reals, switches and choices, from the tables above (unset keys keep their defaults)."""
-    for key, (low, what) in _INT_KEYS.items():
+def parse_scalars(
+    values: Mapping[str, Any],
+    cfg: Any,
+    problems: list[str],
+    *,
+    ints: Mapping[str, tuple[int, str]] = {},
+    floats: Mapping[str, str] = {},
+    bools: tuple[str, ...] = (),
+    choices: Mapping[str, tuple[str, ...]] = {},
+) -> None:
+    """Set the scalar keys of `values` on `cfg`, or add one problem per bad value (the training and the
+    repartition configs share it). `ints`: key -> (smallest value, what the message says it must be);
+    `floats`: key -> interval ("[0, 1)", written once for the check and the message); `choices`: key ->
+    allowed lower-case values. Unset (None) keys keep their defaults."""
+    for key, (low, what) in ints.items():
         if values.get(key) is None:
             continue
         n = as_int(values[key])
@@ -495,7 +507,7 @@ def _parse_scalars(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[st
             problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
         else:
             setattr(cfg, key, n)
-    for key, interval in _FLOAT_KEYS.items():
+    for key, interval in floats.items():
         if values.get(key) is None:
             continue
         f = as_float(values[key])
@@ -503,7 +515,7 @@ def _parse_scalars(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[st
             problems.append(f"`{key}` must be in {interval}, got {values[key]!r}.")
         else:
             setattr(cfg, key, f)
-    for key in _BOOL_KEYS:
+    for key in bools:
         if values.get(key) is None:
             continue
         b = as_bool(values[key])
@@ -511,7 +523,7 @@ def _parse_scalars(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[st
             problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
         else:
             setattr(cfg, key, b)
-    for key, allowed in _choice_keys().items():
+    for key, allowed in choices.items():
         if values.get(key) is None:
             continue
         if not isinstance(values[key], str) or values[key].lower() not in allowed:
@@ -582,7 +594,9 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
 
-    _parse_scalars(values, cfg, problems)
+    parse_scalars(
+        values, cfg, problems, ints=_INT_KEYS, floats=_FLOAT_KEYS, bools=_BOOL_KEYS, choices=_choice_keys()
+    )
 
     _check_combinations(cfg, values, problems)
     if problems:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..algorithms.clustering import CLUSTERERS
-from ..config import ConfigProblems, as_bool, as_float, as_int
+from ..config import ConfigProblems, parse_scalars
 from ..unknown_keys import unknown_key_problem
 
 FEATURES = ("factored", "exact", "semantic")
@@ -175,58 +175,33 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     else:
         cfg.dataset = list(names)
 
-    positive = (
-        "cutoff_len",
-        "max_samples",
-        "dids_projection_dim",
-        "dids_factor_dim",
-        "dids_num_domains",
-        "dids_domains_per_source",
-        "dids_kmeans_n_init",
-        "dids_max_points_per_centroid",
-        "dids_batch_size",
-        "dids_shard_size",
+    positive = "a positive integer"
+    parse_scalars(
+        values,
+        cfg,
+        problems,
+        ints={
+            **{
+                key: (1, positive)
+                for key in (
+                    "cutoff_len",
+                    "max_samples",
+                    "dids_projection_dim",
+                    "dids_factor_dim",
+                    "dids_num_domains",
+                    "dids_domains_per_source",
+                    "dids_kmeans_n_init",
+                    "dids_max_points_per_centroid",
+                    "dids_batch_size",
+                    "dids_shard_size",
+                )
+            },
+            "dids_seed": (0, "a non-negative integer"),
+        },
+        floats={"dids_probe_layers_fraction": "(0, 1]", "dids_topk_fraction": "[0, 1]"},
+        bools=("train_on_prompt", "mask_history", "trust_remote_code"),
+        choices={"dids_features": FEATURES, "dids_clusterer": CLUSTERERS, "stage": ("sft",)},
     )
-    for key in positive:
-        if key in values:
-            n = as_int(values[key])
-            if n is None or n <= 0:
-                problems.append(f"`{key}` must be a positive integer, got {values[key]!r}.")
-            else:
-                setattr(cfg, key, n)
-    if "dids_seed" in values:
-        n = as_int(values["dids_seed"])
-        if n is None or n < 0:
-            problems.append(f"`dids_seed` must be a non-negative integer, got {values['dids_seed']!r}.")
-        else:
-            cfg.dids_seed = n
-
-    for key, low, high, low_open in (
-        ("dids_probe_layers_fraction", 0.0, 1.0, True),
-        ("dids_topk_fraction", 0.0, 1.0, False),
-    ):
-        if key in values:
-            f = as_float(values[key])
-            if f is None or not ((f > low if low_open else f >= low) and f <= high):
-                bounds = "(0, 1]" if low_open else "[0, 1]"
-                problems.append(f"`{key}` must be in {bounds}, got {values[key]!r}.")
-            else:
-                setattr(cfg, key, f)
-
-    for key in ("train_on_prompt", "mask_history", "trust_remote_code"):
-        if key in values:
-            b = as_bool(values[key])
-            if b is None:
-                problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
-            else:
-                setattr(cfg, key, b)
-
-    for key, allowed in (("dids_features", FEATURES), ("dids_clusterer", CLUSTERERS), ("stage", ("sft",))):
-        if key in values:
-            if not isinstance(values[key], str) or values[key].lower() not in allowed:
-                problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
-            else:
-                setattr(cfg, key, values[key].lower())
 
     if "dids_num_domains" in values and "dids_domains_per_source" in values:
         problems.append("Set either `dids_num_domains` (total) or `dids_domains_per_source`, not both.")
