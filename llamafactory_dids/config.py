@@ -71,13 +71,16 @@ def __getattr__(name: str) -> Any:
         return _variant_impacts()
     if name == "REFERENCE_FIXED_KEYS":
         return _reference_fixed_keys()
+    if name == "FISHER_ESTIMATORS":
+        from .algorithms.fisher import FISHER_ESTIMATORS
+
+        return FISHER_ESTIMATORS
     if name in _DIDS_TABLES:
         return getattr(_dids_rule(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 IMPACT_METRICS = ("fim", "inner_product")
-FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
 
 
@@ -463,6 +466,8 @@ _BOOL_KEYS = (
 
 def _choice_keys() -> dict[str, tuple[str, ...]]:
     """`dids_*` keys with a fixed set of values (the DIDS rule's own tables, read on first use)."""
+    from .algorithms.fisher import FISHER_ESTIMATORS
+
     rule = _dids_rule()
     return {
         "dids_on_exhausted": EXHAUSTION_POLICIES,

@@ -44,8 +44,8 @@ import torch
 import torch.distributed as dist
 
 from ..algorithms.features import full_shape, last_block_matrices, row_losses, transformer_blocks
+from ..algorithms.fisher import FISHER_ESTIMATORS, fisher_term
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
-from ..config import FISHER_ESTIMATORS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 from ..utils import IGNORE_INDEX, rank_and_world
 
@@ -281,7 +281,7 @@ class GradientProbe:
         the sum of its rows' mean losses. Fisher terms per micro-batch: `batch`, the squared mean gradient of
         the micro-batch (exact per-example Fisher at micro-batch 1, the reference code's estimator above);
         `per_token` and `kfac`, per example from each probed linear layer's input x and output gradient
-        delta (see `_fisher_term`), summed over the rows, so independent of the grouping as well. Probed
+        delta (`algorithms.fisher.fisher_term`), summed over the rows, so independent of the grouping as well. Probed
         tensors outside linear layers use the squared gradient.
         """
         params = [p for _, p in self.params]
@@ -310,7 +310,11 @@ class GradientProbe:
                     g = g.float()
                     sums[i].add_(g)
                     if sq is not None:
-                        sq[i].add_(self._fisher_term(g / n, captured.get(i), batch.get("attention_mask")))
+                        sq[i].add_(
+                            fisher_term(
+                                self.fisher_estimator, g / n, captured.get(i), batch.get("attention_mask")
+                            )
+                        )
                 count += 1
                 num_rows += n
         finally:
@@ -324,43 +328,6 @@ class GradientProbe:
         logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         sums, tokens = row_losses(logits, batch["labels"])
         return sums / tokens.clamp_min(1), tokens > 0
-
-    def _fisher_term(
-        self, grad: torch.Tensor, io: list[torch.Tensor] | None, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """One micro-batch's diagonal Fisher term for a probed tensor.
-
-        Args:
-            grad: [out, in] mean over the micro-batch's examples of their gradients.
-            io: the layer's input x [B, L, in] and output gradient delta [B, L, out] of the backpropagated
-                sum of row mean losses, so row b's delta is that of its own mean loss (linear layers only).
-            attention_mask: [B, L], real positions (None: all).
-
-        `per_example`: sum over rows of the squared per-example gradient (delta_b^T x_b)^2, the exact
-        per-example Fisher of `batch` at micro-batch 1 from one batched pass (one [out, in] GEMM per row);
-        `per_token`: sum over rows and tokens of (delta_t^2)(x_t^2)^T, the per-example Fisher without the
-        cross-token terms; `kfac`: per row, the diagonal of the K-FAC factors (sum_t delta_t^2)
-        (sum_t x_t^2)^T / positions, summed over rows. Sums of single-row terms: micro-batches of several
-        rows give the micro-batch-1 value.
-        """
-        if self.fisher_estimator == "batch" or io is None or len(io) != 2:
-            return grad * grad
-        x, delta = io[0].float(), io[1].float()
-        if self.fisher_estimator == "per_example":
-            term = torch.zeros_like(grad)
-            for x_b, delta_b in zip(x, delta, strict=True):  # a row at a time: one [out, in] in memory
-                term.add_((delta_b.T @ x_b) ** 2)
-            return term
-        if self.fisher_estimator == "per_token":
-            return (delta**2).flatten(0, 1).T @ (x**2).flatten(0, 1)
-        mask = (
-            torch.ones(x.shape[:2], device=x.device)
-            if attention_mask is None
-            else (attention_mask > 0).float()
-        )
-        d2 = (delta**2).sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [B, out]
-        x2 = ((x**2) * mask[:, :, None]).sum(1)  # [B, in]
-        return d2.T @ x2
 
     def _capture_linear_io(self, captured: dict[int, list[torch.Tensor]]) -> list[Any]:
         """Hooks keeping each probed linear layer's input and output gradient ([B, L, features])."""

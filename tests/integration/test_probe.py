@@ -8,6 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llamafactory_dids.algorithms.features import last_block_matrices, transformer_blocks
+from llamafactory_dids.algorithms.fisher import fisher_term
 from llamafactory_dids.algorithms.impact import exact_impact
 from llamafactory_dids.integration.probe import GradientProbe, select_probe_parameters
 
@@ -229,8 +230,6 @@ def test_hook_fisher_ranks_impacts_like_the_exact_one(estimator):
 def test_hook_fisher_terms_match_their_formulas():
     """Per-token: sum_t (delta_t^2)(x_t^2)^T; K-FAC diagonal: (sum_t delta_t^2)(sum_t x_t^2)^T / positions,
     per row, padding left out."""
-    model = tiny_llama()
-    probe = make_probe(model, make_rows(4, 1), [np.arange(4)], [make_rows(2, 2)])
     g = torch.Generator().manual_seed(0)
     x, delta = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 2, generator=g)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -247,10 +246,11 @@ def test_hook_fisher_terms_match_their_formulas():
         ("per_example", per_example),
         ("batch", grad * grad),
     ):
-        probe.fisher_estimator = name
-        torch.testing.assert_close(probe._fisher_term(grad, [x, delta], mask), expected)
-    probe.fisher_estimator = "kfac"  # a tensor outside a linear layer falls back to the squared gradient
-    torch.testing.assert_close(probe._fisher_term(grad, None, mask), grad * grad)
+        torch.testing.assert_close(fisher_term(name, grad, [x, delta], mask), expected)
+    # a tensor outside a linear layer falls back to the squared gradient
+    torch.testing.assert_close(fisher_term("kfac", grad, None, mask), grad * grad)
+    with pytest.raises(ValueError, match="fisher_estimator must be one of"):
+        fisher_term("diag", grad, [x, delta], mask)
 
 
 @pytest.mark.parametrize("estimator", ["per_example", "per_token", "kfac"])
