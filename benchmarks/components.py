@@ -88,7 +88,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
     from llamafactory_dids.data.sampler import DomainMixtureSampler
     from llamafactory_dids.demo import build_demo_assets
     from llamafactory_dids.integration.loss import RecordingCausalLMLoss
-    from llamafactory_dids.integration.mixture import DomainMixture
+    from llamafactory_dids.runtime.mixture import DomainMixture
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -226,7 +226,7 @@ class Floor:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from llamafactory_dids.integration.probe import select_probe_parameters
+        from llamafactory_dids.runtime.probe import select_probe_parameters
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -343,7 +343,7 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from llamafactory_dids.integration.probe import GradientProbe
+    from llamafactory_dids.runtime.probe import GradientProbe
 
     if threads > 0:
         torch.set_num_threads(threads)

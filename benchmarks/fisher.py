@@ -66,7 +66,7 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
     from scipy.stats import spearmanr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamafactory_dids.integration.probe import GradientProbe
+    from llamafactory_dids.runtime.probe import GradientProbe
 
     class UnitFisherProbe(GradientProbe):
         """F = 1: eq. 12 without the Fisher (the ablation the estimators must beat)."""

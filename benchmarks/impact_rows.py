@@ -48,7 +48,7 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llamafactory_dids.integration.probe import GradientProbe
+    from llamafactory_dids.runtime.probe import GradientProbe
 
     data_dir, model_dir = workdir / "assets" / "data", workdir / "seed0" / "uniform" / "output"
     if not (model_dir / "config.json").is_file():

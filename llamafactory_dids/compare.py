@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import config as dids_config
-from .integration.runs import read_final
 from .run_files import COMPARE_JSON, COMPARE_TABLE, COMPARE_VERSION, FINAL_FILE, read_history
+from .runtime.runs import read_final
 from .utils import OverrideError, read_yaml_config
 from .utils import parse_overrides as _parse_overrides
 

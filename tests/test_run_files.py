@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from llamafactory_dids.integration import mixture
 from llamafactory_dids.reporting import run_outputs
 from llamafactory_dids.run_files import HISTORY_FILE, HISTORY_VERSION, RunOutputsError, read_history
+from llamafactory_dids.runtime import mixture
 
 
 def record(step, update, weights=(0.5, 0.5)):

@@ -1,6 +1,6 @@
 """The diagonal empirical Fisher of a probed layer: one micro-batch's term, by estimator (tensor maths only).
 
-Role: the Fisher metric of the FIM-guided impact (paper eq. 11-12). The probe (`integration.probe`) runs
+Role: the Fisher metric of the FIM-guided impact (paper eq. 11-12). The probe (`runtime.probe`) runs
 the passes and the hooks; this module turns one micro-batch's mean gradient, and for linear layers the
 layer's inputs x and output gradients delta, into that micro-batch's contribution to diag(F).
 

@@ -3,7 +3,7 @@
 Role: the last algorithmic step before the sampler (repartition -> impact -> schedule -> *sampler*).
 Every strategy shares one small interface: it declares the signals it needs (`signals`), gives the
 initial probabilities, and at each update receives the requested signals and returns new
-probabilities. The schedule machinery (`integration.mixture.DomainMixture.signals`) computes only the
+probabilities. The schedule machinery (`runtime.mixture.DomainMixture.signals`) computes only the
 declared signals, so a static strategy costs nothing while DIDS (paper eq. 16, Algorithm 1) requests
 impacts and task-loss trajectories through the same call.
 

@@ -14,7 +14,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from ..run_files import TRAINER_STATE
-from .mixture import DomainMixture
+from ..runtime.mixture import DomainMixture
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from ..run_files import TRACE_DIR
+from ..runtime.mixture import DomainMixture
+from ..runtime.probe import GradientProbe
+from ..runtime.runs import read_reference
 from .callback import MixtureCallback, checkpoint_step
 from .loader import TARGET_SETS_KEY, dids_config_of
 from .loss import RecordingCausalLMLoss, install_loss_recorder
-from .mixture import DomainMixture
 from .patch import swapped
-from .probe import GradientProbe
-from .runs import read_reference
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Read one training run's mixture outputs and aggregate them (after the run; no torch).
 
 Role: the reader behind `llamafactory-dids report` and `export`, downstream of the schedule step
-(repartition -> impact -> schedule -> sampler): it reads what `integration.mixture.DomainMixture` wrote.
+(repartition -> impact -> schedule -> sampler): it reads what `runtime.mixture.DomainMixture` wrote.
 
 - `history.jsonl`: one record per mixture update (update 0 is the initial mixture), schema
   `HISTORY_VERSION`, read by `run_files.read_history`. A resumed run keeps the records up to its checkpoint and appends from there; when

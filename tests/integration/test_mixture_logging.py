@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from llamafactory_dids.algorithms.registry import build_strategy
-from llamafactory_dids.integration.mixture import DomainMixture
+from llamafactory_dids.runtime.mixture import DomainMixture
 
 
 def _mixture(tmp_path) -> DomainMixture:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llamafactory_dids.algorithms.registry import build_strategy
-from llamafactory_dids.integration.mixture import DomainMixture
+from llamafactory_dids.runtime.mixture import DomainMixture
 
 
 class FakeProbe:

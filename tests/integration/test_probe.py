@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from llamafactory_dids.algorithms.features import last_block_matrices, transformer_blocks
 from llamafactory_dids.algorithms.fisher import fisher_term
 from llamafactory_dids.algorithms.impact import exact_impact
-from llamafactory_dids.integration.probe import GradientProbe, select_probe_parameters
+from llamafactory_dids.runtime.probe import GradientProbe, select_probe_parameters
 
 VOCAB, LENGTH = 40, 10
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from llamafactory_dids.integration.runs import read_reference
+from llamafactory_dids.runtime.runs import read_reference
 
 DOMAINS = ["code", "docs"]
 

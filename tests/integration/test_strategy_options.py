@@ -10,8 +10,8 @@ from llamafactory_dids.algorithms.registry import STRATEGY_CLASSES, build_strate
 from llamafactory_dids.algorithms.strategies import MixingStrategy
 from llamafactory_dids.algorithms.velocitune import scaling_law_target
 from llamafactory_dids.config import DIDSConfigError, parse_dids_config
-from llamafactory_dids.integration.runs import read_reference
 from llamafactory_dids.integration.trainer import strategy_options
+from llamafactory_dids.runtime.runs import read_reference
 
 DYNAMIC = {"dids_target_datasets": ["a"], "dids_num_updates": 4}
 

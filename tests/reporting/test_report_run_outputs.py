@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from llamafactory_dids.integration import mixture
 from llamafactory_dids.reporting.run_outputs import (
     HISTORY_FILE,
     HISTORY_SCHEMA,
@@ -19,6 +18,7 @@ from llamafactory_dids.reporting.run_outputs import (
     weight_spans,
     weights_at_progress,
 )
+from llamafactory_dids.runtime import mixture
 
 from synthetic_runs import TWO, record, two_domain_run, write_run
 

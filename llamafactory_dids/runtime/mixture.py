@@ -57,7 +57,7 @@ class DomainMixture:
         task_names: Sequence[str] = (),
         domain_column: str | None = None,
     ):
-        """`probe`: the gradient probe (`integration.probe.GradientProbe`) when the strategy needs probed
+        """`probe`: the gradient probe (`runtime.probe.GradientProbe`) when the strategy needs probed
         signals or target sets are observed, with `task_names` its tasks in order; `domain_column`: the
         `dids_domain_column` (None: one domain per `dataset:` entry)."""
         self.strategy = strategy

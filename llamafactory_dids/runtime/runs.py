@@ -1,6 +1,6 @@
 """Reading a finished run's output directory: history and final task losses (reference runs, compare).
 
-Role: integration layer (plain JSON files, no llamafactory import) between finished runs and what reads
+Role: runtime layer (plain JSON files, no llamafactory import) between finished runs and what reads
 them: the reference-based strategies (DoReMi's reference losses, Velocitune's scaling-law targets) and
 `llamafactory-dids compare` (the plots and the export of a run live in `reporting`). A run's
 output_dir holds `history.jsonl` (one record per mixture update, `task_losses` when target sets are
