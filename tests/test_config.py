@@ -37,6 +37,15 @@ def test_importing_the_config_loads_no_numpy_or_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+    # validating reads the strategy table and the rule's tables (numpy), never torch: the launcher checks
+    # the config before torchrun starts, in a process that has not imported torch
+    code = (
+        "import sys; from llamafactory_dids.config import parse_dids_config; parse_dids_config({"
+        "'dids_strategy': 'dids', 'dids_target_datasets': ['a'], 'dids_num_updates': 3, "
+        "'dids_fisher_estimator': 'kfac'}); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_empty_config_is_disabled():

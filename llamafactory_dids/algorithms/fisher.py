@@ -19,7 +19,10 @@ value. A tensor outside a linear layer (no x, delta) always gets the squared gra
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 FISHER_ESTIMATORS = ("batch", "per_example", "per_token", "kfac")
 
@@ -36,6 +39,8 @@ def fisher_term(
             sum of row mean losses, so row b's delta is that of its own mean loss (linear layers only).
         attention_mask: [B, L], real positions (None: all).
     """
+    import torch  # here, not at import: validating a config reads FISHER_ESTIMATORS without torch
+
     if estimator == "batch" or io is None or len(io) != 2:
         return grad * grad
     x, delta = io[0].float(), io[1].float()

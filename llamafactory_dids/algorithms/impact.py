@@ -23,10 +23,12 @@ which is correct for a distance; similarities are shifted by their minimum inste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from ..utils import rank_and_world
 
@@ -41,6 +43,8 @@ class ImpactAccumulator:
     def __init__(self, num_domains: int, num_tasks: int, *, metric: str = "fim"):
         if metric not in ("fim", "inner_product"):
             raise ValueError(f"metric must be 'fim' or 'inner_product', got {metric!r}.")
+        import torch  # here, not at import: validating a config reads this module's tables without torch
+
         self.metric = metric
         self.k, self.m = num_domains, num_tasks
         self.task_sq = torch.zeros(num_tasks, dtype=torch.float64)  # sum F g_S^2
@@ -64,6 +68,7 @@ class ImpactAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the partial terms over ranks (each rank added its shards or its domains)."""
+        import torch
         import torch.distributed as dist
 
         if rank_and_world()[1] > 1:
@@ -206,6 +211,8 @@ class SparseJLProjection:
         self.seed = seed
 
     def _hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
         buckets = torch.randint(0, self.dim, (n,), generator=g)
         signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64).mul_(2).sub_(1)
@@ -220,6 +227,8 @@ class SparseJLProjection:
                 start..start+n_b of a block of full_length (a rank's shard): the shard's columns of the
                 same matrix are used, so the projections of a block's shards sum to the block's projection.
         """
+        import torch
+
         lead = blocks[0].shape[:-1]
         out = torch.zeros(*lead, self.dim, dtype=torch.float64, device=blocks[0].device)
         for b, x in enumerate(blocks):
