@@ -25,8 +25,8 @@ Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softm
 paper literally), `reference` (the authors' code as documented in docs/dids.md: a Fisher kernel normalised
 with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
 at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the Fisher inner product per task,
-relative task weights, no /p, evidence normaliser (T = 1/3) with a natural-proportions prior, 5% uniform
-floor; `impact="cosine"` for the Fisher cosine, centred over domains or against a pool control). Why the
+relative task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm 1's start;
+`prior="natural"` for domain sizes), 5% uniform floor; `impact="cosine"` for the Fisher cosine, centred over domains or against a pool control). Why the
 default departs from the paper, with the measurements: docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
@@ -58,7 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "relative",
         "importance_correction": False,
         "normaliser": "evidence",
-        "prior": "natural",
+        "prior": "uniform",  # docs/dids.md: natural lost 1.035-1.060 where evidence came late
         "beta": 0.1,
         "smoothing": 0.05,
         "temperature": 1.0 / 3.0,
@@ -479,7 +479,7 @@ class DIDSStrategy(MixingStrategy):
         return np.full(self.num_domains, 1.0 / self.num_domains)
 
     def initial_weights(self) -> np.ndarray:
-        """The prior: uniform (Algorithm 1) or natural proportions (the default variant), floored."""
+        """The prior: uniform (Algorithm 1, every variant's default) or natural proportions, floored."""
         smoothing = self.resolved["smoothing"]
         return (1.0 - smoothing) * self.prior + smoothing / self.num_domains
 
@@ -498,6 +498,7 @@ class DIDSStrategy(MixingStrategy):
             use_trajectory=self.use_trajectory,
             evidence=self.evidence,
         )
+        self.last_terms["components"]["prior"] = self.prior_kind  # the prior used, not the variant's
         return new
 
     def log_scalars(self, task_names: Sequence[str]) -> dict[str, float]:

@@ -363,9 +363,15 @@ def test_floor_and_simplex_invariants_hold_for_every_variant_and_normaliser():
                 assert (w >= floor - 1e-12).all()
 
 
-def test_natural_prior_and_initial_weights():
-    s = DIDSStrategy(["a", "b"], [30, 10])
-    np.testing.assert_allclose(s.initial_weights(), 0.95 * np.array([0.75, 0.25]) + 0.025)
+def test_priors_and_initial_weights():
+    s = DIDSStrategy(["a", "b"], [30, 10])  # the default: Algorithm 1's uniform start, floored
+    np.testing.assert_allclose(s.initial_weights(), [0.5, 0.5])
+    natural = DIDSStrategy(["a", "b"], [30, 10], prior="natural")
+    np.testing.assert_allclose(natural.initial_weights(), 0.95 * np.array([0.75, 0.25]) + 0.025)
+    domains, tasks, pool = toy_world()
+    for prior in ("natural", "uniform"):  # the history records the prior the update used
+        _, strategy = run_rule(lambda t: terms_from_gradients(domains, tasks, pool), 1, prior=prior)
+        assert strategy.last_terms["components"]["prior"] == prior
     assert not s.impact_control
     assert DIDSStrategy(["a", "b"], [3, 1], impact="cosine", pool_control=True).impact_control
     with pytest.raises(ValueError, match="dids_pool_control compares cosines"):
