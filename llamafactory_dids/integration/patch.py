@@ -80,7 +80,7 @@ Private or internal host names called or read elsewhere (what, where: why):
                              integration/loss.py `install_loss_recorder`: recognise the stock causal-LM
                              loss before replacing it (read only)
 - DeepSpeed ZeRO-3 parameter attributes ds_shape, ds_tensor
-                             algorithms/features.py `full_shape`, runtime/probe.py `is_partitioned`: a
+                             algorithms/features.py `full_shape`, runtime/sharding.py `is_partitioned`: a
                              partitioned parameter's logical shape (read only)
 """
 
