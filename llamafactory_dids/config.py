@@ -434,7 +434,7 @@ def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[f
 
 
 #: `dids_*` integers: key -> (smallest value, what the error says it must be)
-_INT_KEYS: dict[str, tuple[int, str]] = {
+_INT_KEYS: dict[str, tuple[int | None, str]] = {
     "dids_budget": (1, "a positive integer"),
     "dids_update_interval": (1, "a positive integer"),
     "dids_num_updates": (1, "a positive integer"),
@@ -453,6 +453,11 @@ _FLOAT_KEYS: dict[str, str] = {
     "dids_step_size": "(0, inf)",
     "dids_smoothing": "[0, 1)",
     "dids_evidence_decay": "[0, 1)",
+}
+#: `dids_*` non-empty strings: key -> what the error says it is
+_STRING_KEYS = {
+    "dids_domain_column": "a column name",
+    "dids_reference_dir": "the output_dir of a reference run",
 }
 _BOOL_KEYS = (
     "dids_log_domain_loss",
@@ -490,51 +495,91 @@ def in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
-def parse_scalars(
+def parse_keys(
     values: Mapping[str, Any],
     cfg: Any,
     problems: list[str],
     *,
-    ints: Mapping[str, tuple[int, str]] = {},
+    ints: Mapping[str, tuple[int | None, str]] = {},
     floats: Mapping[str, str] = {},
     bools: tuple[str, ...] = (),
     choices: Mapping[str, tuple[str, ...]] = {},
+    strings: Mapping[str, str] = {},
+    texts: tuple[str, ...] = (),
+    lists: tuple[str, ...] = (),
+    bools_or_texts: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
 ) -> None:
-    """Set the scalar keys of `values` on `cfg`, or add one problem per bad value (the training and the
-    repartition configs share it). `ints`: key -> (smallest value, what the message says it must be);
-    `floats`: key -> interval ("[0, 1)", written once for the check and the message); `choices`: key ->
-    allowed lower-case values. Unset (None) keys keep their defaults."""
+    """Set the keys of `values` on the dataclass `cfg` by kind, or add one problem per bad value: the one
+    validator of the training, repartition, eval and observe configs. Unset (None) keys keep their
+    defaults; rules across keys stay with each config.
+
+    Kinds (key -> what the table gives): `ints` -> (smallest value or None, what the message says it
+    must be); `floats` -> interval ("[0, 1)", written once for the check and the message); `bools`:
+    true/false; `choices` -> allowed lower-case values; `strings` -> what the non-empty string is (kept
+    as given); `texts`: any value, kept as its text; `lists`: a comma list or a list of strings (items
+    stripped, blank ones dropped); `bools_or_texts`: true/false, any other value kept as its text.
+    `required`: keys that must end up set (non-empty) unless their value was already reported; the
+    message quotes the field's help.
+    """
+    rejected: set[str] = set()
+
+    def reject(key: str, message: str) -> None:
+        problems.append(message)
+        rejected.add(key)
+
+    given = {key: value for key, value in values.items() if value is not None}
     for key, (low, what) in ints.items():
-        if values.get(key) is None:
-            continue
-        n = as_int(values[key])
-        if n is None or n < low:
-            problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, n)
+        if key in given:
+            n = as_int(given[key])
+            if n is None or (low is not None and n < low):
+                reject(key, f"`{key}` must be {what}, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, n)
     for key, interval in floats.items():
-        if values.get(key) is None:
-            continue
-        f = as_float(values[key])
-        if f is None or not in_interval(f, interval):
-            problems.append(f"`{key}` must be in {interval}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, f)
+        if key in given:
+            f = as_float(given[key])
+            if f is None or not in_interval(f, interval):
+                reject(key, f"`{key}` must be in {interval}, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, f)
     for key in bools:
-        if values.get(key) is None:
-            continue
-        b = as_bool(values[key])
-        if b is None:
-            problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, b)
+        if key in given:
+            b = as_bool(given[key])
+            if b is None:
+                reject(key, f"`{key}` must be true or false, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, b)
     for key, allowed in choices.items():
-        if values.get(key) is None:
-            continue
-        if not isinstance(values[key], str) or values[key].lower() not in allowed:
-            problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, values[key].lower())
+        if key in given:
+            if not isinstance(given[key], str) or given[key].lower() not in allowed:
+                reject(key, f"`{key}` must be one of {', '.join(allowed)}, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, given[key].lower())
+    for key, what in strings.items():
+        if key in given:
+            if not isinstance(given[key], str) or not given[key].strip():
+                reject(key, f"`{key}` must be {what}, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, given[key])
+    for key in texts:
+        if key in given:
+            setattr(cfg, key, str(given[key]))
+    for key in lists:
+        if key in given:
+            items = given[key].split(",") if isinstance(given[key], str) else given[key]
+            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+                reject(key, f"`{key}` must be a comma list or a list of strings, got {given[key]!r}.")
+            else:
+                setattr(cfg, key, [v.strip() for v in items if v.strip()])
+    for key in bools_or_texts:
+        if key in given:
+            b = as_bool(given[key])
+            setattr(cfg, key, b if b is not None else str(given[key]))
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cfg)}
+    for key in required:
+        if key not in rejected and not getattr(cfg, key):
+            problems.append(f"`{key}` is required: {helps[key]}")
 
 
 def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
@@ -566,22 +611,6 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_strategy = strategy.lower()
 
-    reference = values.get("dids_reference_dir")
-    if reference is not None:
-        if not isinstance(reference, str) or not reference.strip():
-            problems.append(
-                f"`dids_reference_dir` must be the output_dir of a reference run, got {reference!r}."
-            )
-        else:
-            cfg.dids_reference_dir = reference
-
-    column = values.get("dids_domain_column")
-    if column is not None:
-        if not isinstance(column, str) or not column.strip():
-            problems.append(f"`dids_domain_column` must be a column name, got {column!r}.")
-        else:
-            cfg.dids_domain_column = column
-
     if "dids_static_weights" in values:
         cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
 
@@ -599,8 +628,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
 
-    parse_scalars(
-        values, cfg, problems, ints=_INT_KEYS, floats=_FLOAT_KEYS, bools=_BOOL_KEYS, choices=_choice_keys()
+    parse_keys(
+        values,
+        cfg,
+        problems,
+        ints=_INT_KEYS,
+        floats=_FLOAT_KEYS,
+        bools=_BOOL_KEYS,
+        choices=_choice_keys(),
+        strings=_STRING_KEYS,
     )
 
     _check_combinations(cfg, values, problems)
