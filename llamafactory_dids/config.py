@@ -495,6 +495,37 @@ def in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
+def _read_value(kind: str, spec: Any, value: Any) -> tuple[Any, str | None]:
+    """One set value of a key of `kind` (see `parse_keys`): (the value to keep, None), or (None, what it
+    must be: the message's words)."""
+    if kind == "ints":
+        low, what = spec
+        n = as_int(value)
+        return (n, None) if n is not None and (low is None or n >= low) else (None, what)
+    if kind == "floats":
+        f = as_float(value)
+        return (f, None) if f is not None and in_interval(f, spec) else (None, f"in {spec}")
+    if kind in ("bools", "bools_or_texts"):
+        b = as_bool(value)
+        if b is None:
+            return (str(value), None) if kind == "bools_or_texts" else (None, "true or false")
+        return b, None
+    if kind == "choices":
+        if isinstance(value, str) and value.lower() in spec:
+            return value.lower(), None
+        return None, f"one of {', '.join(spec)}"
+    if kind == "strings":
+        return (value, None) if isinstance(value, str) and value.strip() else (None, spec)
+    if kind == "texts":
+        return str(value), None
+    if kind == "lists":
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(v, str) for v in items):
+            return [v.strip() for v in items if v.strip()], None
+        return None, "a comma list or a list of strings"
+    raise AssertionError(f"unknown key kind {kind!r}")  # a programming error, not user input
+
+
 def parse_keys(
     values: Mapping[str, Any],
     cfg: Any,
@@ -522,60 +553,27 @@ def parse_keys(
     `required`: keys that must end up set (non-empty) unless their value was already reported; the
     message quotes the field's help.
     """
+    tables: dict[str, Mapping[str, Any]] = {
+        "ints": ints,
+        "floats": floats,
+        "bools": dict.fromkeys(bools),
+        "choices": choices,
+        "strings": strings,
+        "texts": dict.fromkeys(texts),
+        "lists": dict.fromkeys(lists),
+        "bools_or_texts": dict.fromkeys(bools_or_texts),
+    }
     rejected: set[str] = set()
-
-    def reject(key: str, message: str) -> None:
-        problems.append(message)
-        rejected.add(key)
-
-    given = {key: value for key, value in values.items() if value is not None}
-    for key, (low, what) in ints.items():
-        if key in given:
-            n = as_int(given[key])
-            if n is None or (low is not None and n < low):
-                reject(key, f"`{key}` must be {what}, got {given[key]!r}.")
+    for kind, table in tables.items():
+        for key, spec in table.items():
+            if values.get(key) is None:
+                continue
+            parsed, what = _read_value(kind, spec, values[key])
+            if what is None:
+                setattr(cfg, key, parsed)
             else:
-                setattr(cfg, key, n)
-    for key, interval in floats.items():
-        if key in given:
-            f = as_float(given[key])
-            if f is None or not in_interval(f, interval):
-                reject(key, f"`{key}` must be in {interval}, got {given[key]!r}.")
-            else:
-                setattr(cfg, key, f)
-    for key in bools:
-        if key in given:
-            b = as_bool(given[key])
-            if b is None:
-                reject(key, f"`{key}` must be true or false, got {given[key]!r}.")
-            else:
-                setattr(cfg, key, b)
-    for key, allowed in choices.items():
-        if key in given:
-            if not isinstance(given[key], str) or given[key].lower() not in allowed:
-                reject(key, f"`{key}` must be one of {', '.join(allowed)}, got {given[key]!r}.")
-            else:
-                setattr(cfg, key, given[key].lower())
-    for key, what in strings.items():
-        if key in given:
-            if not isinstance(given[key], str) or not given[key].strip():
-                reject(key, f"`{key}` must be {what}, got {given[key]!r}.")
-            else:
-                setattr(cfg, key, given[key])
-    for key in texts:
-        if key in given:
-            setattr(cfg, key, str(given[key]))
-    for key in lists:
-        if key in given:
-            items = given[key].split(",") if isinstance(given[key], str) else given[key]
-            if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
-                reject(key, f"`{key}` must be a comma list or a list of strings, got {given[key]!r}.")
-            else:
-                setattr(cfg, key, [v.strip() for v in items if v.strip()])
-    for key in bools_or_texts:
-        if key in given:
-            b = as_bool(given[key])
-            setattr(cfg, key, b if b is not None else str(given[key]))
+                problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
+                rejected.add(key)
     helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cfg)}
     for key in required:
         if key not in rejected and not getattr(cfg, key):
