@@ -200,7 +200,8 @@ def _run_evaluation_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluation_parser(sub, name: str, cls: type, help: str) -> None:
+def _add_evaluation_parser(sub, name: str, cls: type, switches: tuple[str, ...], help: str) -> None:
+    """`name`'s subcommand: a flag per key of `cls`; `switches` (its true/false keys) also stand alone."""
     parser = sub.add_parser(name, help=help, description=help)
     parser.add_argument("config", nargs="?", help="optional YAML with the keys below")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
@@ -208,7 +209,7 @@ def _add_evaluation_parser(sub, name: str, cls: type, help: str) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         text = f"{f.metadata['help']} (default: {default!r})".replace("%", "%%")
-        switch = {"nargs": "?", "const": "true"} if f.metadata["kind"] == "bool" else {}
+        switch = {"nargs": "?", "const": "true"} if f.name in switches else {}
         parser.add_argument(flag, dest=f.name, default=None, help=text, **switch)
     parser.set_defaults(func=_run_evaluation_command)
 
@@ -317,12 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
 
-    from .evaluation.config import EvalConfig, ObserveConfig
+    from .evaluation.config import EVAL_KEYS, OBSERVE_KEYS, EvalConfig, ObserveConfig
 
     _add_evaluation_parser(
-        sub, "observe", ObserveConfig, "observation sets from lm-eval tasks' validation docs"
+        sub,
+        "observe",
+        ObserveConfig,
+        OBSERVE_KEYS["bools"],
+        "observation sets from lm-eval tasks' validation docs",
     )
-    _add_evaluation_parser(sub, "eval", EvalConfig, "score a trained output with lm-evaluation-harness")
+    _add_evaluation_parser(
+        sub, "eval", EvalConfig, EVAL_KEYS["bools"], "score a trained output with lm-evaluation-harness"
+    )
 
     report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
     report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")

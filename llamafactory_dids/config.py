@@ -434,7 +434,7 @@ def _parse_weights(value: Any, problems: list[str]) -> dict[str, float] | list[f
 
 
 #: `dids_*` integers: key -> (smallest value, what the error says it must be)
-_INT_KEYS: dict[str, tuple[int, str]] = {
+_INT_KEYS: dict[str, tuple[int | None, str]] = {
     "dids_budget": (1, "a positive integer"),
     "dids_update_interval": (1, "a positive integer"),
     "dids_num_updates": (1, "a positive integer"),
@@ -453,6 +453,11 @@ _FLOAT_KEYS: dict[str, str] = {
     "dids_step_size": "(0, inf)",
     "dids_smoothing": "[0, 1)",
     "dids_evidence_decay": "[0, 1)",
+}
+#: `dids_*` non-empty strings: key -> what the error says it is
+_STRING_KEYS = {
+    "dids_domain_column": "a column name",
+    "dids_reference_dir": "the output_dir of a reference run",
 }
 _BOOL_KEYS = (
     "dids_log_domain_loss",
@@ -490,51 +495,89 @@ def in_interval(value: float, interval: str) -> bool:
     return above and below
 
 
-def parse_scalars(
+def _read_value(kind: str, spec: Any, value: Any) -> tuple[Any, str | None]:
+    """One set value of a key of `kind` (see `parse_keys`): (the value to keep, None), or (None, what it
+    must be: the message's words)."""
+    if kind == "ints":
+        low, what = spec
+        n = as_int(value)
+        return (n, None) if n is not None and (low is None or n >= low) else (None, what)
+    if kind == "floats":
+        f = as_float(value)
+        return (f, None) if f is not None and in_interval(f, spec) else (None, f"in {spec}")
+    if kind in ("bools", "bools_or_texts"):
+        b = as_bool(value)
+        if b is None:
+            return (str(value), None) if kind == "bools_or_texts" else (None, "true or false")
+        return b, None
+    if kind == "choices":
+        if isinstance(value, str) and value.lower() in spec:
+            return value.lower(), None
+        return None, f"one of {', '.join(spec)}"
+    if kind == "strings":
+        return (value, None) if isinstance(value, str) and value.strip() else (None, spec)
+    if kind == "texts":
+        return str(value), None
+    if kind == "lists":
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(v, str) for v in items):
+            return [v.strip() for v in items if v.strip()], None
+        return None, "a comma list or a list of strings"
+    raise AssertionError(f"unknown key kind {kind!r}")  # a programming error, not user input
+
+
+def parse_keys(
     values: Mapping[str, Any],
     cfg: Any,
     problems: list[str],
     *,
-    ints: Mapping[str, tuple[int, str]] = {},
+    ints: Mapping[str, tuple[int | None, str]] = {},
     floats: Mapping[str, str] = {},
     bools: tuple[str, ...] = (),
     choices: Mapping[str, tuple[str, ...]] = {},
+    strings: Mapping[str, str] = {},
+    texts: tuple[str, ...] = (),
+    lists: tuple[str, ...] = (),
+    bools_or_texts: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
 ) -> None:
-    """Set the scalar keys of `values` on `cfg`, or add one problem per bad value (the training and the
-    repartition configs share it). `ints`: key -> (smallest value, what the message says it must be);
-    `floats`: key -> interval ("[0, 1)", written once for the check and the message); `choices`: key ->
-    allowed lower-case values. Unset (None) keys keep their defaults."""
-    for key, (low, what) in ints.items():
-        if values.get(key) is None:
-            continue
-        n = as_int(values[key])
-        if n is None or n < low:
-            problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, n)
-    for key, interval in floats.items():
-        if values.get(key) is None:
-            continue
-        f = as_float(values[key])
-        if f is None or not in_interval(f, interval):
-            problems.append(f"`{key}` must be in {interval}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, f)
-    for key in bools:
-        if values.get(key) is None:
-            continue
-        b = as_bool(values[key])
-        if b is None:
-            problems.append(f"`{key}` must be true or false, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, b)
-    for key, allowed in choices.items():
-        if values.get(key) is None:
-            continue
-        if not isinstance(values[key], str) or values[key].lower() not in allowed:
-            problems.append(f"`{key}` must be one of {', '.join(allowed)}, got {values[key]!r}.")
-        else:
-            setattr(cfg, key, values[key].lower())
+    """Set the keys of `values` on the dataclass `cfg` by kind, or add one problem per bad value: the one
+    validator of the training, repartition, eval and observe configs. Unset (None) keys keep their
+    defaults; rules across keys stay with each config.
+
+    Kinds (key -> what the table gives): `ints` -> (smallest value or None, what the message says it
+    must be); `floats` -> interval ("[0, 1)", written once for the check and the message); `bools`:
+    true/false; `choices` -> allowed lower-case values; `strings` -> what the non-empty string is (kept
+    as given); `texts`: any value, kept as its text; `lists`: a comma list or a list of strings (items
+    stripped, blank ones dropped); `bools_or_texts`: true/false, any other value kept as its text.
+    `required`: keys that must end up set (non-empty) unless their value was already reported; the
+    message quotes the field's help.
+    """
+    tables: dict[str, Mapping[str, Any]] = {
+        "ints": ints,
+        "floats": floats,
+        "bools": dict.fromkeys(bools),
+        "choices": choices,
+        "strings": strings,
+        "texts": dict.fromkeys(texts),
+        "lists": dict.fromkeys(lists),
+        "bools_or_texts": dict.fromkeys(bools_or_texts),
+    }
+    rejected: set[str] = set()
+    for kind, table in tables.items():
+        for key, spec in table.items():
+            if values.get(key) is None:
+                continue
+            parsed, what = _read_value(kind, spec, values[key])
+            if what is None:
+                setattr(cfg, key, parsed)
+            else:
+                problems.append(f"`{key}` must be {what}, got {values[key]!r}.")
+                rejected.add(key)
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cfg)}
+    for key in required:
+        if key not in rejected and not getattr(cfg, key):
+            problems.append(f"`{key}` is required: {helps[key]}")
 
 
 def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
@@ -566,22 +609,6 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_strategy = strategy.lower()
 
-    reference = values.get("dids_reference_dir")
-    if reference is not None:
-        if not isinstance(reference, str) or not reference.strip():
-            problems.append(
-                f"`dids_reference_dir` must be the output_dir of a reference run, got {reference!r}."
-            )
-        else:
-            cfg.dids_reference_dir = reference
-
-    column = values.get("dids_domain_column")
-    if column is not None:
-        if not isinstance(column, str) or not column.strip():
-            problems.append(f"`dids_domain_column` must be a column name, got {column!r}.")
-        else:
-            cfg.dids_domain_column = column
-
     if "dids_static_weights" in values:
         cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
 
@@ -599,8 +626,15 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
 
-    parse_scalars(
-        values, cfg, problems, ints=_INT_KEYS, floats=_FLOAT_KEYS, bools=_BOOL_KEYS, choices=_choice_keys()
+    parse_keys(
+        values,
+        cfg,
+        problems,
+        ints=_INT_KEYS,
+        floats=_FLOAT_KEYS,
+        bools=_BOOL_KEYS,
+        choices=_choice_keys(),
+        strings=_STRING_KEYS,
     )
 
     _check_combinations(cfg, values, problems)

@@ -65,22 +65,25 @@ Private or internal host names called or read elsewhere (what, where: why):
                              integration/loader.py `load_target_sets`: target sets are loaded and processed
                              exactly like training data
 - SupervisedDatasetProcessor._encode_data_example (llamafactory.data.processor)
-                             repartition/inputs.py `load_inputs`: encode each aligned row as SFT training
-                             does, keeping the rows LLaMA-Factory would drop (rows in = rows out)
+                             integration/host_data.py `sft_row_encoder`, for repartition/inputs.py
+                             `load_inputs`: encode each aligned row as SFT training does, keeping the rows
+                             LLaMA-Factory would drop (rows in = rows out)
 - llamafactory.data.converter.align_dataset with a stand-in `training_args` (the two fields it reads)
-                             repartition/inputs.py `load_inputs`: align without TrainingArguments
+                             integration/host_data.py `align_rows`, for repartition: align without
+                             TrainingArguments
 - llamafactory.extras.misc.{get_device_count, is_env_enabled, use_kt, use_ray}
                              integration/launch.py `starts_torchrun`: the launcher's own torchrun condition
 - llamafactory.hparams.{read_args, DataArguments, FinetuningArguments, ModelArguments},
   llamafactory.data.parser.get_dataset_list, llamafactory.data.get_template_and_fix_tokenizer,
   llamafactory.model.load_tokenizer, llamafactory.extras.constants.FILEEXT2TYPE
-                             integration/{args,launch,data_checks}.py, repartition/{run,inputs}.py: parse
-                             arguments, read dataset_info.json, tokenizer and template as the host does
+                             integration/{args,launch,data_checks,host_data}.py (host_data for
+                             repartition): parse arguments, read dataset_info.json, tokenizer and
+                             template as the host does
 - transformers.loss.loss_utils.LOSS_MAPPING["ForCausalLM"]
                              integration/loss.py `install_loss_recorder`: recognise the stock causal-LM
                              loss before replacing it (read only)
 - DeepSpeed ZeRO-3 parameter attributes ds_shape, ds_tensor
-                             algorithms/features.py `full_shape`, runtime/probe.py `is_partitioned`: a
+                             algorithms/features.py `full_shape`, runtime/sharding.py `is_partitioned`: a
                              partitioned parameter's logical shape (read only)
 """
 

@@ -1,9 +1,10 @@
 """Gradient-based domain repartition (paper section 4.1, App. A): `llamafactory-dids repartition`.
 
-Role: the first step of DIDS (*repartition* -> impact -> schedule -> sampler), run once offline. An
-integration-level package (it loads data and models through LLaMA-Factory and transformers): config ->
-inputs -> extract -> cache -> clustering (`algorithms.clustering`) -> outputs. See docs/repartition.md.
-Its host calls are listed in `integration.patch`, whose `check_host_versions` it runs first.
+Role: the first step of DIDS (*repartition* -> impact -> schedule -> sampler), run once offline. It
+reads data as LLaMA-Factory does and loads models with transformers: config -> inputs -> extract ->
+cache -> clustering (`algorithms.clustering`) -> outputs. See docs/repartition.md. Its LLaMA-Factory
+calls go through `integration.host_data` (listed in `integration.patch`, whose `check_host_versions` it
+runs first).
 """
 
 from .config import RepartitionConfig, RepartitionConfigError, parse_repartition_config

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..algorithms.clustering import CLUSTERERS
-from ..config import ConfigProblems, parse_scalars
+from ..config import ConfigProblems, parse_keys
 from ..unknown_keys import unknown_key_problem
 
 FEATURES = ("factored", "exact", "semantic")
@@ -150,19 +150,6 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
             values[key] = value
     cfg = RepartitionConfig()
 
-    for key in ("model_name_or_path", "output_dir"):
-        value = values.get(key)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"`{key}` is required (a path), got {value!r}.")
-        else:
-            setattr(cfg, key, value)
-    for key in ("dataset_dir", "template", "dids_source_column", "dids_embedding_model"):
-        if key in values:
-            if not isinstance(values[key], str) or not values[key].strip():
-                problems.append(f"`{key}` must be a non-empty string, got {values[key]!r}.")
-            else:
-                setattr(cfg, key, values[key])
-
     names = values.get("dataset")
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -176,7 +163,7 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
         cfg.dataset = list(names)
 
     positive = "a positive integer"
-    parse_scalars(
+    parse_keys(
         values,
         cfg,
         problems,
@@ -201,6 +188,15 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
         floats={"dids_probe_layers_fraction": "(0, 1]", "dids_topk_fraction": "[0, 1]"},
         bools=("train_on_prompt", "mask_history", "trust_remote_code"),
         choices={"dids_features": FEATURES, "dids_clusterer": CLUSTERERS, "stage": ("sft",)},
+        strings={
+            "model_name_or_path": "a path",
+            "output_dir": "a path",
+            **{
+                key: "a non-empty string"
+                for key in ("dataset_dir", "template", "dids_source_column", "dids_embedding_model")
+            },
+        },
+        required=("model_name_or_path", "output_dir"),
     )
 
     if "dids_num_domains" in values and "dids_domains_per_source" in values:

@@ -1,6 +1,6 @@
 """Rows, sources and token ids of a repartition run, through LLaMA-Factory's own data machinery.
 
-Role: integration layer of repartition (imports llamafactory). Each `dataset:` entry is read from its
+Role: the inputs of repartition; LLaMA-Factory is called through `integration.host_data`. Each `dataset:` entry is read from its
 file in `dataset_dir` as LLaMA-Factory reads it (`datasets.load_dataset` on the file, `max_samples` =
 the first N rows), aligned with LLaMA-Factory's converter (one aligned row per raw row) and encoded with
 its supervised processor and the run's template, so prompt tokens are masked exactly as in SFT
@@ -20,12 +20,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from ..algorithms.clustering import allocate_domains
+from ..integration import host_data
 from ..utils import IGNORE_INDEX
 from .config import RepartitionConfig
 
@@ -85,9 +85,8 @@ class Inputs:
 
 
 def data_arguments(cfg: RepartitionConfig) -> Any:
-    from llamafactory.hparams import DataArguments
-
-    return DataArguments(
+    """LLaMA-Factory's DataArguments of the repartitioned data, as a training run on it would have them."""
+    return host_data.data_arguments(
         template=cfg.template,
         dataset=list(cfg.dataset),
         dataset_dir=cfg.dataset_dir,
@@ -141,8 +140,8 @@ def _common_entry(cfg: RepartitionConfig, info: dict[str, Any]) -> dict[str, Any
 def _load_raw(cfg: RepartitionConfig, name: str, attr: Any) -> Any:
     """The rows of one dataset file, read as LLaMA-Factory reads a local file."""
     from datasets import load_dataset
-    from llamafactory.extras.constants import FILEEXT2TYPE
 
+    types = host_data.file_types()
     path = Path(cfg.dataset_dir) / attr.dataset_name
     if path.is_dir():
         files = [str(path / f) for f in os.listdir(path)]
@@ -150,10 +149,10 @@ def _load_raw(cfg: RepartitionConfig, name: str, attr: Any) -> Any:
         files = [str(path)]
     else:
         raise RepartitionInputError(f"Dataset {name!r}: file {path} not found (from dataset_info.json).")
-    kinds = {FILEEXT2TYPE.get(os.path.splitext(f)[-1][1:]) for f in files}
+    kinds = {types.get(os.path.splitext(f)[-1][1:]) for f in files}
     if len(kinds) != 1 or None in kinds:
         raise RepartitionInputError(
-            f"Dataset {name!r}: {path} must hold files of one type among {', '.join(FILEEXT2TYPE)}, "
+            f"Dataset {name!r}: {path} must hold files of one type among {', '.join(types)}, "
             f"got {sorted(os.path.basename(f) for f in files)}."
         )
     try:
@@ -235,14 +234,10 @@ def load_inputs(cfg: RepartitionConfig, tokenizer: Any, template: Any) -> Inputs
     Raises:
         RepartitionInputError: for any unusable input, before features are computed.
     """
-    from llamafactory.data.converter import align_dataset
-    from llamafactory.data.parser import get_dataset_list
-    from llamafactory.data.processor import SupervisedDatasetProcessor
-
     info = _dataset_info(cfg)
     entry = _common_entry(cfg, info)
     data_args = data_arguments(cfg)
-    attrs = get_dataset_list(cfg.dataset, cfg.dataset_dir)
+    attrs = host_data.dataset_attrs(cfg.dataset, cfg.dataset_dir)
     raw = [_load_raw(cfg, name, attr) for name, attr in zip(cfg.dataset, attrs, strict=True)]
     empty = [n for n, d in zip(cfg.dataset, raw, strict=True) if len(d) == 0]
     if empty:
@@ -250,17 +245,12 @@ def load_inputs(cfg: RepartitionConfig, tokenizer: Any, template: Any) -> Inputs
             f"Empty source(s): dataset(s) {empty} have no rows. Remove them from `dataset`."
         )
     sources, names = _sources(cfg, raw)
-    processor = SupervisedDatasetProcessor(
-        template=template, tokenizer=tokenizer, processor=None, data_args=data_args
-    )
-    training_args = SimpleNamespace(
-        local_process_index=0, dataloader_num_workers=0
-    )  # what align_dataset reads
+    encode = host_data.sft_row_encoder(template, tokenizer, data_args)
     encoded: list[tuple[list[int], list[int]] | None] = []
     texts: list[str] = []
     for name, d, attr in zip(cfg.dataset, raw, attrs, strict=True):
         try:
-            aligned = align_dataset(d, attr, data_args, training_args)
+            aligned = host_data.align_rows(d, attr, data_args)
         except Exception as err:
             raise RepartitionInputError(
                 f"Dataset {name!r}: LLaMA-Factory cannot align it with its dataset_info entry ({err}). Check the "
@@ -273,17 +263,7 @@ def load_inputs(cfg: RepartitionConfig, tokenizer: Any, template: Any) -> Inputs
             if len(row["_prompt"]) % 2 != 1 or len(row["_response"]) != 1:
                 encoded.append(None)  # LLaMA-Factory drops it in training
                 continue
-            encoded.append(
-                processor._encode_data_example(
-                    prompt=row["_prompt"],
-                    response=row["_response"],
-                    system=row["_system"],
-                    tools=row["_tools"],
-                    images=row["_images"] or [],
-                    videos=row["_videos"] or [],
-                    audios=row["_audios"] or [],
-                )
-            )
+            encoded.append(encode(row))
     inputs = Inputs(raw=raw, info_entry=entry, sources=sources, source_names=names, domains_per_source=[])
     inputs.encoded, inputs.texts = encoded, texts
     if cfg.dids_features == "semantic":

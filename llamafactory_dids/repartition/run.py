@@ -27,6 +27,7 @@ from ..algorithms.clustering import (
     resolve_clusterer,
     spherical_kmeans,
 )
+from ..integration import host_data
 from ..integration.patch import check_host_versions
 from ..utils import rank_and_world
 from .cache import FeatureCache
@@ -61,16 +62,10 @@ def _barrier(world: int) -> None:
 
 
 def _tokenizer_and_template(cfg: RepartitionConfig) -> tuple[Any, Any]:
-    from llamafactory.data import get_template_and_fix_tokenizer
-    from llamafactory.hparams import ModelArguments
-    from llamafactory.model import load_tokenizer
-
-    model_args = ModelArguments(
-        model_name_or_path=cfg.model_name_or_path, trust_remote_code=cfg.trust_remote_code
+    """The proxy's tokenizer and the run's chat template, as LLaMA-Factory's training builds them."""
+    return host_data.tokenizer_and_template(
+        cfg.model_name_or_path, cfg.trust_remote_code, data_arguments(cfg)
     )
-    tokenizer = load_tokenizer(model_args)["tokenizer"]
-    template = get_template_and_fix_tokenizer(tokenizer, data_arguments(cfg))
-    return tokenizer, template
 
 
 def _fingerprint(cfg: RepartitionConfig, inputs: Inputs, extractor: Extractor) -> dict[str, Any]:

@@ -14,7 +14,8 @@ the training process. At an update every rank runs, in lockstep and after the op
    with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
    F^{1/2} g, and each domain gradient is projected the same way.
 
-Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded*: every forward
+Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded* (the collective
+pieces, `all_reduce`, `max_over_ranks` and `CoordinateShards`, are in `runtime.sharding`): every forward
 gathers parameters collectively, so all ranks run the same number of passes (padding with discarded
 passes), every domain is probed by all ranks together (each on its share of the domain's rows), and each
 micro-batch-summed gradient is reduce-scattered so that a rank keeps only its slice of the coordinates
@@ -41,85 +42,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ..algorithms.features import full_shape, last_block_matrices, row_losses, transformer_blocks
 from ..algorithms.fisher import FISHER_ESTIMATORS, fisher_term
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 from ..utils import IGNORE_INDEX, rank_and_world
+from .sharding import CoordinateShards, all_reduce, is_partitioned, max_over_ranks
 
 logger = logging.getLogger(__name__)
-
-
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def is_partitioned(param: torch.Tensor) -> bool:
-    """True for a DeepSpeed ZeRO-3 parameter, whose data lives in shards across ranks."""
-    return hasattr(param, "ds_shape") and hasattr(param, "ds_tensor")
-
-
-class CoordinateShards:
-    """The slice of the probed coordinates a rank keeps in sharded mode: chunk `rank` of every tensor.
-
-    `reduce` takes a rank's full-length partial sums (one flat tensor per probed tensor) and a count,
-    sums them over ranks and returns only this rank's chunks plus the total count: a reduce-scatter
-    (NCCL) or an all-reduce followed by slicing (gloo has no reduce-scatter).
-    """
-
-    def __init__(self, sizes: Sequence[int], rank: int, world: int):
-        self.rank, self.world = rank, world
-        # bounds[b][r] = (start, stop) of rank r's chunk of tensor b
-        self.bounds = [_chunks(n, world) for n in sizes]
-        self.sizes = list(sizes)
-        lengths = [sum(stop - start for start, stop in (b[r] for b in self.bounds)) for r in range(world)]
-        self.segment = max(lengths) + 1  # + a slot for the count
-
-    @property
-    def spans(self) -> list[tuple[int, int]]:
-        """(start, full_length) of this rank's chunk of every tensor (for the projection)."""
-        return [(b[self.rank][0], n) for b, n in zip(self.bounds, self.sizes, strict=True)]
-
-    def reduce(self, blocks: Sequence[torch.Tensor], count: float) -> tuple[list[torch.Tensor], float]:
-        """blocks: per tensor, flat [n_b] partial sums of this rank. Returns this rank's summed chunks and count."""
-        device = blocks[0].device
-        buffer = torch.zeros(self.world * self.segment, dtype=torch.float32, device=device)
-        for r in range(self.world):
-            offset = r * self.segment
-            for block, bound in zip(blocks, self.bounds, strict=True):
-                start, stop = bound[r]
-                buffer[offset : offset + stop - start] = block[start:stop]
-                offset += stop - start
-            buffer[(r + 1) * self.segment - 1] = count
-        if self.world == 1:
-            mine = buffer
-        elif dist.get_backend() == "nccl":
-            mine = torch.empty(self.segment, dtype=buffer.dtype, device=device)
-            dist.reduce_scatter_tensor(mine, buffer)
-        else:
-            dist.all_reduce(buffer)
-            mine = buffer[self.rank * self.segment : (self.rank + 1) * self.segment]
-        chunks, offset = [], 0
-        for bound in self.bounds:
-            start, stop = bound[self.rank]
-            chunks.append(mine[offset : offset + stop - start].clone())
-            offset += stop - start
-        return chunks, float(mine[-1])
-
-
-def _chunks(n: int, world: int) -> list[tuple[int, int]]:
-    """(start, stop) of `world` near-equal consecutive chunks of range(n)."""
-    base, extra = divmod(n, world)
-    out, start = [], 0
-    for r in range(world):
-        stop = start + base + (1 if r < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
 
 
 def select_probe_parameters(
@@ -228,10 +159,8 @@ class GradientProbe:
         """
         chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
         total = len(chunks)
-        if self.sharded and rank_and_world()[1] > 1:
-            count = torch.tensor([total], dtype=torch.float64, device=self.device)
-            dist.all_reduce(count, op=dist.ReduceOp.MAX)
-            total = int(count.item())
+        if self.sharded:
+            total = max_over_ranks(total, self.device)
         for i in range(total):
             real = i < len(chunks)
             batch = self._batch(chunks[i] if real else filler[:size])
@@ -267,7 +196,7 @@ class GradientProbe:
                         tokens = (batch["labels"][..., 1:] != IGNORE_INDEX).sum()
                         sums[2 * j] += loss.double() * tokens
                         sums[2 * j + 1] += tokens
-        sums = _all_reduce(sums).cpu().numpy()
+        sums = all_reduce(sums).cpu().numpy()
         return sums[0::2] / np.maximum(sums[1::2], 1)
 
     # ---------------------------------------------------------------------------------- gradients
@@ -357,8 +286,8 @@ class GradientProbe:
         (collective)."""
         flat = [s.flatten() for s in sums]
         if shards is None:
-            total = _all_reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()
-            return [_all_reduce(f).div_(max(total, 1.0)) for f in flat]
+            total = all_reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()
+            return [all_reduce(f).div_(max(total, 1.0)) for f in flat]
         chunks, total = shards.reduce(flat, float(count))
         return [c.div_(max(total, 1.0)) for c in chunks]
 
@@ -366,7 +295,7 @@ class GradientProbe:
         """Projection of whole tensors, or the all-reduced sum of every rank's shard projections."""
         if shards is None:
             return self.projection.project(blocks)
-        return _all_reduce(self.projection.project(blocks, shards.spans))
+        return all_reduce(self.projection.project(blocks, shards.spans))
 
     def impact(self, update_index: int) -> np.ndarray:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""

@@ -3,6 +3,7 @@ observation docs kept out of scoring; model/backend resolution and the disjointn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -12,6 +13,7 @@ from toy_lm_eval_tasks import SPLITS, toy_docs, write_toy_tasks
 
 from llamafactory_dids.cli import main
 from llamafactory_dids.evaluation import EvalConfigError, parse_eval_config, parse_observe_config
+from llamafactory_dids.evaluation.config import EVAL_KEYS, OBSERVE_KEYS, EvalConfig, ObserveConfig
 from llamafactory_dids.evaluation.harness import (
     find_manifest,
     plan_scored_docs,
@@ -253,6 +255,15 @@ def test_missing_lm_eval_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(ImportError, match=r"pip install \"llamafactory-dids\[eval\]\""):
         require_lm_eval()
+
+
+def test_every_evaluation_key_has_one_kind():
+    """`config.parse_keys` sets only the keys its tables name: each field in exactly one kind (or parsed
+    by its own function: `batch_size`), so no key is accepted and silently dropped."""
+    for cls, kinds, own in ((EvalConfig, EVAL_KEYS, ["batch_size"]), (ObserveConfig, OBSERVE_KEYS, [])):
+        declared = [key for kind, keys in kinds.items() if kind != "required" for key in keys] + own
+        assert sorted(declared) == sorted(f.name for f in dataclasses.fields(cls))
+        assert set(kinds["required"]) <= set(declared)
 
 
 def test_bad_eval_configuration():
