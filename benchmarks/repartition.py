@@ -134,7 +134,7 @@ def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff:
     """Token ids and labels of the rows through the product's own input pipeline."""
     from llamafactory_dids.repartition.config import parse_repartition_config
     from llamafactory_dids.repartition.inputs import load_inputs
-    from llamafactory_dids.repartition.run import _tokenizer_and_template
+    from llamafactory_dids.repartition.run import tokenizer_and_template
 
     data = workdir / "bench_data"
     data.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff:
             "dids_domains_per_source": 1,
         }
     )
-    tokenizer, template = _tokenizer_and_template(cfg)
+    tokenizer, template = tokenizer_and_template(cfg)
     inputs = load_inputs(cfg, tokenizer, template)
     keep = np.flatnonzero(inputs.trainable())
     return [inputs.encoded[i] for i in keep], inputs.sources[keep]

@@ -60,7 +60,7 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _tokenizer_and_template(cfg: RepartitionConfig) -> tuple[Any, Any]:
+def tokenizer_and_template(cfg: RepartitionConfig) -> tuple[Any, Any]:
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import ModelArguments
     from llamafactory.model import load_tokenizer
@@ -165,7 +165,7 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
     try:
         torch.manual_seed(cfg.dids_seed)
         out = Path(cfg.output_dir)
-        tokenizer, template = _tokenizer_and_template(cfg)
+        tokenizer, template = tokenizer_and_template(cfg)
         inputs = load_inputs(cfg, tokenizer, template)
         extractor = build_extractor(cfg, inputs, tokenizer, device)
         cache = FeatureCache(
