@@ -27,43 +27,42 @@ Exit code 0: it is a measurement.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from llamafactory_dids.run_files import read_history
-
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
 STRATEGIES = ("uniform", "natural", "dids", "dga", "doge", "doremi", "velocitune")
+QUICK = {"budget": 80, "updates": 2, "strategies": ["uniform", "dga", "doge", "doremi"]}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--budget", type=int, default=160)
-    parser.add_argument("--updates", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    return parser
+def build_parser() -> Any:
+    p = h.parser(__doc__, quick="80 samples, 2 updates, uniform dga doge doremi")
+    p.add_argument("--budget", type=int, default=160)
+    p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    return p
 
 
-def measure(args: argparse.Namespace) -> list[dict]:
+def measure(args: Any) -> tuple[list[Figure], dict[str, Any]]:
     """Train every strategy through `run_compare`; one dict of figures per strategy (module docstring)."""
-    from llamafactory_dids.cli import find_llamafactory_cli
-    from llamafactory_dids.compare import run_compare
-    from llamafactory_dids.demo import build_demo_assets, demo_training_config
+    with h.workdir(args.workdir, "dids-baselines-") as workdir:
+        rows = _measure(args, workdir)
+    return report(rows, args), {"args": vars(args), "rows": rows}
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-baselines-"))
-    args.workdir = workdir
-    assets = build_demo_assets(workdir / "assets", examples_per_domain=300, seed=0)
+
+def _measure(args: Any, workdir: Path) -> list[dict]:
+    import yaml
+
+    from llamafactory_dids.compare import run_compare
+    from llamafactory_dids.demo import demo_training_config
+
+    assets = h.demo_assets(workdir, examples_per_domain=300, seed=0)
     config = demo_training_config(
         assets,
         workdir / "compare",
@@ -80,24 +79,20 @@ def measure(args: argparse.Namespace) -> list[dict]:
     )
     path = workdir / "compare.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    os.environ.update({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
-    os.environ.update({"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    cli = find_llamafactory_cli() or "llamafactory-cli"
-    _, rows = run_compare(path, args.strategies, cli=cli, out=sys.stderr)
-
+    os.environ.update(h.offline_env(args.threads))
+    _, rows = run_compare(path, args.strategies, cli=h.train_cli()[0], out=sys.stderr)
     figures = []
     for row in rows:
-        out = Path(row["output_dir"])
-        results = out / "train_results.json"
-        runtime = json.loads(results.read_text())["train_runtime"] if results.is_file() else float("nan")
-        history, _ = read_history(out)
-        seconds = [r["seconds"] for r in history if r.get("update", 0) > 0]
+        results = Path(row["output_dir"]) / "train_results.json"
+        seconds = h.update_seconds(Path(row["output_dir"]))
         figures.append(
             {
                 "strategy": row["strategy"],
                 "status": row["status"],
                 "update_seconds_median": statistics.median(seconds) if seconds else float("nan"),
-                "train_runtime": runtime,
+                "train_runtime": json.loads(results.read_text())["train_runtime"]
+                if results.is_file()
+                else float("nan"),
                 "target_loss": row.get("mean_task_loss", float("nan")),
                 "weights": row["weights"],
             }
@@ -108,48 +103,24 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return figures
 
 
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/baselines.py ARGV` does and return the figures (see _figures.py)."""
-    argv = list(argv or [])
-    command = " ".join(["python benchmarks/baselines.py", *argv])
+def report(rows: list[dict], args: Any) -> list[Figure]:
+    """Per strategy: update seconds, runtime ratio and final target loss; seconds and weights as detail."""
+    print(f"\nbudget {args.budget} samples, {args.updates} updates, threads {args.threads}")
     out = []
-    for f in measure(build_parser().parse_args(argv)):
+    for f in rows:
         name = f["strategy"]
-        out.append(
-            Figure(
-                f"{name}: median seconds per mixture update", f["update_seconds_median"], "s", command=command
-            )
-        )
-        out.append(
-            Figure(
-                f"{name}: train_runtime / uniform (one run each)", f["runtime_over_uniform"], command=command
-            )
-        )
-        out.append(Figure(f"{name}: final target loss (demo_target_code)", f["target_loss"], command=command))
+        weights = ", ".join(f"{k.removeprefix('demo_')} {v:.3f}" for k, v in (f["weights"] or {}).items())
+        out += [
+            Figure(f"{name}: median seconds per mixture update", f["update_seconds_median"], "s"),
+            Figure(f"{name}: train_runtime / uniform (one run each)", f["runtime_over_uniform"]),
+            Figure(f"{name}: final target loss (demo_target_code)", f["target_loss"]),
+            Figure(f"{name}: train_runtime", f["train_runtime"], "s", detail=True),
+            Figure(f"{name}: final weights", None, text=weights or "-", detail=True),
+        ]
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    rows = measure(args)
-    print(
-        f"budget {args.budget} samples, {args.updates} updates, threads {args.threads}, workdir {args.workdir}"
-    )
-    print(
-        "| strategy | update s (median) | train_runtime s | / uniform | final target loss | final weights |"
-    )
-    print("|---|---|---|---|---|---|")
-    for f in rows:
-        weights = ", ".join(f"{k.removeprefix('demo_')} {v:.3f}" for k, v in (f["weights"] or {}).items())
-        print(
-            f"| {f['strategy']} | {f['update_seconds_median']:.2f} | {f['train_runtime']:.1f} | "
-            f"{f['runtime_over_uniform']:.2f} | {f['target_loss']:.4f} | {weights} |"
-        )
-    if args.json:
-        payload = {"args": vars(args) | {"workdir": str(args.workdir)}, "rows": rows}
-        args.json.write_text(json.dumps(payload, indent=2, default=str))
-    return 0
-
+figures, main = h.entry("baselines.py", build_parser, measure, QUICK)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,81 +4,55 @@
     python benchmarks/components.py              # ~1 min on 2 cores
     python benchmarks/components.py --json components.json
 
-`overhead.py` compares whole training runs; on a shared machine their run-to-run spread (a few %) is
-as large as the effect it looks for. This script times the plugin's per-step work directly, in one
-process with one thread, with the plugin's real classes, alternating plugin and stock arms so that
-machine drifts cancel:
-
-- a full training step of the tiny demo Llama (forward + backward + AdamW, gradient checkpointing on as
-  LLaMA-Factory enables it, batch 8, lengths 60..256 tokens): the model's stock `ForCausalLMLoss`
-  vs the plugin's `RecordingCausalLMLoss` (armed) followed by `DomainMixture.record_batch`, i.e. all
-  the per-domain-loss work; paired difference of the medians;
-- the loss alone (forward + backward on fixed 8 x 256 x vocab logits): `ForCausalLMLoss` vs
-  `RecordingCausalLMLoss`;
-- `DomainMixture.record_batch` (every micro-batch), `DomainMixture.log_metrics` (every logging step);
-- `DomainMixtureSampler` per index, against torch's `RandomSampler`;
-- the `DomainCollator` wrapper around a collator that does nothing (the wrapper's own cost per batch).
-
-The table gives each cost per optimizer step (batch 8, `logging_steps` 10) and as a share of the
-median stock training step. Minor page faults per step are printed for both arms: with glibc's default
-malloc settings the large activation/gradient buffers are mmap-ed and returned every step, so each
-step re-faults tens of MB (thousands of faults, ~15-20 % of the step on this model), and how many
-depends on the exact allocation sequence of each arm. That makes the paired full-step difference
-swing by +-1-2 ms between runs. For stable figures pin the allocator, e.g.
+Method (in full in benchmarks/README.md, components.py): one process, `--threads` threads, the plugin's
+real classes, plugin and stock arms alternating: a full training step of the tiny demo Llama with the
+stock `ForCausalLMLoss` vs `RecordingCausalLMLoss` + `DomainMixture.record_batch`; the loss alone;
+`record_batch`; `log_metrics`; `DomainMixtureSampler` vs `RandomSampler` per index; the `DomainCollator`
+wrapper; each per optimizer step (batch 8, `logging_steps` 10), with minor page faults per step. For
+stable figures pin the allocator:
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 python benchmarks/components.py
-
-(0 faults per step in both arms; the loss-only and per-call figures are unaffected either way).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from llamafactory_dids.utils import IGNORE_INDEX
 
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
 BATCH = 8
 LOGGING_STEPS = 10
 
 
 def _median_us(fn: Callable[[], Any], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
+    return 1e6 * statistics.median(h.timed(fn)[0] for _ in range(reps))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=200, help="training steps per arm (default 200)")
-    parser.add_argument(
-        "--json", type=Path, default=None, metavar="OUT", help="also write the figures to this JSON file"
-    )
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where the demo model is built (default: temporary)"
-    )
-    return parser
+def build_parser() -> Any:
+    p = h.parser(__doc__, quick="40 steps per arm")
+    p.add_argument("--steps", type=int, default=200, help="training steps per arm (default 200)")
+    return p
 
 
-def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str, float]]]:
-    """Time every component (printing as it goes); returns (raw figures in us, per-step costs in us)."""
+def measure(args: Any) -> tuple[list[Figure], dict[str, Any]]:
+    """Time every component; the figures, and the raw figures and per-step costs in us."""
+    with h.workdir(args.workdir, "dids-components-") as workdir:
+        measured, per_step = _measure(args, workdir)
+    return report(measured, per_step), {"figures": measured, "per_step_us": dict(per_step)}
+
+
+def _measure(args: Any, workdir: Any) -> tuple[dict[str, float], list[tuple[str, float]]]:
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     try:
         from llamafactory_dids.algorithms.registry import build_strategy
@@ -86,19 +60,13 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
         from llamafactory_dids.algorithms.strategies import build_strategy
     from llamafactory_dids.data.domains import DomainCollator
     from llamafactory_dids.data.sampler import DomainMixtureSampler
-    from llamafactory_dids.demo import build_demo_assets
     from llamafactory_dids.integration.loss import RecordingCausalLMLoss
     from llamafactory_dids.runtime.mixture import DomainMixture
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.manual_seed(0)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tmp = tempfile.TemporaryDirectory(prefix="dids-components-")
-    workdir = args.workdir or Path(tmp.name)
-    assets = build_demo_assets(workdir / "assets", examples_per_domain=20)
-
-    model = AutoModelForCausalLM.from_pretrained(assets.model_dir)
+    h.quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(h.demo_assets(workdir, examples_per_domain=20).model_dir)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     model.enable_input_require_grads()
     model.config.use_cache = False
@@ -231,56 +199,44 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, float], list[tuple[str,
         ("DomainMixtureSampler - RandomSampler (x batch)", (sampler_us - random_us) * BATCH),
         ("DomainCollator wrapper", collator_us),
     ]
-    print(
-        f"\nstock training step (median): {step_us / 1000:.2f} ms; plugin step: {measured['plugin_step_us'] / 1000:.2f} ms"
-    )
-    print(
-        f"minor page faults per step (median): stock {measured['stock_step_minor_faults']:.0f}, "
-        f"plugin {measured['plugin_step_minor_faults']:.0f}"
-    )
-    print(
-        f"loss fwd+bwd alone: ForCausalLMLoss {measured['loss_fwd_bwd_stock_us']:.0f} us, RecordingCausalLMLoss {measured['loss_fwd_bwd_recording_us']:.0f} us"
-    )
-    print(f"sampler per index: DomainMixtureSampler {sampler_us:.2f} us, RandomSampler {random_us:.3f} us\n")
-    width = max(len(name) for name, _ in per_step)
-    print(f"{'added work per optimizer step':<{width}}  {'us':>9}  {'% of step':>9}")
-    print("-" * (width + 22))
-    for name, us in per_step:
-        print(f"{name:<{width}}  {us:>9.1f}  {100 * us / step_us:>8.3f}%")
-    tmp.cleanup()
     return measured, per_step
 
 
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/components.py ARGV` does; the per-step costs as figures (no targets)."""
-    argv = list(argv or [])
-    measured, per_step = measure(build_parser().parse_args(argv))
-    command = " ".join(["python benchmarks/components.py", *argv])
-    step_us = measured["stock_step_us"]
+def report(measured: dict[str, float], per_step: list[tuple[str, float]]) -> list[Figure]:
+    """The per-step costs (the run_all figures) after the raw timings behind them (detail rows)."""
+    m, step_us = measured, measured["stock_step_us"]
     total = sum(us for name, us in per_step if not name.startswith(" "))
-    out = [
+    raw = [
+        (
+            "stock / plugin training step, median (ms)",
+            f"{step_us / 1000:.2f} / {m['plugin_step_us'] / 1000:.2f}",
+        ),
+        (
+            "minor page faults per step, median: stock / plugin",
+            f"{m['stock_step_minor_faults']:.0f} / {m['plugin_step_minor_faults']:.0f}",
+        ),
+        (
+            "loss fwd+bwd alone: ForCausalLMLoss / RecordingCausalLMLoss (us)",
+            f"{m['loss_fwd_bwd_stock_us']:.0f} / {m['loss_fwd_bwd_recording_us']:.0f}",
+        ),
+        (
+            "sampler per index: DomainMixtureSampler / RandomSampler (us)",
+            f"{m['sampler_per_index_us']:.2f} / {m['random_sampler_per_index_us']:.3f}",
+        ),
+    ]
+    out = [Figure(name, None, text=text, detail=True) for name, text in raw]
+    out.append(
         Figure(
             "plugin work per optimizer step, in process (share of the step)",
             100 * total / step_us,
             unit="%",
             text=f"{total / 1000:.3f} ms of {step_us / 1000:.1f} ms ({100 * total / step_us:.2f} %)",
-            command=command,
         )
-    ]
-    for name, us in per_step:
-        out.append(Figure(f"  {name.strip()}", us, unit="us", command=command))
-    return out
+    )
+    return out + [Figure(f"  {name.strip()}", us, unit="us") for name, us in per_step]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    measured, per_step = measure(args)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"figures": measured, "per_step_us": dict(per_step)}
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    return 0
-
+figures, main = h.entry("components.py", build_parser, measure, {"steps": 40})
 
 if __name__ == "__main__":
     sys.exit(main())

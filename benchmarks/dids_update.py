@@ -5,10 +5,8 @@
     python benchmarks/dids_update.py --quick                  # 10 updates, 1 round, k in (72, 256): ~1 min
     python benchmarks/dids_update.py --json dids_update.json --workdir /tmp/dids-bench
 
-Everything runs offline in a temporary work directory (or `--workdir`): the tiny Llama (2 blocks,
-hidden 64), its tokenizer and the demo datasets come from `llamafactory_dids.demo.build_demo_assets`.
-Every training process and the in-process timings use `--threads` threads (default 1; on a small shared
-machine two OpenMP threads stall on each other whenever a neighbour takes a core).
+Offline, in a temporary work directory (or `--workdir`), on the demo assets (tiny Llama: 2 blocks, hidden
+64); every training process and in-process timing uses `--threads` threads (default 1).
 
 The training setup (figures 1 and 2): `llamafactory-cli train` on an ordinary SFT YAML, full
 fine-tuning, datasets demo_code, demo_docs, demo_comments (k = 3 domains), template `default`,
@@ -66,29 +64,24 @@ fine-tuning, datasets demo_code, demo_docs, demo_comments (k = 3 domains), templ
    implementation holding them all would need. The point: the growth stays flat in k (only the k x m
    scalars grow). Also: seconds per domain (median wall time of a call / k).
 
-Output: one table (figure, value, target; a target only where one was set, see TARGETS) and, with
-`--json`, every raw figure. The exit code is 0: it is a measurement.
+Output: one table and, with `--json`, every raw figure. The exit code is 0: it is a measurement.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from llamafactory_dids.run_files import HISTORY_FILE, TRAINER_STATE, read_history
 from llamafactory_dids.utils import IGNORE_INDEX
 
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import encode_alpaca_rows, new_run, offline_env
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
 BATCH = 8
 DOMAINS = ("demo_code", "demo_docs", "demo_comments")
@@ -106,22 +99,7 @@ MEMORY_ROWS_PER_DOMAIN = 2
 MEMORY_PROBE_SAMPLES = 2
 MEMORY_ROW_LENGTH = 64
 MEMORY_CALLS = 2  # impact calls per k (the table gives the largest peak)
-
-# Targets printed in the table's third column, keyed by figure name; blank where none is set.
-TARGETS: dict[str, str] = {
-    "impact peak memory growth, largest k / smallest k": "~1: flat in k (README)",
-}
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _cli() -> str:
-    from llamafactory_dids.cli import find_llamafactory_cli
-
-    return find_llamafactory_cli() or "llamafactory-cli"
-
+MEMORY_TARGET = "~1: flat in k (README)"
 
 # ------------------------------------------------------------------------ 1, 2. training runs
 
@@ -142,79 +120,44 @@ def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, bud
     )
     if strategy == "dids":
         config.update(
-            {
-                "dids_target_datasets": TARGET,
-                "dids_target_samples": TARGET_SAMPLES,
-                "dids_probe_samples": PROBE_SAMPLES,
-                "dids_num_updates": updates,
-                "dids_normaliser": "clamp",
-                "dids_ema_beta": 0.3,
-            }
+            dids_target_datasets=TARGET,
+            dids_target_samples=TARGET_SAMPLES,
+            dids_probe_samples=PROBE_SAMPLES,
+            dids_num_updates=updates,
+            dids_normaliser="clamp",
+            dids_ema_beta=0.3,
         )
     return config
 
 
-def run_training(
-    workdir: Path, assets: Any, strategy: str, updates: int, budget: int, threads: int, tag: str
-) -> dict[str, Any]:
-    run_dir, output_dir, config_path = new_run(
-        workdir, tag, lambda out: train_config(assets, out, strategy, updates, budget)
+def run_training(workdir: Path, assets: Any, strategy: str, args: Any, tag: str) -> dict[str, Any]:
+    run = h.train(
+        workdir / "runs" / tag,
+        lambda out: train_config(assets, out, strategy, args.updates, args.budget),
+        args.threads,
     )
-    start = time.perf_counter()
-    with open(run_dir / "train.log", "w", encoding="utf-8") as log:
-        proc = subprocess.run(
-            [_cli(), "train", str(config_path)],
-            env=offline_env(threads),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-        )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"training run {tag} failed (exit {proc.returncode}); log tail:\n{tail}")
-    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
-    state = json.loads((output_dir / TRAINER_STATE).read_text(encoding="utf-8"))
-    run: dict[str, Any] = {
+    results, history = run.results, run.history()
+    updates_seen = [r for r in history if r["update"] > 0]
+    out: dict[str, Any] = {
         "strategy": strategy,
         "tag": tag,
         "train_runtime_s": float(results["train_runtime"]),
-        "process_wall_s": round(wall, 3),
-        "steps": int(state["global_step"]),
+        "process_wall_s": round(run.seconds, 3),
+        "steps": int(run.json("trainer_state.json")["global_step"]),
         "total_flos": float(results.get("total_flos", float("nan"))),
+        "update_seconds": [float(r["seconds"]) for r in updates_seen],
+        "update_steps": [int(r["step"]) for r in updates_seen],
     }
-    history = output_dir / HISTORY_FILE
-    records, _ = read_history(output_dir, missing_ok=True)
-    updates_seen = [r for r in records if r["update"] > 0]
-    run["update_seconds"] = [float(r["seconds"]) for r in updates_seen]
-    run["update_steps"] = [int(r["step"]) for r in updates_seen]
     if strategy == "dids":
         if not updates_seen:
-            raise RuntimeError(f"run {tag}: no DIDS update in {history}")
+            raise RuntimeError(f"run {tag}: no DIDS update in {run.output_dir}")
         last = updates_seen[-1]
-        run["final_weights"] = [round(w, 4) for w in last["weights"]]
-        run["num_domains"] = len(last["domains"])
-        run["num_tasks"] = len(last.get("tasks") or [])
-    return run
+        out.update(final_weights=[round(w, 4) for w in last["weights"]], num_domains=len(last["domains"]))
+        out["num_tasks"] = len(last.get("tasks") or [])
+    return out
 
 
 # --------------------------------------------------------------------------------- 3. the floor
-
-
-def _collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
-    import torch
-
-    width = max(len(r["input_ids"]) for r in rows)
-    width = -(-width // 8) * 8  # LLaMA-Factory's SFT collator pads to a multiple of 8 when training
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        mask[i, :n] = 1
-        labels[i, :n] = torch.tensor(r["labels"])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 class Floor:
@@ -223,19 +166,15 @@ class Floor:
     def __init__(self, assets: Any, threads: int):
         import numpy as np
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer
 
         from llamafactory_dids.runtime.probe import select_probe_parameters
 
         if threads > 0:
             torch.set_num_threads(threads)
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        h.quiet_transformers()
         self.tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(assets.model_dir)
-        self.model.config.use_cache = False
-        self.model.eval()
+        self.model = h.load_model(assets.model_dir)
         self.params = [p for _, p in select_probe_parameters(self.model, layers_fraction=0.1)]
         self.num_probe_parameters = sum(p.numel() for p in self.params)
         self.pad_id = self.tokenizer.pad_token_id
@@ -243,13 +182,13 @@ class Floor:
         def load(name: str) -> list[dict[str, str]]:
             return json.loads((assets.dataset_dir / f"{name}.json").read_text(encoding="utf-8"))
 
-        target = self._usable(encode_alpaca_rows(self.tokenizer, load(TARGET), CUTOFF))
+        target = self._usable(h.encode_alpaca_rows(self.tokenizer, load(TARGET), CUTOFF))
         # the loader's seeded subset (`load_target_sets`: dids_seed unset -> 0)
         rng = np.random.default_rng([0, 3])
         keep = min(TARGET_SAMPLES, len(target))
         self.target_rows = [target[i] for i in np.sort(rng.permutation(len(target))[:keep])]
         self.domain_rows = [
-            self._usable(encode_alpaca_rows(self.tokenizer, load(d), CUTOFF)) for d in DOMAINS
+            self._usable(h.encode_alpaca_rows(self.tokenizer, load(d), CUTOFF)) for d in DOMAINS
         ]
         self.rng = np.random.default_rng(1)
         self.passes = {
@@ -265,7 +204,7 @@ class Floor:
     def _grad_pass(self, row: dict[str, list[int]]) -> None:
         import torch
 
-        batch = _collate([row], self.pad_id)
+        batch = h.collate([row], self.pad_id)
         with torch.enable_grad():
             loss = self.model(**batch).loss
             torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -277,7 +216,7 @@ class Floor:
         t0 = time.perf_counter()
         with torch.no_grad():
             for start in range(0, len(self.target_rows), BATCH):
-                self.model(**_collate(self.target_rows[start : start + BATCH], self.pad_id))
+                self.model(**h.collate(self.target_rows[start : start + BATCH], self.pad_id))
         t1 = time.perf_counter()
         for row in self.target_rows[:PROBE_SAMPLES]:
             self._grad_pass(row)
@@ -287,6 +226,35 @@ class Floor:
                 self._grad_pass(rows[int(i)])
         t3 = time.perf_counter()
         return {"task_loss": t1 - t0, "task_grads": t2 - t1, "domain_grads": t3 - t2, "total": t3 - t0}
+
+
+# ------------------------------------------------------------------------- 4. memory and k
+
+
+def _heap_in_use() -> Any:
+    """A function returning the bytes glibc malloc has handed out (mallinfo2: uordblks + hblkhd), or -1.
+
+    Torch's CPU tensors are malloc'ed, so this follows live tensor memory without RSS's noise (pages the
+    allocator keeps, first touches); absent outside glibc >= 2.33.
+    """
+    import ctypes
+
+    class _MallInfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fn = libc.mallinfo2
+    except (OSError, AttributeError):
+        return lambda: -1
+    fn.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
 
 
 # ------------------------------------------------------------------------- 4. memory and k
@@ -340,17 +308,12 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
     import numpy as np
     import psutil
     import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from llamafactory_dids.runtime.probe import GradientProbe
 
     if threads > 0:
         torch.set_num_threads(threads)
-    hf_logging.set_verbosity_error()
+    h.quiet_transformers()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.config.use_cache = False
+    model = h.load_model(model_dir)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
 
@@ -370,26 +333,13 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
     train = rows(k * MEMORY_ROWS_PER_DOMAIN)
     tasks = [rows(8) for _ in range(MEMORY_TASKS)]
 
-    def probe_for(num_domains: int) -> GradientProbe:
+    def probe_for(num_domains: int) -> Any:
         pools = [
             np.arange(d * MEMORY_ROWS_PER_DOMAIN, (d + 1) * MEMORY_ROWS_PER_DOMAIN)
             for d in range(num_domains)
         ]
-        return GradientProbe(
-            model,
-            collate,
-            lambda idx: [train[int(i)] for i in idx],
-            pools,
-            tasks,
-            device=torch.device("cpu"),
-            probe_samples=MEMORY_PROBE_SAMPLES,
-            fisher_batch_size=1,
-            eval_batch_size=8,
-            metric="fim",
-            layers_fraction=0.1,
-            include_lm_head=False,
-            seed=0,
-        )
+        options = {"probe_samples": MEMORY_PROBE_SAMPLES, "layers_fraction": 0.1, "seed": 0}
+        return h.probe(model, collate, train, pools, tasks, **options)
 
     probe_for(2).impact(0)  # warm-up, identical for every k
     probe = probe_for(k)
@@ -436,8 +386,8 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
         "k": k,
         "m": MEMORY_TASKS,
         "calls": calls,
-        "seconds": _median([c["seconds"] for c in calls]),
-        "seconds_per_domain": _median([c["seconds"] for c in calls]) / k,
+        "seconds": h.median([c["seconds"] for c in calls]),
+        "seconds_per_domain": h.median([c["seconds"] for c in calls]) / k,
         "rss_peak_growth_mb": max(c["rss_peak_growth_mb"] for c in calls),
         "heap_peak_growth_mb": max(heaps) if heaps else None,
         "maxrss_growth_mb": (maxrss_after - maxrss_before) / 2**20,
@@ -449,8 +399,9 @@ def _memory_worker(model_dir: str, k: int, threads: int) -> None:
 
 def measure_memory(assets: Any, k: int, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", str(assets.model_dir), str(k)]
-    cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, env=offline_env(threads), capture_output=True, text=True)
+    proc = subprocess.run(
+        [*cmd, "--threads", str(threads)], env=h.offline_env(threads), capture_output=True, text=True
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory worker k={k} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -460,76 +411,53 @@ def measure_memory(assets: Any, k: int, threads: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ main
 
 
-def _table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=None, help="work directory (default: temporary)")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write every figure here")
-    parser.add_argument("--updates", type=int, default=None, help="dids_num_updates (default 25; --quick 10)")
-    parser.add_argument(
+def build_parser() -> Any:
+    p = h.parser(__doc__, quick="10 updates, 1 round, k in (72, 256)")
+    p.add_argument("--updates", type=int, default=25, help="dids_num_updates (default 25; --quick 10)")
+    p.add_argument(
         "--budget",
         type=int,
         default=None,
         help=f"dids_budget in samples (default {STEPS_PER_UPDATE * BATCH} x updates)",
     )
-    parser.add_argument(
-        "--repeats", type=int, default=None, help="dids/uniform rounds (default 2; --quick 1)"
-    )
-    parser.add_argument("--floor-reps", type=int, default=5, help="floor repetitions per round (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads everywhere (default 1)")
-    parser.add_argument(
-        "--quick", action="store_true", help="smaller run: 10 updates, 1 round, k in (72, 256)"
-    )
-    parser.add_argument("--memory-worker", nargs=2, metavar=("MODEL_DIR", "K"), help=argparse.SUPPRESS)
-    return parser
+    p.add_argument("--repeats", type=int, default=2, help="dids/uniform rounds (default 2; --quick 1)")
+    p.add_argument("--floor-reps", type=int, default=5, help="floor repetitions per round (default 5)")
+    p.add_argument("--memory-worker", nargs=2, metavar=("MODEL_DIR", "K"), help=h.argparse.SUPPRESS)
+    return p
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every measurement (printing as it goes and the table at the end); returns every raw figure."""
-    updates = args.updates or (10 if args.quick else 25)
-    budget = args.budget or STEPS_PER_UPDATE * BATCH * updates
-    repeats = args.repeats or (1 if args.quick else 2)
-    ks = MEMORY_KS_QUICK if args.quick else MEMORY_KS
+def measure(args: Any) -> tuple[list[Figure], dict[str, Any]] | None:
+    """Run every measurement (printing as it goes); the figures and every raw figure."""
+    if args.memory_worker:
+        return _memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)
+    args.budget = args.budget or STEPS_PER_UPDATE * BATCH * args.updates
+    with h.workdir(args.workdir, "dids-update-") as workdir:
+        payload = _measure(args, workdir)
+    return report(payload), payload
 
-    from llamafactory_dids.demo import build_demo_assets
 
-    tmp = tempfile.TemporaryDirectory(prefix="dids-update-")
-    workdir = (args.workdir or Path(tmp.name)).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+def _measure(args: Any, workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     print(f"[setup] building demo assets in {workdir / 'assets'}", flush=True)
-    assets = build_demo_assets(workdir / "assets", examples_per_domain=EXAMPLES_PER_DOMAIN, seed=0)
-
+    assets = h.demo_assets(workdir, examples_per_domain=EXAMPLES_PER_DOMAIN, seed=0)
     floor = Floor(assets, args.threads)
     for _ in range(2):
         floor.once()  # warm-up
     print(
-        f"[setup] budget {budget} samples = {budget // BATCH} steps, {updates} updates; floor passes per update: "
-        f"{floor.passes}; probed parameters: {floor.num_probe_parameters}",
+        f"[setup] budget {args.budget} samples = {args.budget // BATCH} steps, {args.updates} updates; floor passes "
+        f"per update: {floor.passes}; probed parameters: {floor.num_probe_parameters}",
         flush=True,
     )
-
     runs: list[dict[str, Any]] = []
     floor_samples: list[dict[str, float]] = []
-    for r in range(repeats):
-        order = ("dids", "uniform") if r % 2 == 0 else ("uniform", "dids")
-        for strategy in order:
-            run = run_training(workdir, assets, strategy, updates, budget, args.threads, f"{strategy}-{r}")
-            run["repeat"] = r
+    for r in range(args.repeats):
+        for strategy in ("dids", "uniform") if r % 2 == 0 else ("uniform", "dids"):
+            run = {**run_training(workdir, assets, strategy, args, f"{strategy}-{r}"), "repeat": r}
             runs.append(run)
             extra = ""
             if strategy == "dids":
                 extra = (
-                    f"   updates {len(run['update_seconds'])} (median {_median(run['update_seconds']):.3f} s, "
+                    f"   updates {len(run['update_seconds'])} (median {h.median(run['update_seconds']):.3f} s, "
                     f"max {max(run['update_seconds']):.3f} s)   final weights {run['final_weights']}"
                 )
             print(
@@ -539,49 +467,40 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             )
         these = [floor.once() for _ in range(args.floor_reps)]
         floor_samples.extend(these)
+        parts = {
+            key: h.median([s[key] for s in these])
+            for key in ("total", "task_loss", "task_grads", "domain_grads")
+        }
         print(
-            f"[floor] round {r}: median {_median([s['total'] for s in these]):.4f} s per update "
-            f"(task loss {_median([s['task_loss'] for s in these]):.4f}, task grads "
-            f"{_median([s['task_grads'] for s in these]):.4f}, domain grads "
-            f"{_median([s['domain_grads'] for s in these]):.4f})",
+            f"[floor] round {r}: median {parts['total']:.4f} s per update (task loss {parts['task_loss']:.4f}, "
+            f"task grads {parts['task_grads']:.4f}, domain grads {parts['domain_grads']:.4f})",
             flush=True,
         )
 
     dids_runs = [r for r in runs if r["strategy"] == "dids"]
     uniform_runs = [r for r in runs if r["strategy"] == "uniform"]
-    steps = {r["steps"] for r in runs}
-    if len(steps) != 1:
+    if len(steps := {r["steps"] for r in runs}) != 1:
         raise RuntimeError(f"runs disagree on the number of optimizer steps: {sorted(steps)}")
     update_seconds = [s for r in dids_runs for s in r["update_seconds"]]
-    dids_runtime = _median([r["train_runtime_s"] for r in dids_runs])
-    uniform_runtime = _median([r["train_runtime_s"] for r in uniform_runs])
+    dids_runtime = h.median([r["train_runtime_s"] for r in dids_runs])
+    uniform_runtime = h.median([r["train_runtime_s"] for r in uniform_runs])
     by_round = {(r["strategy"], r["repeat"]): r["train_runtime_s"] for r in runs}
-    paired = [by_round[("dids", i)] / by_round[("uniform", i)] for i in range(repeats)]
-    update_share = _median([sum(r["update_seconds"]) / r["train_runtime_s"] for r in dids_runs])
-    outside_updates = _median([r["train_runtime_s"] - sum(r["update_seconds"]) for r in dids_runs])
-    flos_ratio = _median([r["total_flos"] for r in dids_runs]) / _median(
-        [r["total_flos"] for r in uniform_runs]
-    )
-    floor_total = _median([s["total"] for s in floor_samples])
-    floor_parts = {
-        key: _median([s[key] for s in floor_samples]) for key in ("task_loss", "task_grads", "domain_grads")
-    }
-    update_median = _median(update_seconds)
+    paired = [by_round[("dids", i)] / by_round[("uniform", i)] for i in range(args.repeats)]
+    update_share = h.median([sum(r["update_seconds"]) / r["train_runtime_s"] for r in dids_runs])
+    flos = [h.median([r["total_flos"] for r in group]) for group in (dids_runs, uniform_runs)]
+    floor_total = h.median([s["total"] for s in floor_samples])
     print(
         f"[train] dids/uniform train_runtime per round: {[round(x, 3) for x in paired]}; "
         f"share of the dids run inside updates: {100 * update_share:.1f} %",
         flush=True,
     )
-
     memory = []
-    for k in ks:
-        res = measure_memory(assets, k, args.threads)
-        memory.append(res)
+    for k in MEMORY_KS_QUICK if args.quick else MEMORY_KS:
+        memory.append(res := measure_memory(assets, k, args.threads))
         heap = res["heap_peak_growth_mb"]
         per_call = ", ".join(
-            f"heap {c['heap_peak_growth_mb']:.2f} / RSS {c['rss_peak_growth_mb']:.2f} MB in {c['seconds']:.2f} s"
-            if c["heap_peak_growth_mb"] is not None
-            else f"RSS {c['rss_peak_growth_mb']:.2f} MB in {c['seconds']:.2f} s"
+            (f"heap {c['heap_peak_growth_mb']:.2f} / " if c["heap_peak_growth_mb"] is not None else "")
+            + f"RSS {c['rss_peak_growth_mb']:.2f} MB in {c['seconds']:.2f} s"
             for c in res["calls"]
         )
         print(
@@ -591,87 +510,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             f"would be {res['all_domain_gradients_mb']:.1f} MB   (per call: {per_call})",
             flush=True,
         )
-
-    rows: list[tuple[str, str]] = [
-        ("per-update seconds, median (dids)", f"{update_median:.3f} s (n={len(update_seconds)})"),
-        ("per-update seconds, max (dids)", f"{max(update_seconds):.3f} s"),
-        ("train_runtime, dids (median)", f"{dids_runtime:.2f} s"),
-        ("train_runtime, uniform (median)", f"{uniform_runtime:.2f} s"),
-        ("whole-run ratio dids / uniform", f"{dids_runtime / uniform_runtime:.3f}"),
-        ("share of the dids run inside updates", f"{100 * update_share:.1f} %"),
-        (
-            "dids run outside updates / uniform run",
-            f"{outside_updates / uniform_runtime:.3f} (work ratio, total_flos: {flos_ratio:.3f})",
-        ),
-        (
-            "floor passes per update",
-            f"{floor.passes['task_loss_forwards']} fwd (batch {BATCH}) + "
-            f"{floor.passes['task_grad_passes'] + floor.passes['domain_grad_passes']} fwd+bwd (1 row)",
-        ),
-        ("floor seconds per update", f"{floor_total:.3f} s"),
-        (
-            "  of which task loss / task grads / domain grads",
-            f"{floor_parts['task_loss']:.3f} / {floor_parts['task_grads']:.3f} / {floor_parts['domain_grads']:.3f} s",
-        ),
-        ("measured / floor (per update, medians)", f"{update_median / floor_total:.2f}"),
-    ]
-
-    def primary(res: dict[str, Any]) -> float:
-        heap = res["heap_peak_growth_mb"]
-        return heap if heap is not None else res["rss_peak_growth_mb"]
-
-    for res in memory:
-        k = res["k"]
-        rows.append(
-            (
-                f"impact peak memory growth, k={k} (m={res['m']})",
-                f"{primary(res):.2f} MB {'heap' if res['heap_peak_growth_mb'] is not None else 'RSS'} "
-                f"(RSS {res['rss_peak_growth_mb']:.2f}, ru_maxrss {res['maxrss_growth_mb']:.2f}; "
-                f"all k gradients {res['all_domain_gradients_mb']:.1f} MB)",
-            )
-        )
-    for res in memory:
-        rows.append(
-            (
-                f"impact seconds per domain, k={res['k']}",
-                f"{1000 * res['seconds_per_domain']:.2f} ms ({res['seconds']:.2f} s per call)",
-            )
-        )
-    if len(memory) > 1:
-        lo, hi = memory[0], memory[-1]
-        rows.append(
-            (
-                "impact peak memory growth, largest k / smallest k",
-                f"{primary(hi) / max(primary(lo), 1e-9):.2f} (k={hi['k']} vs k={lo['k']}: k x{hi['k'] / lo['k']:.0f})",
-            )
-        )
-    table = [("figure", "value", "target")] + [(name, value, TARGETS.get(name, "")) for name, value in rows]
-    print()
-    print(
-        f"DIDS update cost: tiny Llama on CPU, {args.threads} thread(s), k={len(DOMAINS)} domains, m=1 task, "
-        f"{updates} updates over {budget // BATCH} steps, {repeats} round(s)"
-    )
-    print(_table(table))
-    print(f"\n(total benchmark wall time {time.perf_counter() - started:.0f} s)")
-
+    config = {"updates": args.updates, "budget": args.budget, "steps": steps.pop(), "repeats": args.repeats}
+    config.update(threads=args.threads, batch=BATCH, cutoff_len=CUTOFF, target_samples=TARGET_SAMPLES)
+    config.update(probe_samples=PROBE_SAMPLES, domains=list(DOMAINS), target=TARGET)
+    config.update(examples_per_domain=EXAMPLES_PER_DOMAIN, probe_parameters=floor.num_probe_parameters)
     payload = {
-        "config": {
-            "updates": updates,
-            "budget": budget,
-            "steps": steps.pop(),
-            "repeats": repeats,
-            "threads": args.threads,
-            "batch": BATCH,
-            "cutoff_len": CUTOFF,
-            "target_samples": TARGET_SAMPLES,
-            "probe_samples": PROBE_SAMPLES,
-            "domains": list(DOMAINS),
-            "target": TARGET,
-            "examples_per_domain": EXAMPLES_PER_DOMAIN,
-            "probe_parameters": floor.num_probe_parameters,
-        },
+        "config": config,
         "per_update_seconds": {
-            "median": update_median,
+            "median": h.median(update_seconds),
             "max": max(update_seconds),
             "all": update_seconds,
         },
@@ -681,77 +527,102 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "ratio": dids_runtime / uniform_runtime,
             "paired_ratios": paired,
             "update_share": update_share,
-            "dids_outside_updates_s": outside_updates,
-            "total_flos_ratio": flos_ratio,
+            "dids_outside_updates_s": h.median(
+                [r["train_runtime_s"] - sum(r["update_seconds"]) for r in dids_runs]
+            ),
+            "total_flos_ratio": flos[0] / flos[1],
         },
         "floor": {
             "passes": floor.passes,
             "seconds_per_update": floor_total,
-            "parts_s": floor_parts,
-            "measured_over_floor": update_median / floor_total,
+            "parts_s": {
+                key: h.median([s[key] for s in floor_samples])
+                for key in ("task_loss", "task_grads", "domain_grads")
+            },
+            "measured_over_floor": h.median(update_seconds) / floor_total,
             "samples": floor_samples,
         },
         "memory": memory,
         "runs": runs,
-        "table": [dict(zip(("figure", "value", "target"), row, strict=True)) for row in table[1:]],
     }
-    return payload
+    figures = report(payload)
+    print(
+        f"\nDIDS update cost: tiny Llama on CPU, {args.threads} thread(s), k={len(DOMAINS)} domains, m=1 task, "
+        f"{args.updates} updates over {args.budget // BATCH} steps, {args.repeats} round(s)"
+    )
+    print(f"(total benchmark wall time {time.perf_counter() - started:.0f} s)")
+    return {**payload, "table": [f.as_dict() for f in figures]}
 
 
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/dids_update.py ARGV` does and return the main figures (see _figures.py)."""
-    argv = list(argv or [])
-    payload = measure(build_parser().parse_args(argv))
-    command = " ".join(["python benchmarks/dids_update.py", *argv])
+def _peak(res: dict[str, Any]) -> float:
+    heap = res["heap_peak_growth_mb"]
+    return heap if heap is not None else res["rss_peak_growth_mb"]
+
+
+def report(payload: dict[str, Any]) -> list[Figure]:
+    """Every figure; the detail rows are printed here only, the others by `run_all.py` too."""
     per_update, runtime, floor = payload["per_update_seconds"], payload["train_runtime"], payload["floor"]
-    out = [
-        Figure("dids: seconds per mixture update (median)", per_update["median"], unit="s", command=command),
-        Figure(
-            "  dids: measured / floor of forward+backward passes",
-            floor["measured_over_floor"],
-            command=command,
+    passes, parts, uniform = floor["passes"], floor["parts_s"], runtime["uniform_median_s"]
+    rows = [
+        ("per-update seconds, max (dids)", f"{per_update['max']:.3f} s"),
+        (
+            "floor passes per update",
+            f"{passes['task_loss_forwards']} fwd (batch {BATCH}) + "
+            f"{passes['task_grad_passes'] + passes['domain_grad_passes']} fwd+bwd (1 row)",
         ),
+        ("floor seconds per update", f"{floor['seconds_per_update']:.3f} s"),
+        (
+            "  of which task loss / task grads / domain grads",
+            f"{parts['task_loss']:.3f} / {parts['task_grads']:.3f} / {parts['domain_grads']:.3f} s",
+        ),
+    ]
+    out = [Figure("dids: seconds per mixture update (median)", per_update["median"], unit="s")]
+    out += [Figure(name, None, text=text, detail=True) for name, text in rows]
+    out.append(Figure("  dids: measured / floor of forward+backward passes", floor["measured_over_floor"]))
+    rows = [
+        ("train_runtime, dids (median)", f"{runtime['dids_median_s']:.2f} s"),
+        ("train_runtime, uniform (median)", f"{uniform:.2f} s"),
+        (
+            "dids run outside updates / uniform run",
+            f"{runtime['dids_outside_updates_s'] / uniform:.3f} (work ratio, total_flos: {runtime['total_flos_ratio']:.3f})",
+        ),
+    ]
+    out += [Figure(name, None, text=text, detail=True) for name, text in rows]
+    out.append(
         Figure(
             "dids: whole-run train_runtime dids / uniform",
             runtime["ratio"],
             text=f"{runtime['ratio']:.3f} ({100 * runtime['update_share']:.1f} % of the run inside updates)",
-            command=command,
-        ),
-    ]
+        )
+    )
     memory = payload["memory"]
+    for res in memory:
+        kind = "heap" if res["heap_peak_growth_mb"] is not None else "RSS"
+        text = (
+            f"{_peak(res):.2f} MB {kind} (RSS {res['rss_peak_growth_mb']:.2f}, ru_maxrss {res['maxrss_growth_mb']:.2f}; "
+            f"all k gradients {res['all_domain_gradients_mb']:.1f} MB)"
+        )
+        out.append(
+            Figure(f"impact peak memory growth, k={res['k']} (m={res['m']})", None, text=text, detail=True)
+        )
+    for res in memory:
+        text = f"{1000 * res['seconds_per_domain']:.2f} ms ({res['seconds']:.2f} s per call)"
+        out.append(Figure(f"impact seconds per domain, k={res['k']}", None, text=text, detail=True))
     if len(memory) > 1:
-
-        def peak(res: dict[str, Any]) -> float:
-            heap = res["heap_peak_growth_mb"]
-            return heap if heap is not None else res["rss_peak_growth_mb"]
-
         lo, hi = memory[0], memory[-1]
-        ratio = peak(hi) / max(peak(lo), 1e-9)
-        name = "impact peak memory growth, largest k / smallest k"
+        ratio = _peak(hi) / max(_peak(lo), 1e-9)
         out.append(
             Figure(
-                f"dids: {name}",
+                "dids: impact peak memory growth, largest k / smallest k",
                 ratio,
-                text=f"{ratio:.2f} (k={hi['k']}: {peak(hi):.2f} MB, k={lo['k']}: {peak(lo):.2f} MB)",
-                target_text=TARGETS[name],
-                command=command,
+                text=f"{ratio:.2f} (k={hi['k']}: {_peak(hi):.2f} MB, k={lo['k']}: {_peak(lo):.2f} MB)",
+                target_text=MEMORY_TARGET,
             )
         )
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.memory_worker:
-        _memory_worker(args.memory_worker[0], int(args.memory_worker[1]), args.threads)
-        return 0
-    payload = measure(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
-
+figures, main = h.entry("dids_update.py", build_parser, measure, {"updates": 10, "repeats": 1})
 
 if __name__ == "__main__":
     sys.exit(main())

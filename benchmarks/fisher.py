@@ -29,19 +29,15 @@ order, domain split and probe rows all change with the seed).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from dids_update import CUTOFF, _collate
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import encode_alpaca_rows
+CUTOFF = 256
 
 DOMAINS = ("code", "docs", "comments")
 SPLITS = 8  # parts per demo domain -> 24 domains
@@ -56,28 +52,18 @@ ESTIMATORS = {  # name -> (fisher_estimator, fisher_batch_size)
 
 
 def _load_rows(assets: Any, tokenizer: Any, name: str) -> list[dict[str, list[int]]]:
-    rows = json.loads((assets.dataset_dir / f"demo_{name}.json").read_text(encoding="utf-8"))
-    return encode_alpaca_rows(tokenizer, rows, CUTOFF)
+    return h.encode_file(assets.dataset_dir / f"demo_{name}.json", tokenizer, CUTOFF)
 
 
 def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[str, Any]:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llamafactory_dids.runtime.probe import GradientProbe
-
-    class UnitFisherProbe(GradientProbe):
-        """F = 1: eq. 12 without the Fisher (the ablation the estimators must beat)."""
-
-        def _fisher_term(self, grad, io, examples):
-            return torch.ones_like(grad)
+    from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(assets.model_dir)
-    model.config.use_cache = False
+    model = h.load_model(assets.model_dir)
     for module in model.modules():  # a fresh init per seed: the built model is always the same one
         if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
             module.reset_parameters()
@@ -90,7 +76,7 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(train_steps):
-        batch = _collate([train[i] for i in rng.choice(len(train), 8, replace=False)], pad)
+        batch = h.collate([train[i] for i in rng.choice(len(train), 8, replace=False)], pad)
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -104,20 +90,17 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
     out: dict[str, Any] = {"seed": seed, "domains": len(pools), "tasks": len(tasks)}
     impacts: dict[str, np.ndarray] = {}
     for name, (estimator, batch_size) in ESTIMATORS.items():
-        cls = UnitFisherProbe if estimator == "none" else GradientProbe
-        probe = cls(
+        probe = h.probe(
             model,
-            lambda rows: _collate(rows, pad),
-            lambda idx: [train[i] for i in idx],
+            lambda rows: h.collate(rows, pad),
+            train,
             pools,
             tasks,
-            device=torch.device("cpu"),
+            # F = 1 (the ablation the estimators must beat): the probe's identity metric (DIDS-FIM)
+            metric="inner_product" if estimator == "none" else "fim",
             probe_samples=probe_rows,
             fisher_batch_size=batch_size,
-            eval_batch_size=8,
-            metric="fim",
             layers_fraction=0.5,
-            include_lm_head=False,
             seed=seed,
             fisher_estimator="batch" if estimator == "none" else estimator,
         )
@@ -134,76 +117,50 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="one seed")
-    parser.add_argument("--train-steps", type=int, default=400)
-    parser.add_argument("--probe-rows", type=int, default=32, help="rows per domain and per task")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    return parser
+def build_parser() -> Any:
+    p = h.parser(__doc__, quick="one seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-steps", type=int, default=400)
+    p.add_argument("--probe-rows", type=int, default=32, help="rows per domain and per task")
+    return p
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: Any) -> tuple[list[Figure], list[dict[str, Any]]]:
     import torch
 
-    from llamafactory_dids.demo import build_demo_assets
-
     torch.set_num_threads(args.threads)
-    seeds = args.seeds[:1] if args.quick else args.seeds
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-fisher-"))
-    assets = build_demo_assets(workdir / "assets", examples_per_domain=160)
-    runs = [measure(assets, seed, args.train_steps, args.probe_rows) for seed in seeds]
-    if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
-    return runs
+    with h.workdir(args.workdir, "dids-fisher-") as workdir:
+        assets = h.demo_assets(workdir, examples_per_domain=160)
+        runs = [measure(assets, seed, args.train_steps, args.probe_rows) for seed in args.seeds]
+    return report(runs), runs
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/fisher.py ARGV` does and return the figures (see _figures.py)."""
-    argv = list(argv or [])
-    runs = run(build_parser().parse_args(argv))
-    command = " ".join(["python benchmarks/fisher.py", *argv])
+def report(runs: list[dict[str, Any]]) -> list[Figure]:
+    """Per estimator: Spearman over all pairs and per task, seconds per impact and ratio to the exact one."""
+    exact_seconds = _median(runs, "exact_seconds")
     out = []
+    for name in ESTIMATORS:
+        seconds = _median(runs, f"{name}_seconds")
+        pairs, per_task = _median(runs, f"{name}_spearman"), _median(runs, f"{name}_spearman_per_task")
+        text = f"{pairs:.3f} ({per_task:.3f}); {seconds:.3f} s per impact ({seconds / exact_seconds:.2f} x exact)"
+        row = f"Spearman with the exact Fisher, all pairs (per task); cost: {name}"
+        out.append(Figure(row, None, text=text, detail=True))
     for name in ("per_example", "per_token", "kfac", "no Fisher"):
         target = {"target": 0.99, "comparator": ">="} if name != "no Fisher" else {}
-        out.append(
-            Figure(
-                f"impact rank correlation with the exact Fisher, per task: {name}",
-                _median(runs, f"{name}_spearman_per_task"),
-                command=command,
-                **target,
-            )
-        )
+        name_ = f"impact rank correlation with the exact Fisher, per task: {name}"
+        out.append(Figure(name_, _median(runs, f"{name}_spearman_per_task"), **target))
+    print(
+        f"\nFisher estimators vs the exact per-example Fisher: {runs[0]['domains']} domains x {runs[0]['tasks']} tasks, "
+        f"{runs[0]['probe_parameters']} probed parameters, seeds {[r['seed'] for r in runs]} (medians over seeds)"
+    )
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    runs = run(args)
-    seeds = [r["seed"] for r in runs]
-    print(
-        f"\nFisher estimators vs the exact per-example Fisher: {runs[0]['domains']} domains x "
-        f"{runs[0]['tasks']} tasks, {runs[0]['probe_parameters']} probed parameters, seeds {seeds}"
-    )
-    print(
-        f"{'estimator':<12} {'spearman (all pairs)':>20} {'per task':>10} {'s / impact':>11} {'x exact':>8}"
-    )
-    exact_seconds = _median(runs, "exact_seconds")
-    for name in ESTIMATORS:
-        print(
-            f"{name:<12} {_median(runs, f'{name}_spearman'):>20.3f} {_median(runs, f'{name}_spearman_per_task'):>10.3f} "
-            f"{_median(runs, f'{name}_seconds'):>11.3f} {_median(runs, f'{name}_seconds') / exact_seconds:>8.2f}"
-        )
-    print("(medians over seeds; per-seed values with --json)")
-    return 0
-
+figures, main = h.entry("fisher.py", build_parser, run, {"seeds": [0]})
 
 if __name__ == "__main__":
     sys.exit(main())

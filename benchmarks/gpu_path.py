@@ -19,21 +19,14 @@ medians are reported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from dids_update import _cli
-
-from llamafactory_dids.run_files import read_history
-
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import new_run, offline_env
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
 ZERO3 = {
     "train_batch_size": "auto",
@@ -76,7 +69,7 @@ def build_model(assets: Any, layers: int, hidden: int) -> Path:
     return out
 
 
-def run(workdir: Path, assets: Any, model: Path, strategy: str, args: argparse.Namespace, tag: str) -> dict:
+def run(workdir: Path, assets: Any, model: Path, strategy: str, args: Any, tag: str) -> dict:
     from llamafactory_dids.demo import demo_training_config
 
     ds_path = workdir / "ds_z3.json"
@@ -104,61 +97,45 @@ def run(workdir: Path, assets: Any, model: Path, strategy: str, args: argparse.N
             )
         return config
 
-    run_dir, output_dir, config_path = new_run(workdir, tag, make_config)
-    env = offline_env()
-    if args.gpus > 1:
-        env.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(args.gpus)})
-    with open(run_dir / "train.log", "w", encoding="utf-8") as log:
-        proc = subprocess.run(
-            [_cli(), "train", str(config_path)], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    if proc.returncode != 0:
-        tail = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"{tag} failed (exit {proc.returncode}):\n{tail}")
-    results = json.loads((output_dir / "train_results.json").read_text())
-    records, _ = read_history(output_dir, missing_ok=True)
-    updates = [float(r["seconds"]) for r in records if r["update"] > 0]
+    env = {"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(args.gpus)} if args.gpus > 1 else {}
+    result = h.train(workdir / "runs" / tag, make_config, args.threads, **env)
+    results = result.results
     return {
         "strategy": strategy,
         "train_runtime_s": float(results["train_runtime"]),
         "samples_per_s": float(results["train_samples_per_second"]),
-        "update_seconds": updates,
+        "update_seconds": result.update_seconds(),
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Any:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpus", type=int, default=torch.cuda.device_count())
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--cutoff", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--budget", type=int, default=4000)
-    parser.add_argument("--updates", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    return parser
+    p = h.parser(__doc__, threads=0, quick="1 round")
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--cutoff", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--budget", type=int, default=4000)
+    p.add_argument("--updates", type=int, default=25)
+    p.add_argument("--repeats", type=int, default=2)
+    return p
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The runs and their summary, or None without a GPU."""
+def measure(args: Any) -> tuple[list[Figure], dict[str, Any] | None]:
+    """The figures and the runs, or one figure saying why nothing was measured."""
     import torch
 
     if not torch.cuda.is_available() or args.gpus < 1:
-        return None
-    from llamafactory_dids.demo import build_demo_assets
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids-gpu-"))
-    assets = build_demo_assets(workdir / "assets")
-    model = build_model(assets, args.layers, args.hidden)
+        return [Figure("GPU path (bf16, ZeRO-3)", None, text="not measured: no CUDA GPU visible")], None
     runs: dict[str, list[dict]] = {"uniform": [], "dids": []}
-    for r in range(args.repeats):
-        order = ("uniform", "dids") if r % 2 == 0 else ("dids", "uniform")
-        for strategy in order:
-            runs[strategy].append(run(workdir, assets, model, strategy, args, f"{strategy}-{r}"))
+    with h.workdir(args.workdir, "dids-gpu-") as workdir:
+        assets = h.demo_assets(workdir)
+        model = build_model(assets, args.layers, args.hidden)
+        for r in range(args.repeats):
+            for strategy in ("uniform", "dids") if r % 2 == 0 else ("dids", "uniform"):
+                runs[strategy].append(run(workdir, assets, model, strategy, args, f"{strategy}-{r}"))
 
     def median(strategy: str, key: str) -> float:
         return statistics.median(run[key] for run in runs[strategy])
@@ -172,47 +149,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
         "update_seconds": statistics.median(updates) if updates else float("nan"),
         "update_share": sum(updates) / len(runs["dids"]) / median("dids", "train_runtime_s"),
     }
-    if args.json:
-        payload = {"args": vars(args) | {"workdir": str(workdir)}, "summary": summary, "runs": runs}
-        args.json.write_text(json.dumps(payload, default=str, indent=2))
-    return summary
+    return report(summary, args), {"args": vars(args), "summary": summary, "runs": runs}
 
 
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/gpu_path.py ARGV` does; without a GPU one row saying so."""
-    argv = list(argv or [])
-    summary = measure(build_parser().parse_args(argv))
-    if summary is None:
-        return [Figure("GPU path (bf16, ZeRO-3)", None, text="not measured: no CUDA GPU visible")]
-    command = " ".join(["python benchmarks/gpu_path.py", *argv])
-    return [
+def report(summary: dict[str, Any], args: Any) -> list[Figure]:
+    print(f"\nGPU path: {summary['device']}, bf16, DeepSpeed ZeRO-3, Llama {args.layers}x{args.hidden}")
+    out = [
         Figure(
             f"GPU ({summary['device']}, bf16, ZeRO-3): uniform throughput",
             summary["uniform_samples_per_s"],
             unit="samples/s",
-            command=command,
         ),
-        Figure("GPU: dids throughput", summary["dids_samples_per_s"], unit="samples/s", command=command),
-        Figure("GPU: whole-run train_runtime dids / uniform", summary["runtime_ratio"], command=command),
+        Figure("GPU: dids throughput", summary["dids_samples_per_s"], unit="samples/s"),
+        Figure("GPU: whole-run train_runtime dids / uniform", summary["runtime_ratio"]),
+        Figure("GPU: seconds per update (median)", summary["update_seconds"], unit="s", detail=True),
+        Figure("GPU: share of the dids run in updates", 100 * summary["update_share"], unit="%", detail=True),
     ]
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    summary = measure(args)
-    if summary is None:
-        print("gpu_path: no CUDA GPU visible; nothing measured.")
-        return 0
-    print(f"\nGPU path: {summary['device']}, bf16, DeepSpeed ZeRO-3, Llama {args.layers}x{args.hidden}")
-    print(f"throughput uniform: {summary['uniform_samples_per_s']:.2f} samples/s")
-    print(f"throughput dids:    {summary['dids_samples_per_s']:.2f} samples/s")
-    print(f"train_runtime dids / uniform: {summary['runtime_ratio']:.3f} ({args.updates} updates)")
-    print(
-        f"seconds per update (median): {summary['update_seconds']:.3f}; "
-        f"share of the dids run: {summary['update_share']:.1%}"
-    )
-    return 0
-
+figures, main = h.entry("gpu_path.py", build_parser, measure, {"repeats": 1})
 
 if __name__ == "__main__":
     sys.exit(main())

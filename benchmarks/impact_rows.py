@@ -22,33 +22,26 @@ This is the curve behind `dids_probe_samples` in docs/dids.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from dids_update import _collate
-
-from _figures import Figure  # benchmarks/ is on sys.path when a script runs
-from _runs import encode_alpaca_rows
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
 
 SOURCES = ("python", "c", "reference", "licenses", "mixed")
 MATCHED = {"python": 0, "comments": 4}  # task -> index of the source holding its content
 FORMS = ("distance", "fim_inner", "cosine", "cosine (F=1)")
+QUICK = {"rows": "2,8,32", "repeats": 3}
 
 
 def _rows(data_dir: Path, name: str, tokenizer: Any) -> list[dict[str, list[int]]]:
-    rows = json.loads((data_dir / f"{name}.json").read_text(encoding="utf-8"))
-    return encode_alpaca_rows(tokenizer, rows, 256)
+    return h.encode_file(data_dir / f"{name}.json", tokenizer, 256)
 
 
 def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any]:
     import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llamafactory_dids.runtime.probe import GradientProbe
+    from transformers import AutoTokenizer
 
     data_dir, model_dir = workdir / "assets" / "data", workdir / "seed0" / "uniform" / "output"
     if not (model_dir / "config.json").is_file():
@@ -57,9 +50,7 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
             f"--seeds 0 --workdir {workdir}` first."
         )
     tokenizer = AutoTokenizer.from_pretrained(workdir / "assets" / "tiny-llama")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.config.use_cache = False
-    model.eval()
+    model = h.load_model(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train, pools = [], []
     for source in SOURCES:
@@ -74,21 +65,9 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
             rng = np.random.default_rng([repeat, n])
             task_rows = [[rows[i] for i in rng.permutation(len(rows))] for rows in tasks.values()]
             for metric in ("fim", "inner_product"):
-                probe = GradientProbe(
-                    model,
-                    lambda rows: _collate(rows, pad),
-                    lambda idx: [train[i] for i in idx],
-                    pools,
-                    task_rows,
-                    device=torch.device("cpu"),
-                    probe_samples=n,
-                    fisher_batch_size=1,
-                    eval_batch_size=8,
-                    metric=metric,
-                    layers_fraction=0.5,
-                    include_lm_head=False,
-                    seed=repeat,
-                )
+                collate = lambda rows: h.collate(rows, pad)  # noqa: E731
+                options = {"probe_samples": n, "metric": metric, "layers_fraction": 0.5, "seed": repeat}
+                probe = h.probe(model, collate, train, pools, task_rows, **options)
                 terms = probe.impact_terms(1)
                 scores = (
                     {"distance": -terms.distance(), "fim_inner": terms.inner(), "cosine": terms.cosine()}
@@ -106,47 +85,30 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("quality_results/work"))
-    parser.add_argument("--rows", default="2,4,8,16,32")
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--json", type=Path, default=None)
-    return parser
+def build_parser() -> Any:
+    p = h.parser(__doc__, quick="rows 2,8,32, 3 repeats", workdir=Path("quality_results/work"))  # read only
+    p.add_argument("--rows", default="2,4,8,16,32")
+    p.add_argument("--repeats", type=int, default=12)
+    return p
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: Any) -> tuple[list[Figure], dict[str, Any]]:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     result = measure(args.workdir, [int(n) for n in args.rows.split(",")], args.repeats)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result
+    return report(result), result
 
 
-def table(result: dict[str, Any]) -> str:
-    head = "| form | " + " | ".join(f"{n} rows" for n in result["rows"]) + " |"
-    lines = [head, "|---|" + "---:|" * len(result["rows"])]
-    for form, by_rows in result["accuracy"].items():
-        lines.append(f"| {form} | " + " | ".join(f"{by_rows[n]:.2f}" for n in result["rows"]) + " |")
-    return "\n".join(lines)
-
-
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    result = run(build_parser().parse_args(argv or []))
-    command = " ".join(["python benchmarks/impact_rows.py", *(argv or [])])
+def report(result: dict[str, Any]) -> list[Figure]:
     return [
-        Figure(f"rank accuracy, {form}, {n} rows", value, command=command)
+        Figure(f"rank accuracy, {form}, {n} rows", value)
         for form, by_rows in result["accuracy"].items()
         for n, value in by_rows.items()
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    print(table(run(build_parser().parse_args(argv))))
-    return 0
-
+figures, main = h.entry("impact_rows.py", build_parser, run, QUICK)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,24 +37,19 @@ D. k-means time on `--kmeans-n` x `--kmeans-dim` synthetic features (a planted m
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import random
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from llamafactory_dids.algorithms.clustering import faiss_available, normalise_rows, spherical_kmeans  # noqa: E402
-from llamafactory_dids.algorithms.features import (  # noqa: E402
+from llamafactory_dids.algorithms.clustering import faiss_available, normalise_rows, spherical_kmeans
+from llamafactory_dids.algorithms.features import (
     FactoredGradientFeatures,
     RademacherProjection,
     exact_example_gradients,
@@ -63,12 +58,22 @@ from llamafactory_dids.algorithms.features import (  # noqa: E402
     linear_modules_for,
     mean_pooled_embeddings,
     response_token_fit,
-    transformer_blocks,  # noqa: E402
+    transformer_blocks,
 )
-from llamafactory_dids.demo import build_demo_assets  # noqa: E402
-from llamafactory_dids.utils import IGNORE_INDEX  # noqa: E402
 
-from _figures import Figure  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+import _harness as h  # benchmarks/ is on sys.path when a script runs
+from _harness import Figure
+
+QUICK = {
+    "rows": 32,
+    "fidelity_rows": 45,
+    "planted_rows": 30,
+    "seeds": 2,
+    "proxy_steps": 60,
+    "proxy_rows": 48,
+    "proxy_seeds": [0],
+    "kmeans_n": 5000,
+}
 
 
 def proxy_model(vocab: int, seed: int = 0) -> torch.nn.Module:
@@ -134,7 +139,7 @@ def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff:
     """Token ids and labels of the rows through the product's own input pipeline."""
     from llamafactory_dids.repartition.config import parse_repartition_config
     from llamafactory_dids.repartition.inputs import load_inputs
-    from llamafactory_dids.repartition.run import _tokenizer_and_template
+    from llamafactory_dids.repartition.run import tokenizer_and_template
 
     data = workdir / "bench_data"
     data.mkdir(parents=True, exist_ok=True)
@@ -157,29 +162,26 @@ def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff:
             "dids_domains_per_source": 1,
         }
     )
-    tokenizer, template = _tokenizer_and_template(cfg)
+    tokenizer, template = tokenizer_and_template(cfg)
     inputs = load_inputs(cfg, tokenizer, template)
     keep = np.flatnonzero(inputs.trainable())
     return [inputs.encoded[i] for i in keep], inputs.sources[keep]
 
 
 def batches(encoded, size: int):
+    """Length-sorted batches of `size` rows: (row indices, (input_ids, attention_mask, labels))."""
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-    out = []
-    for start in range(0, len(order), size):
-        rows = order[start : start + size]
-        width = max(len(encoded[i][0]) for i in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX)
-        for j, i in enumerate(rows):
-            n = len(encoded[i][0])
-            ids[j, :n], mask[j, :n], labels[j, :n] = (
-                torch.tensor(encoded[i][0]),
-                1,
-                torch.tensor(encoded[i][1]),
-            )
-        out.append((rows, (ids, mask, labels)))
+    chunks = [order[start : start + size] for start in range(0, len(order), size)]
+    rows = lambda idx: [{"input_ids": encoded[i][0], "labels": encoded[i][1]} for i in idx]  # noqa: E731
+    return [(idx, tuple(h.collate(rows(idx), 0, multiple=1).values())) for idx in chunks]
+
+
+def stack(encoded, fn) -> np.ndarray:
+    """`fn(batch)` -> [b, d] for every batch of 8, gathered into [n, d] float32 in the rows' order."""
+    parts = [(rows, fn(batch).numpy()) for rows, batch in batches(encoded, 8)]
+    out = np.zeros((len(encoded), parts[0][1].shape[1]), dtype=np.float32)
+    for rows, x in parts:
+        out[rows] = x
     return out
 
 
@@ -187,7 +189,7 @@ def trained_proxy(vocab: int, train_rows, steps: int, seed: int):
     """A proxy initialised with `seed` and trained `steps` steps (same seed for the batch order), its
     selected matrices (last block) and its factored feature extractor. Prints the training time."""
     model = proxy_model(vocab, seed)
-    seconds, loss = timed(train_proxy, model, train_rows, steps, 2e-3, seed)
+    seconds, loss = h.timed(train_proxy, model, train_rows, steps, 2e-3, seed)
     print(
         f"proxy seed {seed}: {steps} steps on {len(train_rows)} held-out rows, last loss {loss:.2f} ({seconds:.0f} s)"
     )
@@ -229,11 +231,8 @@ def planted_point(feats, model, encoded, truth, seeds: int) -> dict[str, float]:
     }
 
 
-def run_factored(feats, encoded, size=8) -> np.ndarray:
-    out = np.zeros((len(encoded), feats.jl.dim), dtype=np.float32)
-    for rows, batch in batches(encoded, size):
-        out[rows] = feats(*batch).numpy()
-    return out
+def run_factored(feats, encoded) -> np.ndarray:
+    return stack(encoded, lambda batch: feats(*batch))
 
 
 def run_exact(
@@ -261,13 +260,7 @@ def run_exact(
 
 def run_hidden_mean(model, encoded) -> np.ndarray:
     """Mean over real positions of the last hidden state per row (the semantic features of DIDS-GC)."""
-    out = None
-    for rows, (ids, mask, _) in batches(encoded, 8):
-        pooled = mean_pooled_embeddings(model, ids, mask)
-        if out is None:
-            out = np.zeros((len(encoded), pooled.shape[1]), dtype=np.float32)
-        out[rows] = pooled.numpy()
-    return out
+    return stack(encoded, lambda batch: mean_pooled_embeddings(model, batch[0], batch[1]))
 
 
 def run_plain(model, encoded):
@@ -276,12 +269,6 @@ def run_plain(model, encoded):
         model.zero_grad(set_to_none=True)
         example_losses(model(input_ids=ids, attention_mask=mask).logits, labels).mean().backward()
     model.requires_grad_(False).eval()
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - start, result
 
 
 def cosine_corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -296,70 +283,48 @@ def ari(a, b) -> float:
     return float(adjusted_rand_score(a, b))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=96, help="rows for factored and fwd+bwd throughput")
-    parser.add_argument("--exact-rows", type=int, default=8, help="rows for the per-example reference")
-    parser.add_argument("--fidelity-rows", type=int, default=90, help="rows (a third per demo domain)")
-    parser.add_argument("--planted-rows", type=int, default=60, help="rows per planted domain")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument(
-        "--proxy-steps", type=int, default=600, help="AdamW steps that train each random proxy"
-    )
-    parser.add_argument("--proxy-rows", type=int, default=400, help="proxy training rows per kind of text")
-    parser.add_argument(
+def build_parser() -> Any:
+    p = h.parser(__doc__, threads=0, quick="proxy 60 steps, fewer rows and seeds, k-means 5000 rows")
+    p.add_argument("--rows", type=int, default=96, help="rows for factored and fwd+bwd throughput")
+    p.add_argument("--exact-rows", type=int, default=8, help="rows for the per-example reference")
+    p.add_argument("--fidelity-rows", type=int, default=90, help="rows (a third per demo domain)")
+    p.add_argument("--planted-rows", type=int, default=60, help="rows per planted domain")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--proxy-steps", type=int, default=600, help="AdamW steps that train each random proxy")
+    p.add_argument("--proxy-rows", type=int, default=400, help="proxy training rows per kind of text")
+    p.add_argument(
         "--proxy-seeds",
         type=int,
         nargs="+",
         default=[0, 1, 2],
         help="proxies (initialisation and batch order) for part C; the first also serves parts A and B",
     )
-    parser.add_argument("--kmeans-n", type=int, default=20000)
-    parser.add_argument("--kmeans-dim", type=int, default=256)
-    parser.add_argument("--kmeans-k", type=int, nargs="+", default=[72, 1024])
-    parser.add_argument("--sklearn-max-k", type=int, default=72, help="skip scikit-learn above this k (slow)")
-    parser.add_argument("--kmeans-only", action="store_true", help="run only part D")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smaller settings (proxy 60 steps, fewer rows and seeds, k-means 5000 rows)",
-    )
-    return parser
+    p.add_argument("--kmeans-n", type=int, default=20000)
+    p.add_argument("--kmeans-dim", type=int, default=256)
+    p.add_argument("--kmeans-k", type=int, nargs="+", default=[72, 1024])
+    p.add_argument("--sklearn-max-k", type=int, default=72, help="skip scikit-learn above this k (slow)")
+    p.add_argument("--kmeans-only", action="store_true", help="run only part D")
+    return p
 
 
-QUICK = {
-    "rows": 32,
-    "fidelity_rows": 45,
-    "planted_rows": 30,
-    "seeds": 2,
-    "proxy_steps": 60,
-    "proxy_rows": 48,
-    "proxy_seeds": [0],
-    "kmeans_n": 5000,
-}
+def measure(args: Any) -> tuple[list[Figure], dict]:
+    """Every figure of parts A-D, and as one dict (written to --json)."""
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    got: dict = {}
+    if not args.kmeans_only:
+        with h.workdir(args.workdir, "dids_bench_repartition_") as workdir:
+            measure_features(args, workdir, got)
+    got["kmeans"] = kmeans_seconds(args)
+    got["kmeans_shape"] = f"{args.kmeans_n} x {args.kmeans_dim}"
+    return report(got), got
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    return args
-
-
-def measure(args: argparse.Namespace) -> dict:
-    """Every figure of parts A-D (printed as they come), as one dict."""
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dids_bench_repartition_"))
-    figures: dict = {}
-
-    if args.kmeans_only:
-        kmeans_figures(args, figures)
-        return _finish(args, figures)
+def measure_features(args: Any, workdir: Path, got: dict) -> None:
+    """Parts A-C on the demo rows with trained proxies."""
     per_domain = max(args.fidelity_rows // 3, args.planted_rows, -(-args.rows // 3))
     held_out = args.proxy_rows
-    assets = build_demo_assets(workdir / "assets", examples_per_domain=per_domain + held_out, seed=0)
+    assets = h.demo_assets(workdir, examples_per_domain=per_domain + held_out, seed=0)
     demo = {
         n: json.loads((assets.dataset_dir / f"demo_{n}.json").read_text())
         for n in ("code", "docs", "comments")
@@ -382,10 +347,10 @@ def measure(args: argparse.Namespace) -> dict:
     train_rows, _ = encode(assets, proxy_sources, workdir / "train", cutoff=128)
     model, named, feats = trained_proxy(vocab, train_rows, args.proxy_steps, args.proxy_seeds[0])
     params = [p for _, p in named]
-    h = sum(p.numel() for p in params)
-    dense = RademacherProjection(h, 1024, seed=0)
+    dim = sum(p.numel() for p in params)
+    dense = RademacherProjection(dim, 1024, seed=0)
     print(
-        f"proxy: {sum(p.numel() for p in model.parameters())} parameters, {h} selected (last block); "
+        f"proxy: {sum(p.numel() for p in model.parameters())} parameters, {dim} selected (last block); "
         f"torch threads {torch.get_num_threads()}",
         flush=True,
     )
@@ -393,34 +358,25 @@ def measure(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------------------- A. throughput
     rows = encoded[: args.rows]
     run_factored(feats, rows[:8])  # warm-up
-    t_fact, _ = timed(run_factored, feats, rows)
-    t_plain, _ = timed(run_plain, model, rows)
-    t_exact, _ = timed(run_exact, model, params, encoded[: args.exact_rows], dense)
-    tokens = sum(len(e[0]) for e in rows) / len(rows)
-    a = {
+    t_fact, _ = h.timed(run_factored, feats, rows)
+    t_plain, _ = h.timed(run_plain, model, rows)
+    t_exact, _ = h.timed(run_exact, model, params, encoded[: args.exact_rows], dense)
+    a = got["throughput"] = {
         "factored_ex_per_s": args.rows / t_fact,
         "exact_ex_per_s": args.exact_rows / t_exact,
         "fwd_bwd_ex_per_s": args.rows / t_plain,
-        "mean_tokens": tokens,
+        "mean_tokens": sum(len(e[0]) for e in rows) / len(rows),
     }
     a["factored_over_exact"] = a["factored_ex_per_s"] / a["exact_ex_per_s"]
     a["factored_over_fwd_bwd"] = a["factored_ex_per_s"] / a["fwd_bwd_ex_per_s"]
-    figures["throughput"] = a
-    print(f"\nA. feature throughput (examples/s; mean {tokens:.0f} tokens per row)")
-    print(f"   factored (default)            {a['factored_ex_per_s']:8.2f}")
-    print(
-        f"   (a) exact + dense projection  {a['exact_ex_per_s']:8.2f}   factored / exact   = {a['factored_over_exact']:6.1f}x  (target >= 10)"
-    )
-    print(
-        f"   (b) plain batched fwd+bwd     {a['fwd_bwd_ex_per_s']:8.2f}   factored / fwd+bwd = {a['factored_over_fwd_bwd']:6.2f}x  (target >= 0.5)",
-        flush=True,
-    )
 
     # ------------------------------------------------------------------------------ B. fidelity
     rows, labels_true = encoded[: args.fidelity_rows], truth[: args.fidelity_rows]
     exact, dense_feats = run_exact(model, params, rows, dense, per_batch=False)
     fact = run_factored(feats, rows)
-    b = {
+    b = got["fidelity"] = {
+        "rows": len(rows),
+        "dims": dim,
         "cosine_corr_factored": cosine_corr(fact, exact),
         "cosine_corr_dense_jl": cosine_corr(dense_feats, exact),
     }
@@ -441,169 +397,152 @@ def measure(args: argparse.Namespace) -> dict:
         ari_exact_vs_exact_other_seed=statistics.mean(ari_self),
         ari_vs_source={k: statistics.mean(v) for k, v in ari_truth.items()},
     )
-    figures["fidelity"] = b
-    print(f"\nB. fidelity on {len(rows)} rows vs exact per-example gradients ({h} dims)")
-    print(
-        f"   corr of pairwise cosines: factored {b['cosine_corr_factored']:.3f}, dense JL {b['cosine_corr_dense_jl']:.3f}  (target >= 0.95)"
-    )
-    print(
-        f"   ARI of 3-means vs exact's clusters (mean of {args.seeds} seeds): factored {b['ari_factored_vs_exact']:.3f}, "
-        f"dense JL {b['ari_dense_jl_vs_exact']:.3f}; exact vs exact with another seed {b['ari_exact_vs_exact_other_seed']:.3f}"
-    )
-    print(
-        "   ARI vs the demo domains (code/docs/comments): "
-        + ", ".join(f"{k} {v:.3f}" for k, v in b["ari_vs_source"].items()),
-        flush=True,
-    )
 
     # ----------------------------------------------------------------------- C. planted domains
-    c = {}
+    c = got["planted"] = {"code_docs_comments_ari": b["ari_vs_source"]["factored"]}
     planted = planted_rows(assets, demo, c_all, args.planted_rows, workdir)
-    if planted is not None:
-        enc, src = planted
-        # planted recovery depends on the proxy far more than on the features: one point per proxy (same
-        # recipe, other initialisation and batch order), each with the proxy's fit on these rows
-        per_proxy = {}
-        for seed in args.proxy_seeds:
-            if seed != args.proxy_seeds[0]:
-                model, named, feats = trained_proxy(vocab, train_rows, args.proxy_steps, seed)
-            point = planted_point(feats, model, enc, src, args.seeds)
-            point["ari_exact"] = two_means_ari(
-                run_exact(model, [p for _, p in named], enc, None)[0], src, args.seeds
-            )
-            point["ari_semantic"] = two_means_ari(run_hidden_mean(model, enc), src, args.seeds)
-            per_proxy[seed] = point
-        c["by_proxy_seed"] = per_proxy
-        for key, name in (("ari", ""), ("ari_exact", "_exact"), ("ari_semantic", "_semantic")):
-            c[f"python_vs_c_ari{name}"] = statistics.mean(v[key] for v in per_proxy.values())
-        c["python_vs_c_ari_min"] = min(v["ari"] for v in per_proxy.values())
-        c["python_vs_c_rows"] = [int((src == 0).sum()), int((src == 1).sum())]
-    c["code_docs_comments_ari"] = b["ari_vs_source"]["factored"]
-    figures["planted"] = c
-    print("\nC. planted domains mixed in one source, 2-means (mean ARI vs truth over k-means seeds)")
-    if "python_vs_c_ari" in c:
-        rows = c["python_vs_c_rows"]
-        print(
-            f"   Python vs C ({rows[0]} + {rows[1]} rows), one line per proxy; fit = proxy loss vs unigram entropy"
+    if planted is None:
+        print("C. Python vs C: skipped (too few C snippets under /usr/include)")
+        return
+    enc, src = planted
+    # planted recovery depends on the proxy far more than on the features: one point per proxy (same
+    # recipe, other initialisation and batch order), each with the proxy's fit on these rows
+    per_proxy = {}
+    for seed in args.proxy_seeds:
+        if seed != args.proxy_seeds[0]:
+            model, named, feats = trained_proxy(vocab, train_rows, args.proxy_steps, seed)
+        point = planted_point(feats, model, enc, src, args.seeds)
+        point["ari_exact"] = two_means_ari(
+            run_exact(model, [p for _, p in named], enc, None)[0], src, args.seeds
         )
-        for seed, v in c["by_proxy_seed"].items():
-            print(
-                f"   proxy seed {seed}: factored {v['ari']:.3f}, exact gradients {v['ari_exact']:.3f}, "
-                f"mean hidden state {v['ari_semantic']:.3f}; fit {v['fit_loss']:.3f} vs {v['unigram_entropy']:.3f}"
+        point["ari_semantic"] = two_means_ari(run_hidden_mean(model, enc), src, args.seeds)
+        per_proxy[seed] = point
+    c["by_proxy_seed"] = per_proxy
+    for key, name in (("ari", ""), ("ari_exact", "_exact"), ("ari_semantic", "_semantic")):
+        c[f"python_vs_c_ari{name}"] = statistics.mean(v[key] for v in per_proxy.values())
+    c["python_vs_c_ari_min"] = min(v["ari"] for v in per_proxy.values())
+    c["python_vs_c_rows"] = [int((src == 0).sum()), int((src == 1).sum())]
+
+
+def kmeans_seconds(args: Any) -> dict[str, float]:
+    """D. Seconds of spherical k-means on a planted mixture on the sphere, per backend and k."""
+    rng = np.random.default_rng(0)
+    centres = normalise_rows(rng.standard_normal((200, args.kmeans_dim)))
+    planted = rng.integers(0, 200, args.kmeans_n)
+    noise = rng.standard_normal((args.kmeans_n, args.kmeans_dim)).astype(np.float32)
+    x = centres[planted] + 0.5 * noise / np.sqrt(args.kmeans_dim)
+    d = {}
+    for k in args.kmeans_k:
+        for backend in ("faiss", "sklearn"):
+            if (backend == "faiss" and not faiss_available()) or (
+                backend == "sklearn" and k > args.sklearn_max_k
+            ):
+                continue
+            fit = functools.partial(
+                spherical_kmeans, seed=0, backend=backend, max_points_per_centroid=args.kmeans_n
             )
-        print(
-            f"   mean over {len(c['by_proxy_seed'])} proxies: factored {c['python_vs_c_ari']:.3f} "
-            f"(min {c['python_vs_c_ari_min']:.3f}; target >= 0.8), exact {c['python_vs_c_ari_exact']:.3f}, "
-            f"semantic {c['python_vs_c_ari_semantic']:.3f}"
-        )
-    else:
-        print("   Python vs C: skipped (too few C snippets under /usr/include)")
-    print(f"   code vs docstrings vs comments: {c['code_docs_comments_ari']:.3f}", flush=True)
-
-    kmeans_figures(args, figures)
-    return _finish(args, figures)
+            d[f"{backend}_k{k}_s"] = h.timed(fit, x, k)[0]
+    return d
 
 
-def _finish(args, figures) -> dict:
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return figures
-
-
-def figures(argv: list[str] | None = None) -> list[Figure]:
-    """Measure as `python benchmarks/repartition.py ARGV` does and return the figures (see _figures.py)."""
-    argv = list(argv or [])
-    got = measure(parse_args(argv))
-    command = " ".join(["python benchmarks/repartition.py", *argv])
+def report(got: dict) -> list[Figure]:
+    """Every figure of parts A-D; the detail rows are printed here only, the others by `run_all.py` too."""
     out: list[Figure] = []
+
+    def detail(name: str, text: str) -> None:
+        out.append(Figure(name, None, text=text, detail=True))
+
     if "throughput" in got:
         a, b, c = got["throughput"], got["fidelity"], got["planted"]
-        out += [
+        detail(
+            f"A. factored features, examples/s (mean {a['mean_tokens']:.0f} tokens per row)",
+            f"{a['factored_ex_per_s']:.2f}",
+        )
+        detail("   (a) exact + dense projection, examples/s", f"{a['exact_ex_per_s']:.2f}")
+        detail("   (b) plain batched fwd+bwd, examples/s", f"{a['fwd_bwd_ex_per_s']:.2f}")
+        out.append(
             Figure(
                 "repartition: factored / per-example + dense projection",
                 a["factored_over_exact"],
                 unit="x",
                 target=10,
                 comparator=">=",
-                command=command,
-            ),
+            )
+        )
+        out.append(
             Figure(
                 "repartition: factored / plain forward+backward",
                 a["factored_over_fwd_bwd"],
                 unit="x",
                 target=0.5,
                 comparator=">=",
-                command=command,
-            ),
+            )
+        )
+        detail(
+            f"B. fidelity on {b['rows']} rows vs exact gradients ({b['dims']} dims): cosine corr, dense JL",
+            f"{b['cosine_corr_dense_jl']:.3f}",
+        )
+        out.append(
             Figure(
                 "repartition: cosine correlation with exact gradients (factored)",
                 b["cosine_corr_factored"],
                 target=0.95,
                 comparator=">=",
-                command=command,
-            ),
+            )
+        )
+        aris = (b["ari_factored_vs_exact"], b["ari_dense_jl_vs_exact"], b["ari_exact_vs_exact_other_seed"])
+        detail(
+            "   ARI of 3-means vs exact's clusters: factored / dense JL / exact with another seed",
+            " / ".join(f"{x:.3f}" for x in aris),
+        )
+        detail(
+            "   ARI vs the demo domains (code/docs/comments)",
+            ", ".join(f"{k} {v:.3f}" for k, v in b["ari_vs_source"].items()),
+        )
+        out.append(
             Figure(
                 "repartition: ARI vs exact clusters, factored - dense JL",
-                b["ari_factored_vs_exact"] - b["ari_dense_jl_vs_exact"],
+                aris[0] - aris[1],
                 target=0.0,
                 comparator=">=",
-                command=command,
-            ),
-        ]
+            )
+        )
+        for seed, v in c.get("by_proxy_seed", {}).items():
+            text = f"{v['ari']:.3f} / {v['ari_exact']:.3f} / {v['ari_semantic']:.3f}; fit {v['fit_loss']:.3f} vs {v['unigram_entropy']:.3f}"
+            detail(
+                f"C. Python vs C, proxy seed {seed}: ARI factored / exact / hidden state; fit (loss vs unigram)",
+                text,
+            )
         if "python_vs_c_ari" in c:
+            rows, means = (
+                c["python_vs_c_rows"],
+                (c["python_vs_c_ari_min"], c["python_vs_c_ari_exact"], c["python_vs_c_ari_semantic"]),
+            )
+            detail(
+                f"   Python vs C ({rows[0]} + {rows[1]} rows): min factored / mean exact / mean hidden state",
+                " / ".join(f"{x:.3f}" for x in means),
+            )
             out.append(
                 Figure(
                     "repartition: planted Python vs C, ARI (mean over proxies)",
                     c["python_vs_c_ari"],
                     target=0.8,
                     comparator=">=",
-                    command=command,
                 )
             )
+        detail("   code vs docstrings vs comments, ARI (factored)", f"{c['code_docs_comments_ari']:.3f}")
     for key, seconds in got.get("kmeans", {}).items():
         out.append(
             Figure(
                 f"repartition: k-means {key.replace('_s', '')} on {got.get('kmeans_shape', '')}",
                 seconds,
                 unit="s",
-                command=command,
             )
         )
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    measure(parse_args(argv))
-    return 0
-
-
-def kmeans_figures(args, figures) -> None:
-    # ---------------------------------------------------------------------------- D. k-means
-    rng = np.random.default_rng(0)
-    centres = normalise_rows(rng.standard_normal((200, args.kmeans_dim)))
-    planted = rng.integers(0, 200, args.kmeans_n)
-    x = centres[planted] + 0.5 * rng.standard_normal((args.kmeans_n, args.kmeans_dim)).astype(
-        np.float32
-    ) / np.sqrt(args.kmeans_dim)
-    d = {}
-    print(f"\nD. spherical k-means on {args.kmeans_n} x {args.kmeans_dim} features (seconds)")
-    for k in args.kmeans_k:
-        for backend in ("faiss", "sklearn"):
-            if backend == "faiss" and not faiss_available():
-                continue
-            if backend == "sklearn" and k > args.sklearn_max_k:
-                continue
-            fit = functools.partial(
-                spherical_kmeans, seed=0, backend=backend, max_points_per_centroid=args.kmeans_n
-            )
-            seconds, _ = timed(fit, x, k)
-            d[f"{backend}_k{k}_s"] = seconds
-            print(f"   k={k:5d} {backend:8s} {seconds:8.2f}", flush=True)
-    if "faiss_k72_s" in d and "sklearn_k72_s" in d:
-        print(f"   sklearn / faiss at k=72: {d['sklearn_k72_s'] / d['faiss_k72_s']:.1f}x")
-    figures["kmeans"] = d
-    figures["kmeans_shape"] = f"{args.kmeans_n} x {args.kmeans_dim}"
-
+figures, main = h.entry("repartition.py", build_parser, measure, QUICK)
 
 if __name__ == "__main__":
     sys.exit(main())

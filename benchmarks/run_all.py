@@ -5,9 +5,9 @@
     python benchmarks/run_all.py --quick           # smaller settings, a few minutes
     python benchmarks/run_all.py --only overhead resume --json bench.json --check
 
-`SCRIPTS` lists the benchmark scripts. Each one exposes `figures(argv) -> list[_figures.Figure]`, which
+`SCRIPTS` lists the benchmark scripts. Each one exposes `figures(argv) -> list[_harness.Figure]`, which
 measures as `python benchmarks/<script> ARGV` would and returns its figures (name, value, unit,
-target, comparator); the table gives the full and the `--quick` ARGV of each. Every script runs in its
+target, comparator); `--quick` passes each script its own `--quick`. Every script runs in its
 own process (`run_all.py --worker NAME`), so one script's crash or global state (threads, allocator,
 imported modules) does not touch the others; its output goes to a log file, named when it fails.
 Scripts listed here but not present are reported as "not available".
@@ -29,8 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from _figures import Figure
+from _harness import Figure, format_table, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,28 +43,19 @@ class Script:
     name: str
     path: str
     argv: tuple[str, ...] = ()
-    quick_argv: tuple[str, ...] = ()
+    quick_argv: tuple[str, ...] = ("--quick",)
 
 
 SCRIPTS: tuple[Script, ...] = (
-    Script(
-        "overhead",
-        "overhead.py",
-        quick_argv=("--steps", "40", "--repeats", "1", "--startup-runs", "30", "--no-warmup"),
-    ),
-    Script("components", "components.py", quick_argv=("--steps", "40")),
-    Script("resume", "resume.py", argv=("--nproc", "1", "2"), quick_argv=("--nproc", "1")),
-    Script("dids_update", "dids_update.py", quick_argv=("--quick",)),
-    Script("fisher", "fisher.py", quick_argv=("--quick",)),  # issue 3: Fisher estimators' fidelity
-    Script("gpu_path", "gpu_path.py", quick_argv=("--repeats", "1")),  # issue 7: says so without a GPU
-    Script("repartition", "repartition.py", quick_argv=("--quick",)),  # issue 4: repartition throughput
-    Script("quality", "quality/run.py", quick_argv=("--quick",)),  # issue 6: mixture quality
-    Script(  # issue 5: the paper's baselines through `compare`
-        "baselines",
-        "baselines.py",
-        argv=("--budget", "320", "--updates", "8"),
-        quick_argv=("--budget", "80", "--updates", "2", "--strategies", "uniform", "dga", "doge", "doremi"),
-    ),
+    Script("overhead", "overhead.py"),
+    Script("components", "components.py"),
+    Script("resume", "resume.py", argv=("--nproc", "1", "2")),
+    Script("dids_update", "dids_update.py"),
+    Script("fisher", "fisher.py"),  # issue 3: Fisher estimators' fidelity
+    Script("gpu_path", "gpu_path.py"),  # issue 7: says so without a GPU
+    Script("repartition", "repartition.py"),  # issue 4: repartition throughput
+    Script("quality", "quality/run.py"),  # issue 6: mixture quality
+    Script("baselines", "baselines.py", argv=("--budget", "320", "--updates", "8")),  # issue 5: via `compare`
 )
 
 
@@ -77,9 +69,13 @@ class Outcome:
     detail: str = ""
     seconds: float = 0.0
 
+    def as_dict(self) -> dict[str, Any]:
+        record = {"name": self.script.name, "status": self.status, "detail": self.detail}
+        return {**record, "seconds": round(self.seconds, 1), "figures": [f.as_dict() for f in self.figures]}
+
 
 def load_script(path: Path) -> ModuleType:
-    """Import a benchmark script by path (benchmarks/ on sys.path for its `_figures` / `_runs` imports)."""
+    """Import a benchmark script by path (benchmarks/ on sys.path for its `_harness` import)."""
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     if str(HERE) not in sys.path:
@@ -97,7 +93,7 @@ def availability(script: Script, root: Path | None = None) -> str | None:
     if not path.is_file():
         return f"benchmarks/{script.path} does not exist yet"
     text = path.read_text(encoding="utf-8")
-    if "def figures(" not in text and not re.search(r"^from \S+ import .*\bfigures\b", text, re.MULTILINE):
+    if not re.search(r"^(def figures\(|figures\b.* = |from \S+ import .*\bfigures\b)", text, re.MULTILINE):
         return f"benchmarks/{script.path} has no `figures(argv)` function"
     return None
 
@@ -151,21 +147,10 @@ def table_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str, str, str]]:
             continue
         previous = None
         for f in o.figures:
-            verdict = {True: "PASS", False: "FAIL", None: ""}[f.passed]
             command = "" if f.command == previous else f.command  # blank: same as the row above
             previous = f.command
-            rows.append((f.name, f.value_text(), f.target_description(), verdict, command))
+            rows.append((f.name, f.value_text(), f.target_description(), f.verdict(), command))
     return rows
-
-
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    header = ("figure", "value", "target", "result", "command")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    widths[-1] = len(header[-1])  # the last column is not padded
-    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def summary(outcomes: list[Outcome]) -> dict[str, int]:
@@ -213,29 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = table_rows(outcomes)
     counts = summary(outcomes)
     print()
-    print(format_table(rows))
+    print(format_table(("figure", "value", "target", "result", "command"), rows))
     print(
         f"\n{counts['passed']} passed, {counts['failed']} failed, {counts['informational']} informational; "
         f"scripts failed {counts['scripts_failed']}, not available {counts['scripts_not_available']} "
         f"({time.perf_counter() - started:.0f} s{', --quick' if args.quick else ''}; logs in {log_dir})"
     )
-    if args.json is not None:
-        payload = {
-            "quick": args.quick,
-            "summary": counts,
-            "scripts": [
-                {
-                    "name": o.script.name,
-                    "status": o.status,
-                    "detail": o.detail,
-                    "seconds": round(o.seconds, 1),
-                    "figures": [f.as_dict() for f in o.figures],
-                }
-                for o in outcomes
-            ],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_json(
+        args.json, {"quick": args.quick, "summary": counts, "scripts": [o.as_dict() for o in outcomes]}
+    )
     if args.check and (counts["failed"] or counts["scripts_failed"]):
         return 1
     return 0

@@ -153,8 +153,8 @@ def _build(assets: DemoAssets, params: dict[str, Any]) -> None:
     try:
         domains = _build_domains(params["examples_per_domain"], params["seed"])
         texts = _write_datasets(staging / "data", domains, params["seed"])
-        tokenizer = _build_tokenizer(staging / "tiny-llama", texts)
-        n_params = _build_model(staging / "tiny-llama", tokenizer, params["seed"])
+        tokenizer = build_tokenizer(staging / "tiny-llama", texts)
+        n_params = build_model(staging / "tiny-llama", tokenizer, params["seed"])
         for final in (assets.model_dir, assets.dataset_dir):
             shutil.rmtree(final, ignore_errors=True)
             os.replace(staging / final.name, final)
@@ -192,7 +192,7 @@ def _stdlib_files() -> list[tuple[str, Path]]:
     return found
 
 
-def _truncate(text: str, limit: int = _MAX_CHARS) -> str:
+def truncate(text: str, limit: int = _MAX_CHARS) -> str:
     """Cut ``text`` to at most ``limit`` chars, at a line (else word) boundary when one is close."""
     text = text.strip()
     if len(text) <= limit:
@@ -291,13 +291,13 @@ def _looks_like_prose(text: str) -> bool:
     return letters >= 0.7 * len(visible)
 
 
-def _collect_candidates() -> dict[str, list[dict[str, str]]]:
+def collect_candidates() -> dict[str, list[dict[str, str]]]:
     """Every candidate alpaca row of each domain, in a deterministic (sorted-file) order, deduplicated."""
     candidates: dict[str, list[dict[str, str]]] = {name: [] for name in DOMAINS}
     seen: dict[str, set[str]] = {name: set() for name in DOMAINS}
 
     def add(domain: str, instruction: str, output: str) -> None:
-        output = _truncate(output)
+        output = truncate(output)
         if output and output not in seen[domain]:
             seen[domain].add(output)
             candidates[domain].append({"instruction": instruction, "input": "", "output": output})
@@ -325,7 +325,7 @@ def _collect_candidates() -> dict[str, list[dict[str, str]]]:
 
 
 def _build_domains(examples_per_domain: int, seed: int) -> dict[str, list[dict[str, str]]]:
-    candidates = _collect_candidates()
+    candidates = collect_candidates()
     domains: dict[str, list[dict[str, str]]] = {}
     for name in DOMAINS:
         pool = candidates[name]
@@ -394,7 +394,7 @@ def _write_datasets(dataset_dir: Path, domains: dict[str, list[dict[str, str]]],
 # --------------------------------------------------------------------------- tokenizer and model
 
 
-def _build_tokenizer(model_dir: Path, texts: list[str]):
+def build_tokenizer(model_dir: Path, texts: list[str]):
     """Train a byte-level BPE on ``texts`` and save it as a ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -429,7 +429,7 @@ def _build_tokenizer(model_dir: Path, texts: list[str]):
     return tokenizer
 
 
-def _build_model(model_dir: Path, tokenizer, seed: int) -> int:
+def build_model(model_dir: Path, tokenizer, seed: int) -> int:
     """Randomly initialise the tiny Llama with ``seed`` and save it (safetensors); return #params."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

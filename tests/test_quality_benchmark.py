@@ -182,4 +182,4 @@ def test_summary_ratios_are_per_seed_and_figures_fit_run_all():
     figures = bench.figure_records(results)
     assert [f["value"] for f in figures] == pytest.approx([0.9, 0.75, 0.2])
     fields = {"name", "value", "unit", "target", "comparator", "text", "target_text", "command"}
-    assert all(set(f) <= fields for f in figures)  # benchmarks/_figures.Figure(**f) accepts them
+    assert all(set(f) <= fields for f in figures)  # benchmarks/_harness.Figure(**f) accepts them

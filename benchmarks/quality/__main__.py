@@ -1,7 +1,7 @@
-"""`python -m benchmarks.quality`: see benchmarks/quality/cli.py."""
+"""`python -m benchmarks.quality`: see benchmarks/quality/run.py."""
 
 import sys
 
-from .cli import main
+from .run import main
 
 sys.exit(main())

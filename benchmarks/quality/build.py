@@ -209,7 +209,7 @@ def build_assets(workdir: str | Path, sizes: Sizes, *, seed: int = 0, force: boo
     kinds = sorted({k for ks in SOURCES.values() for k in ks} | set(TASKS.values()))
     datasets, manifest = make_datasets(corpus.collect(kinds), sizes, seed)
     texts = _write(assets.dataset_dir, datasets, manifest)
-    tokenizer = demo._build_tokenizer(assets.model_dir, texts)
-    demo._build_model(assets.model_dir, tokenizer, seed)
+    tokenizer = demo.build_tokenizer(assets.model_dir, texts)
+    demo.build_model(assets.model_dir, tokenizer, seed)
     marker.write_text(json.dumps(params, sort_keys=True))
     return assets

@@ -46,7 +46,7 @@ def _chunks(blocks: Iterable[str], limit: int = MAX_CHARS) -> Iterator[str]:
             if current:
                 yield current
                 current = ""
-            yield demo._truncate(block, limit)
+            yield demo.truncate(block, limit)
             continue
         joined = f"{current}\n\n{block}" if current else block
         if len(joined) > limit:
@@ -67,7 +67,7 @@ def _paragraphs(text: str) -> list[str]:
 
 def _stdlib_rows() -> dict[str, list[Row]]:
     """Function sources (`python`) and maintainers' comment blocks (`comments`), via the demo's parser."""
-    candidates = demo._collect_candidates()
+    candidates = demo.collect_candidates()
     module = re.compile(r"`([^`]+)`")
 
     def origin(instruction: str) -> str:
@@ -198,7 +198,7 @@ def table_rows() -> list[Row]:
         lines = [",".join(cells) for cells in csv.reader(io.StringIO(text)) if cells]
         name = path.name.split(".")[0]
         for start in range(0, len(lines) - TABLE_LINES + 1, TABLE_LINES):
-            piece = demo._truncate("\n".join(lines[start : start + TABLE_LINES]), MAX_CHARS)
+            piece = demo.truncate("\n".join(lines[start : start + TABLE_LINES]), MAX_CHARS)
             if len(piece) >= MIN_CHARS // 2:
                 rows.append(
                     _row(f"Continue the table `{name}`.", piece, f"sklearn/datasets/data/{path.name}:{start}")

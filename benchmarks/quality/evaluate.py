@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._runs import encode_alpaca_rows
+from benchmarks._harness import collate, encode_alpaca_rows
 
 __all__ = ["encode_tasks", "heldout_losses", "heldout_scorer", "mixed_source_purity", "purity_and_ari"]
 
@@ -60,39 +60,26 @@ def heldout_losses(
     pad_id: int,
     batch_size: int = 16,
 ) -> dict[str, dict[str, float]]:
-    """task -> {"loss": token-weighted mean response cross-entropy, "tokens": response tokens counted}."""
+    """task -> {"loss": token-weighted mean response cross-entropy, "tokens": response tokens counted}
+    (`response_token_fit`: token t is predicted from the prefix ending at t - 1)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from llamafactory_dids.algorithms.features import row_losses
-    from llamafactory_dids.utils import IGNORE_INDEX
+    from llamafactory_dids.algorithms.features import response_token_fit
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars, one per model
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     out: dict[str, dict[str, float]] = {}
     for task, rows in encoded.items():
-        total, count = 0.0, 0
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            width = max(len(r["input_ids"]) for r in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            for i, r in enumerate(batch):
-                n = len(r["input_ids"])
-                ids[i, :n] = torch.tensor(r["input_ids"])
-                mask[i, :n] = 1
-                labels[i, :n] = torch.tensor(r["labels"])
-            with torch.no_grad():
-                logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, width, vocab]
-            sums, tokens = row_losses(logits, labels)  # token t is predicted from the prefix ending at t - 1
-            total += float(sums.double().sum())
-            count += int(tokens.sum())
-        if count == 0:
+        chunks = (rows[start : start + batch_size] for start in range(0, len(rows), batch_size))
+        fit = response_token_fit(
+            model, (tuple(collate(batch, pad_id, multiple=1).values()) for batch in chunks)
+        )
+        if fit["tokens"] == 0:
             raise ValueError(f"Task {task!r}: no response token survives the cutoff.")
-        out[task] = {"loss": total / count, "tokens": count}
+        out[task] = {"loss": fit["loss"], "tokens": fit["tokens"]}
     return out
 
 

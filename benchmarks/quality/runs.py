@@ -11,34 +11,19 @@ registered in `llamafactory_dids.algorithms.registry.STRATEGY_CLASSES` is traine
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._runs import offline_env
-from llamafactory_dids.run_files import read_history
+from benchmarks import _harness as h
 from llamafactory_dids.utils import OverrideError, parse_override
 
 from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
 
-__all__ = [
-    "REFERENCE_RUNS",
-    "ROWS",
-    "parse_row",
-    "RunContext",
-    "Setting",
-    "registered_strategies",
-    "repartition_available",
-    "run_repartition",
-    "run_training",
-    "strategy_keys",
-    "training_config",
-]
+__all__ = ["REFERENCE_RUNS", "ROWS", "RunContext", "Setting", "parse_row", "registered_strategies"]
+__all__ += ["repartition_available", "run_repartition", "run_training", "strategy_keys", "training_config"]
 
 
 @dataclass(frozen=True)
@@ -197,47 +182,17 @@ def training_config(
 # ------------------------------------------------------------------------------------ processes
 
 
-def _dids_cli() -> list[str]:
-    exe = shutil.which("llamafactory-dids", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "llamafactory_dids.cli"]
-
-
-def _run(command: list[str], config: dict[str, Any], run_dir: Path, threads: int) -> tuple[int, float, str]:
-    """Write `config` as run_dir/config.yaml, run `command + [config.yaml]`; (exit code, seconds, log tail)."""
-    import yaml
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    path = run_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    start = time.perf_counter()
-    with open(run_dir / "run.log", "w", encoding="utf-8") as log:
-        proc = subprocess.run(
-            [*command, str(path)], env=offline_env(threads), stdout=log, stderr=subprocess.STDOUT, cwd=run_dir
-        )
-    seconds = time.perf_counter() - start
-    tail = (
-        (run_dir / "run.log").read_text(encoding="utf-8", errors="replace")[-3000:] if proc.returncode else ""
-    )
-    return proc.returncode, seconds, tail
-
-
 def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
     """One `llamafactory-cli train` run; the record holds timings and the final mixture, or the error."""
-    from llamafactory_dids.cli import find_llamafactory_cli
-
-    code, seconds, tail = _run(
-        [find_llamafactory_cli() or "llamafactory-cli", "train"], config, run_dir, threads
-    )
-    output_dir = Path(config["output_dir"])
-    record: dict[str, Any] = {"output_dir": str(output_dir), "process_seconds": round(seconds, 1)}
-    if code != 0:
-        record["error"] = f"llamafactory-cli train exited {code}; see {run_dir / 'run.log'}:\n{tail}"
+    run = h.launch(h.train_cli(), run_dir, config, h.offline_env(threads), check=False)
+    record: dict[str, Any] = {"output_dir": str(run.output_dir), "process_seconds": round(run.seconds, 1)}
+    if run.returncode != 0:
+        record["error"] = f"llamafactory-cli train exited {run.returncode}; see {run.log}:\n{run.tail(3000)}"
         return record
-    results = json.loads((output_dir / "train_results.json").read_text(encoding="utf-8"))
+    results = run.results
     record["train_runtime"] = float(results["train_runtime"])
     record["train_loss"] = float(results.get("train_loss", float("nan")))
-    records, _ = read_history(output_dir, missing_ok=True)
+    records = run.history()
     if records:
         last = records[-1]
         record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
@@ -268,8 +223,8 @@ def repartition_available() -> bool:
     """Whether `llamafactory-dids repartition --help` succeeds with this interpreter's plugin."""
     try:
         proc = subprocess.run(
-            [*_dids_cli(), "repartition", "--help"],
-            env=offline_env(1),
+            [*h.dids_cli(), "repartition", "--help"],
+            env=h.offline_env(1),
             capture_output=True,
             text=True,
             timeout=300,
@@ -296,10 +251,12 @@ def repartition_config(ctx: RunContext, proxy_dir: Path, output_dir: Path) -> di
 
 def run_repartition(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
     """Run `llamafactory-dids repartition CONFIG.yaml`; the record has the output_dir or the error."""
-    code, seconds, tail = _run([*_dids_cli(), "repartition"], config, run_dir, threads)
-    record: dict[str, Any] = {"output_dir": config["output_dir"], "process_seconds": round(seconds, 1)}
-    if code != 0:
-        record["error"] = f"llamafactory-dids repartition exited {code}; see {run_dir / 'run.log'}:\n{tail}"
+    run = h.launch([*h.dids_cli(), "repartition"], run_dir, config, h.offline_env(threads), check=False)
+    record: dict[str, Any] = {"output_dir": config["output_dir"], "process_seconds": round(run.seconds, 1)}
+    if run.returncode != 0:
+        record["error"] = (
+            f"llamafactory-dids repartition exited {run.returncode}; see {run.log}:\n{run.tail(3000)}"
+        )
     return record
 
 

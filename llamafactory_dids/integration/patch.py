@@ -51,7 +51,7 @@ Set where they are used, on purpose not undone by `revert()` (what, where: why i
                              host's own argument objects of this run into the loader and the trainer
 - DatasetAttr.dids_name      integration/loader.py `get_dataset_list` wrapper: the stock attr keeps only
                              the file name; per object
-- transformers progress bars demo.py `_build_model`: off around `save_pretrained`, back on in `finally`
+- transformers progress bars demo.py `build_model`: off around `save_pretrained`, back on in `finally`
                              (transformers' public switch, not an attribute swap)
 
 Host methods that `DIDSTrainerMixin` (integration/trainer.py) overrides:

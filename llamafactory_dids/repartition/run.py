@@ -61,7 +61,7 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _tokenizer_and_template(cfg: RepartitionConfig) -> tuple[Any, Any]:
+def tokenizer_and_template(cfg: RepartitionConfig) -> tuple[Any, Any]:
     """The proxy's tokenizer and the run's chat template, as LLaMA-Factory's training builds them."""
     return host_data.tokenizer_and_template(
         cfg.model_name_or_path, cfg.trust_remote_code, data_arguments(cfg)
@@ -160,7 +160,7 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
     try:
         torch.manual_seed(cfg.dids_seed)
         out = Path(cfg.output_dir)
-        tokenizer, template = _tokenizer_and_template(cfg)
+        tokenizer, template = tokenizer_and_template(cfg)
         inputs = load_inputs(cfg, tokenizer, template)
         extractor = build_extractor(cfg, inputs, tokenizer, device)
         cache = FeatureCache(

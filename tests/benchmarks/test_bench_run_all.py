@@ -29,10 +29,10 @@ def _load(name: str):
 
 
 run_all = _load("run_all")
-Figure = sys.modules["_figures"].Figure
+Figure = sys.modules["_harness"].Figure
 
 GOOD = """
-from _figures import Figure
+from _harness import Figure
 
 def figures(argv=None):
     quick = "--quick" in (argv or [])

@@ -304,7 +304,7 @@ def test_an_unsupported_host_is_refused_before_anything_loads(demo_assets, tmp_p
     def must_not_load(*args, **kwargs):
         raise AssertionError("loaded something before the host version check")
 
-    for name in ("check_model_path", "_distributed", "_tokenizer_and_template", "load_inputs"):
+    for name in ("check_model_path", "_distributed", "tokenizer_and_template", "load_inputs"):
         monkeypatch.setattr(run_module, name, must_not_load)
     out = tmp_path / "o"
     message = (
