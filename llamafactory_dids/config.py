@@ -219,7 +219,7 @@ class DIDSConfig:
         metadata={
             "help": "`dids` only: the update rule. `directional` (default): Fisher inner product of each domain's "
             "gradient with each task's (eq. 12's cross term); tasks weighted half equally and half by relative progress; "
-            "evidence accumulated over updates per task and read as signal-to-noise; natural-proportions "
+            "evidence accumulated over updates per task and read as signal-to-noise; uniform "
             "prior; 5% uniform floor. `paper`: eq. 12-16 literally (distance, /p, softmax "
             "T = 1, uniform start). `reference`: the authors' code. docs/dids.md lists every departure with "
             "its measurement; the component keys below override a variant (not `reference`)."
