@@ -105,7 +105,7 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
             fisher_estimator="batch" if estimator == "none" else estimator,
         )
         start = time.perf_counter()
-        impacts[name] = probe.impact(1)
+        impacts[name] = probe.impact_terms(1).distance()  # eq. 12 under diag(F) or I
         out[f"{name}_seconds"] = time.perf_counter() - start
     reference = impacts["exact"]
     for name, values in impacts.items():
