@@ -257,48 +257,6 @@ def _heap_in_use() -> Any:
     return in_use
 
 
-# ------------------------------------------------------------------------- 4. memory and k
-
-
-def _heap_in_use() -> Any:
-    """A function returning the bytes glibc malloc has handed out (mallinfo2: uordblks + hblkhd), or -1.
-
-    Torch's CPU tensors are malloc'ed, so this follows live tensor memory without RSS's noise (pages the
-    allocator keeps, first touches); absent outside glibc >= 2.33.
-    """
-    import ctypes
-
-    class _MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return lambda: -1
-    fn.restype = _MallInfo2
-
-    def in_use() -> int:
-        info = fn()
-        return int(info.uordblks + info.hblkhd)
-
-    return in_use
-
-
 def _memory_worker(model_dir: str, k: int, threads: int) -> None:
     """Fresh process: peak RSS growth and wall time of `GradientProbe.impact` with k domains."""
     import gc
