@@ -44,7 +44,9 @@ def repartition(args, nproc=1):
         command = CLI
     return subprocess.run(
         [*command, "repartition", config, *args],
-        env=train_env(),
+        # one thread per process in both runs (torchrun sets it for its ranks): the features must not depend
+        # on the rank split, and a different thread count may change float summation order in the kernels
+        env=train_env(extra={"OMP_NUM_THREADS": "1"}),
         capture_output=True,
         text=True,
         timeout=900,
