@@ -91,9 +91,8 @@ def _datasets(factor: int = 1, boilerplate: bool = False) -> list[str]:
     return names + ([BOILERPLATE] if boilerplate else [])
 
 
-def _total_variation(weights: list[float], sizes: list[int]) -> float:
-    total = sum(sizes)
-    return 0.5 * sum(abs(w - s / total) for w, s in zip(weights, sizes, strict=True))
+def _total_variation(p: list[float], q: list[float]) -> float:
+    return 0.5 * sum(abs(a - b) for a, b in zip(p, q, strict=True))
 
 
 def _train(
@@ -147,15 +146,13 @@ def run_controls(out_dir: Path, *, seeds: tuple[int, ...], workdir: Path, thread
         null = train("null", "dids", _datasets(), dids_target_datasets=[POOL_TASK])
         if "history" in null:
             sizes_ = null["history"][0]["domain_sizes"]
-            tvs = [_total_variation(r["weights"], sizes_) for r in null["history"]]
+            natural = [n / sum(sizes_) for n in sizes_]
+            # distance from natural and from the rule's own start (its floored prior: uniform by default), so
+            # that a prior other than natural is not counted as movement
+            start = null["history"][0]["weights"]
+            tvs = [_total_variation(r["weights"], natural) for r in null["history"]]
+            moved = [_total_variation(r["weights"], start) for r in null["history"]]
             null["tv_final"], null["tv_max"] = tvs[-1], max(tvs)
-            # the rule's own start (its floored prior: uniform by default), so a prior other than natural
-            # is not counted as movement
-            start_weights = null["history"][0]["weights"]
-            moved = [
-                0.5 * sum(abs(a - b) for a, b in zip(r["weights"], start_weights, strict=True))
-                for r in null["history"]
-            ]
             null["tv_prior_final"], null["tv_prior_max"] = moved[-1], max(moved)
         results["null"].append(null)
         planted = train("planted", "dids", _datasets(boilerplate=True))
