@@ -26,8 +26,9 @@ paper literally), `reference` (the authors' code as documented in docs/dids.md: 
 with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
 at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the Fisher inner product per task,
 relative task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm 1's start;
-`prior="natural"` for domain sizes), 5% uniform floor; `impact="cosine"` for the Fisher cosine, centred over domains or against a pool control). Why the
-default departs from the paper, with the measurements: docs/dids.md.
+`prior="natural"` for domain sizes), 5% uniform floor; `impact="cosine"` for the Fisher cosine, centred
+over domains or against a pool control). Why the default departs from the paper, with the measurements:
+docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
 `inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form.
@@ -58,7 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "relative",
         "importance_correction": False,
         "normaliser": "evidence",
-        "prior": "uniform",  # docs/dids.md: natural lost 1.035-1.060 where evidence came late
+        "prior": "uniform",  # docs/dids.md, "The prior": natural lost to uniform where evidence came late
         "beta": 0.1,
         "smoothing": 0.05,
         "temperature": 1.0 / 3.0,
