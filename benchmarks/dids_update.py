@@ -4,6 +4,8 @@
     python benchmarks/dids_update.py                          # 25 updates, 2 rounds: ~2.5 min on 2 busy cores
     python benchmarks/dids_update.py --quick                  # 10 updates, 1 round, k in (72, 256): ~1 min
     python benchmarks/dids_update.py --json dids_update.json --workdir /tmp/dids-bench
+    python benchmarks/dids_update.py --domain-gradients train # domain side from the training backward
+    python benchmarks/dids_update.py --updates 4 --budget 992 # the paper's density: 31 steps per update
 
 Offline, in a temporary work directory (or `--workdir`), on the demo assets (tiny Llama: 2 blocks, hidden
 64); every training process and in-process timing uses `--threads` threads (default 1).
@@ -16,7 +18,8 @@ fine-tuning, datasets demo_code, demo_docs, demo_comments (k = 3 domains), templ
 1. Per-update seconds (`dids`)
    The run adds `dids_strategy: dids`, `dids_target_datasets: demo_target_code` (m = 1 task),
    `dids_target_samples: 24`, `dids_probe_samples: 8`, `dids_num_updates: --updates` (25: one update
-   every 4 steps), `dids_normaliser: clamp`, `dids_ema_beta: 0.3`. Each record of
+   every 4 steps), `dids_normaliser: clamp`, `dids_ema_beta: 0.3`, `dids_domain_gradients:
+   --domain-gradients` (probe). Each record of
    `output_dir/history.jsonl` with `update > 0` carries `seconds`: the wall time of
    `DomainMixture.update`, i.e. the task losses, the impact probe (task gradients, Fisher, streamed
    domain gradients), the eq. 13-16 update and the broadcast. Median and maximum over all updates of all
@@ -36,7 +39,8 @@ fine-tuning, datasets demo_code, demo_docs, demo_comments (k = 3 domains), templ
    Counted from the config, per update: ceil(target_samples / per_device_eval_batch_size) batched
    forward passes (no grad) for the task losses; m x probe_samples single-row forward + backward passes
    for the task gradients and Fisher (`dids_fisher_batch_size: 1`); k x probe_samples single-row
-   forward + backward passes for the domain gradients. They are timed directly, in this process, on the
+   forward + backward passes for the domain gradients (not with `--domain-gradients train`, whose
+   update runs none). They are timed directly, in this process, on the
    same model (loaded from the built assets with transformers, eval mode, `use_cache` off) and on rows
    built like LLaMA-Factory builds them (alpaca rows through the `default` template, truncated at cutoff
    256 with LLaMA-Factory's `infer_seqlen`, prompt masked, padded to a multiple of 8): the 24 target
@@ -104,7 +108,9 @@ MEMORY_TARGET = "~1: flat in k (README)"
 # ------------------------------------------------------------------------ 1, 2. training runs
 
 
-def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, budget: int) -> dict[str, Any]:
+def train_config(
+    assets: Any, output_dir: Path, strategy: str, updates: int, budget: int, domain_gradients: str = "probe"
+) -> dict[str, Any]:
     from llamafactory_dids.demo import demo_training_config
 
     config = demo_training_config(
@@ -126,6 +132,7 @@ def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, bud
             dids_num_updates=updates,
             dids_normaliser="clamp",
             dids_ema_beta=0.3,
+            dids_domain_gradients=domain_gradients,
         )
     return config
 
@@ -133,7 +140,7 @@ def train_config(assets: Any, output_dir: Path, strategy: str, updates: int, bud
 def run_training(workdir: Path, assets: Any, strategy: str, args: Any, tag: str) -> dict[str, Any]:
     run = h.train(
         workdir / "runs" / tag,
-        lambda out: train_config(assets, out, strategy, args.updates, args.budget),
+        lambda out: train_config(assets, out, strategy, args.updates, args.budget, args.domain_gradients),
         args.threads,
     )
     results, history = run.results, run.history()
@@ -380,6 +387,12 @@ def build_parser() -> Any:
     )
     p.add_argument("--repeats", type=int, default=2, help="dids/uniform rounds (default 2; --quick 1)")
     p.add_argument("--floor-reps", type=int, default=5, help="floor repetitions per round (default 5)")
+    p.add_argument(
+        "--domain-gradients",
+        choices=("probe", "train"),
+        default="probe",
+        help="dids_domain_gradients of the dids runs (default probe; train: from the training backward)",
+    )
     p.add_argument("--memory-worker", nargs=2, metavar=("MODEL_DIR", "K"), help=h.argparse.SUPPRESS)
     return p
 
@@ -446,7 +459,9 @@ def _measure(args: Any, workdir: Path) -> dict[str, Any]:
     paired = [by_round[("dids", i)] / by_round[("uniform", i)] for i in range(args.repeats)]
     update_share = h.median([sum(r["update_seconds"]) / r["train_runtime_s"] for r in dids_runs])
     flos = [h.median([r["total_flos"] for r in group]) for group in (dids_runs, uniform_runs)]
-    floor_total = h.median([s["total"] for s in floor_samples])
+    # train-side domain gradients: the update runs no domain pass, so none is in its floor
+    probed_domains = args.domain_gradients == "probe"
+    floor_total = h.median([s["total"] - (0 if probed_domains else s["domain_grads"]) for s in floor_samples])
     print(
         f"[train] dids/uniform train_runtime per round: {[round(x, 3) for x in paired]}; "
         f"share of the dids run inside updates: {100 * update_share:.1f} %",
@@ -471,6 +486,7 @@ def _measure(args: Any, workdir: Path) -> dict[str, Any]:
     config = {"updates": args.updates, "budget": args.budget, "steps": steps.pop(), "repeats": args.repeats}
     config.update(threads=args.threads, batch=BATCH, cutoff_len=CUTOFF, target_samples=TARGET_SAMPLES)
     config.update(probe_samples=PROBE_SAMPLES, domains=list(DOMAINS), target=TARGET)
+    config.update(domain_gradients=args.domain_gradients)
     config.update(examples_per_domain=EXAMPLES_PER_DOMAIN, probe_parameters=floor.num_probe_parameters)
     payload = {
         "config": config,
@@ -506,7 +522,8 @@ def _measure(args: Any, workdir: Path) -> dict[str, Any]:
     figures = report(payload)
     print(
         f"\nDIDS update cost: tiny Llama on CPU, {args.threads} thread(s), k={len(DOMAINS)} domains, m=1 task, "
-        f"{args.updates} updates over {args.budget // BATCH} steps, {args.repeats} round(s)"
+        f"{args.updates} updates over {args.budget // BATCH} steps, {args.repeats} round(s), domain gradients "
+        f"from the {args.domain_gradients}"
     )
     print(f"(total benchmark wall time {time.perf_counter() - started:.0f} s)")
     return {**payload, "table": [f.as_dict() for f in figures]}

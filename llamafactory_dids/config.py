@@ -82,6 +82,8 @@ def __getattr__(name: str) -> Any:
 
 IMPACT_METRICS = ("fim", "inner_product")
 EXHAUSTION_POLICIES = ("reshuffle", "drop")
+#: where the impact's domain gradients come from (`dids_domain_gradients`; runtime.domain_gradients)
+DOMAIN_GRADIENT_SOURCES = ("probe", "train")
 
 
 class ConfigProblems(ValueError):
@@ -201,6 +203,17 @@ class DIDSConfig:
             "help": "Micro-batch size of the gradient probe's passes. Mean gradients are per-example means "
             "at any size; with `dids_fisher_estimator: batch` the Fisher is the mean of squared micro-batch "
             "gradients, so only 1 is the exact per-example Fisher (use `per_example` to batch exactly)."
+        },
+    )
+    dids_domain_gradients: str = field(
+        default="probe",
+        metadata={
+            "help": "Where each domain's gradient in the impact comes from. `probe`: the mean over "
+            "`dids_probe_samples` rows of the domain, drawn and passed forward and backward at every update. "
+            "`train`: hooks on the probed linear layers sum, during the ordinary training backward, the "
+            "gradient of every row trained since the last update by domain (no extra pass; memory "
+            "domains x probed parameters); a domain without a trained row in the interval is probed. Task "
+            "gradients are probed either way. Needs the model's causal-LM loss."
         },
     )
     dids_fisher_estimator: str = field(
@@ -479,6 +492,7 @@ def _choice_keys() -> dict[str, tuple[str, ...]]:
         "dids_impact_metric": IMPACT_METRICS,
         "dids_normaliser": rule.NORMALISERS,
         "dids_fisher_estimator": FISHER_ESTIMATORS,
+        "dids_domain_gradients": DOMAIN_GRADIENT_SOURCES,
         "dids_variant": tuple(rule.VARIANTS),
         "dids_impact": rule.IMPACT_FORMS,
         "dids_task_weighting": rule.TASK_WEIGHTINGS,

@@ -124,6 +124,8 @@ class ImpactTerms:
         control_sq: |g_P|_M^2 of the pool control, or None.
         control_cross: [k] <g_D, g_P>_M, or None.
         metric: "fim" (M = diag(F)) or "inner_product" (M = I, the DIDS-FIM ablation).
+        domain_rows: [k] rows behind each domain's gradient (probed rows, or the rows trained since the
+            last update with `dids_domain_gradients: train`), or None where unknown.
     """
 
     task_sq: np.ndarray
@@ -132,6 +134,7 @@ class ImpactTerms:
     control_sq: float | None = None
     control_cross: np.ndarray | None = None
     metric: str = "fim"
+    domain_rows: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -165,6 +168,7 @@ class ImpactTerms:
             "domain_sq": self.domain_sq.tolist(),
             "control_sq": self.control_sq,
             "control_cross": None if self.control_cross is None else self.control_cross.tolist(),
+            "domain_rows": None if self.domain_rows is None else self.domain_rows.tolist(),
         }
 
     @classmethod
@@ -185,6 +189,9 @@ class ImpactTerms:
             if data.get("control_cross") is None
             else np.asarray(data["control_cross"], dtype=np.float64),
             metric=data.get("metric", "fim"),
+            domain_rows=None
+            if data.get("domain_rows") is None
+            else np.asarray(data["domain_rows"], dtype=np.float64),
         )
 
 

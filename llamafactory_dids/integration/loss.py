@@ -3,11 +3,14 @@
 Role: integration layer (it replaces a `PreTrainedModel`'s `loss_function`, a host touchpoint listed in
 `integration.patch`). `RecordingCausalLMLoss` computes the same token losses as transformers' loss with
 `reduction="none"`, returns the identical reduced loss and keeps the per-row sums and token counts of the
-micro-batch it was armed for; the trainer reads them to log per-domain loss.
+micro-batch it was armed for; the trainer reads them to log per-domain loss. With `scale_sink` set, the
+per-token losses of a loss that is backpropagated get that tensor hook: it receives d loss / d loss_t, the
+factor that train-side domain gradients divide out (`runtime.domain_gradients`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +27,7 @@ class RecordingCausalLMLoss:
         self.armed = False
         self.row_loss: torch.Tensor | None = None
         self.row_tokens: torch.Tensor | None = None
+        self.scale_sink: Callable[[torch.Tensor], None] | None = None
 
     def __call__(
         self,
@@ -44,6 +48,8 @@ class RecordingCausalLMLoss:
             logits.view(-1, vocab_size), flat_labels, ignore_index=ignore_index, reduction="none"
         )
         mask = flat_labels != ignore_index
+        if self.scale_sink is not None and token_loss.requires_grad:
+            token_loss.register_hook(self.scale_sink)
         if self.armed:
             self.row_loss = token_loss.detach().view(rows, -1).sum(dim=1)
             self.row_tokens = mask.view(rows, -1).sum(dim=1)

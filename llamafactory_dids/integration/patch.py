@@ -38,7 +38,8 @@ Swapped for one call through `swapped()` (restored on return and on error; what,
 Set where they are used, on purpose not undone by `revert()` (what, where: why it stays local):
 - PreTrainedModel.loss_function (a transformers property; sets `_loss_function`) of the trained model
                              integration/loss.py `install_loss_recorder`, at trainer init with
-                             `dids_log_domain_loss`: the causal-LM loss swap. Per model instance, so it
+                             `dids_log_domain_loss` or `dids_domain_gradients: train`: the causal-LM loss
+                             swap. Per model instance, so it
                              lives and dies with the model the trainer owns; swapping the global
                              `LOSS_MAPPING["ForCausalLM"]` instead would change every model in the process
 - Trainer.data_collator      integration/trainer.py `DIDSTrainerMixin.__init__`: wrapped in
@@ -59,6 +60,8 @@ Host methods that `DIDSTrainerMixin` (integration/trainer.py) overrides:
 - Trainer._load_optimizer_and_scheduler (private)   the torch.load swap above, CPU multi-process resume only
 - Trainer.compute_loss, prediction_step, log, train pop `domain_ids`, record per-domain loss, add the
                                                     mixture's scalars, restore the mixture on resume
+- Trainer.training_step                             `dids_domain_gradients: train`: open one micro-batch's
+                                                    forward and backward to the domain-gradient hooks
 
 Private or internal host names called or read elsewhere (what, where: why):
 - llamafactory.data.loader._get_merged_dataset, _get_preprocessed_dataset

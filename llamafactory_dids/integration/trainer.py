@@ -2,7 +2,8 @@
 
 Role: integration layer between the host Trainer and `DomainMixture`. The subclass overrides only what
 the host forces: `_get_train_sampler` (the domain sampler), `compute_loss`/`prediction_step` (pop
-`domain_ids` before the model's forward and record per-domain statistics), `log` (add the mixture's
+`domain_ids` before the model's forward and record per-domain statistics), `training_step` (with
+`dids_domain_gradients: train`, open each micro-batch's forward and backward to the domain-gradient hooks), `log` (add the mixture's
 scalars so `report_to` shows them) and `train` (restore the mixture on resume, DeepSpeed included).
 Periodic work (updates, saving the state) lives in `integration.callback.MixtureCallback`; per-domain loss
 comes from `integration.loss.RecordingCausalLMLoss` at no extra pass. The training loop itself is never
@@ -25,6 +26,7 @@ from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from ..run_files import TRACE_DIR
+from ..runtime.domain_gradients import DomainGradientHooks
 from ..runtime.mixture import DomainMixture
 from ..runtime.probe import GradientProbe
 from ..runtime.runs import read_reference
@@ -45,6 +47,7 @@ class DIDSTrainerMixin:
         self.dids_config = dids_config_of(getattr(self, "finetuning_args", None))
         self.dids_mixture: DomainMixture | None = None
         self._dids_loss_recorder: RecordingCausalLMLoss | None = None
+        self._dids_train_gradients: DomainGradientHooks | None = None
         self._dids_trace_file: Any = None
         if self.dids_config is None or self.train_dataset is None:
             return
@@ -80,6 +83,16 @@ class DIDSTrainerMixin:
                 logger.warning(
                     "[dids] the model has no causal-LM loss to hook; per-domain loss is not logged."
                 )
+        self._dids_train_gradients = probe.train_gradients if probe is not None else None
+        if self._dids_train_gradients is not None:
+            recorder = self._dids_loss_recorder or install_loss_recorder(self.model)
+            if recorder is None:
+                raise ValueError(
+                    "`dids_domain_gradients: train` reads the token losses of the model's causal-LM loss, "
+                    "and this model has none to hook (a custom or fused loss). Use "
+                    "`dids_domain_gradients: probe`."
+                )
+            recorder.scale_sink = self._dids_train_gradients.capture_scale
         self.add_callback(MixtureCallback(self.dids_mixture, cfg))
         logger.info(
             "[dids] strategy %r over %d domains, initial weights %s",
@@ -125,6 +138,7 @@ class DIDSTrainerMixin:
             projection_dim=cfg.dids_projection_dim,
             fisher_estimator=cfg.dids_fisher_estimator,
             gradients=gradients,
+            domain_gradients=cfg.dids_domain_gradients,
         )
 
     # ------------------------------------------------------------------------------ host overrides
@@ -173,6 +187,17 @@ class DIDSTrainerMixin:
             raise ValueError("the DIDS sampler is built for the trainer's own training set.")
         budget = self.dids_config.dids_budget
         return self.dids_mixture.build_sampler(self._dids_domain_ids, budget or len(self._dids_domain_ids))
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any):
+        # the domain-gradient hooks read exactly this micro-batch's forward and backward
+        hooks = self._dids_train_gradients
+        if hooks is None or DOMAIN_ID_COLUMN not in inputs:
+            return super().training_step(model, inputs, *args, **kwargs)
+        hooks.begin_batch(inputs[DOMAIN_ID_COLUMN], inputs["labels"])
+        try:
+            return super().training_step(model, inputs, *args, **kwargs)
+        finally:
+            hooks.end_batch()
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any):
         domain_ids = inputs.pop(DOMAIN_ID_COLUMN, None)

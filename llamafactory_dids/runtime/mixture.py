@@ -359,8 +359,11 @@ class DomainMixture:
         }
 
     def save(self, checkpoint_dir: str) -> None:
-        """Write the state into a checkpoint folder (collective: syncs counters; rank 0 writes)."""
+        """Write the state into a checkpoint folder (collective: syncs counters; rank 0 writes), with the
+        train-side domain-gradient sums of the interval when the probe has them."""
         self.sync()
+        if self.probe is not None and self.probe.train_gradients is not None:
+            self.probe.train_gradients.save(checkpoint_dir)
         if rank_and_world()[0] != 0:
             return
         state = self.state_dict()
@@ -383,6 +386,8 @@ class DomainMixture:
                 "and `dids_*` keys, or start a new output_dir."
             )
         self.resumed_state = state
+        if self.probe is not None and self.probe.train_gradients is not None:
+            self.probe.train_gradients.load(checkpoint_dir)
         if self.sampler is not None:
             self._load(state)
         return True

@@ -12,7 +12,10 @@ the training process. At an update every rank runs, in lockstep and after the op
    it (seeded by update and domain), and adds the eq. 12 terms block by block to an `ImpactAccumulator`;
    the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory;
    with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
-   F^{1/2} g, and each domain gradient is projected the same way.
+   F^{1/2} g, and each domain gradient is projected the same way. With `domain_gradients="train"` the
+   domain side is not probed: `runtime.domain_gradients` has summed, during the training backward, every
+   trained row's gradient by domain since the last update, and step 3 takes those means (probing only a
+   domain that had no trained row).
 
 Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded* (the collective
 pieces, `all_reduce`, `max_over_ranks` and `CoordinateShards`, are in `runtime.sharding`): every forward
@@ -48,6 +51,7 @@ from ..algorithms.fisher import FISHER_ESTIMATORS, fisher_term
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
 from ..utils import IGNORE_INDEX, rank_and_world
+from .domain_gradients import DOMAIN_GRADIENT_SOURCES, DomainGradientHooks
 from .sharding import CoordinateShards, all_reduce, is_partitioned, max_over_ranks
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ class GradientProbe:
         fisher_estimator: str = "batch",
         sharded: bool | None = None,
         gradients: bool = True,
+        domain_gradients: str = "probe",
     ):
         self.model = model
         self.collate = collate
@@ -134,6 +139,17 @@ class GradientProbe:
                 for p in (model.parameters() if not gradients else (p for _, p in self.params))
             )
         self.sharded = sharded
+        if domain_gradients not in DOMAIN_GRADIENT_SOURCES:
+            raise ValueError(
+                f"domain_gradients must be one of {DOMAIN_GRADIENT_SOURCES}, got {domain_gradients!r}."
+            )
+        # train: the domain side from the training backward's hooks (runtime.domain_gradients)
+        self.last_domain_rows = np.zeros(len(self.domain_pools))  # of the latest impact (history records)
+        self.train_gradients = (
+            DomainGradientHooks(model, self.params, len(self.domain_pools), self.shapes, device)
+            if gradients and domain_gradients == "train"
+            else None
+        )
         if gradients:
             logger.info(
                 "[dids] impact probe over %d tensors (%d parameters%s): %s%s",
@@ -309,7 +325,9 @@ class GradientProbe:
         update), kept as an extra column that does not enter the Fisher. Its cost is one more task-sized
         gradient, 1 / (k + m) more backward rows.
         """
-        return self._accumulate(update_index, control=control).terms(len(self.task_rows))
+        terms = self._accumulate(update_index, control=control).terms(len(self.task_rows))
+        terms.domain_rows = self.last_domain_rows.copy()
+        return terms
 
     def task_probe_rows(self, rows: list[dict[str, Any]], update_index: int) -> list[dict[str, Any]]:
         """The `probe_samples` observation rows of one update: consecutive windows that rotate through all
@@ -377,28 +395,55 @@ class GradientProbe:
             if adds_task_terms:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
-            # domains, streamed: replicated ranks take every world-th domain; sharded ranks probe every
-            # domain together, each on its share of the domain's rows
-            for d in range(k) if shards is not None else range(rank, k, world):
-                pool = self.domain_pools[d]
-                rng = np.random.default_rng([self.seed, 2, update_index, d])
-                chosen = np.sort(
-                    rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False)
-                ).tolist()
-                mine = chosen[rank::world] if shards is not None else chosen
-                sums, _, _, num_rows = self._grad_sums(
-                    self.train_rows(mine), squares=False, filler=self.train_rows(chosen[:1])
-                )
-                if shards is None:
-                    domain_blocks = [g.flatten() / max(num_rows, 1) for g in sums]
-                else:
-                    domain_blocks = self._reduced_mean(sums, num_rows, shards)
-                del sums
+            for d, domain_blocks, mine in self._domain_means(update_index, shards):
                 if self.projection is not None:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
-                if not adds_domain_terms:
+                if not (adds_domain_terms if shards is not None else mine):
                     continue
                 for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()
         return acc
+
+    def _domain_means(self, update_index: int, shards: CoordinateShards | None):
+        """Yield (d, flat mean-gradient blocks, whether this rank adds d's terms when replicated) (collective).
+
+        Probed domains: replicated ranks take every world-th domain; sharded ranks probe every domain
+        together, each on its share of the domain's rows. Train-side domains (`domain_gradients="train"`): the
+        hooks' sums over every rank, divided by the rows trained since the last update; every rank gets
+        every domain and, replicated, rank d % world adds its terms. A domain without a trained row since
+        the last update (a small weight, a short interval) is probed instead.
+        """
+        rank, world = rank_and_world()
+        k = len(self.domain_pools)
+        trained = np.zeros(k)
+        self.last_domain_rows = np.array([min(self.probe_samples, p.size) for p in self.domain_pools], float)
+        if self.train_gradients is not None:
+            self.train_gradients.end_batch()
+            trained = self.train_gradients.total_rows().cpu().numpy()
+            self.last_domain_rows = np.where(trained > 0, trained, self.last_domain_rows)
+            for d in np.flatnonzero(trained > 0).tolist():
+                local_rows = float(self.train_gradients.rows[d])
+                yield (
+                    d,
+                    self._reduced_mean(self.train_gradients.domain_sums(d), local_rows, shards),
+                    (d % world == rank),
+                )
+            self.train_gradients.reset()
+        for d in range(k) if shards is not None else range(rank, k, world):
+            if trained[d] > 0:
+                continue
+            pool = self.domain_pools[d]
+            rng = np.random.default_rng([self.seed, 2, update_index, d])
+            chosen = np.sort(
+                rng.choice(pool, size=min(self.probe_samples, pool.size), replace=False)
+            ).tolist()
+            mine = chosen[rank::world] if shards is not None else chosen
+            sums, _, _, num_rows = self._grad_sums(
+                self.train_rows(mine), squares=False, filler=self.train_rows(chosen[:1])
+            )
+            if shards is None:
+                yield d, [g.flatten() / max(num_rows, 1) for g in sums], True
+            else:
+                yield d, self._reduced_mean(sums, num_rows, shards), True
+            del sums

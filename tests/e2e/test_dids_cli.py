@@ -62,12 +62,15 @@ def test_planted_target_gains_weight(demo_assets, tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_processes_agree_with_one(demo_assets, tmp_path):
-    """Identical weights on every rank (broadcast), and close to a single-process run on the same data."""
+@pytest.mark.parametrize("source", ["probe", "train"])
+def test_two_processes_agree_with_one(demo_assets, tmp_path, source):
+    """Identical weights on every rank (broadcast), and close to a single-process run on the same data; with
+    train-side domain gradients each rank sums its own rows and the update all-reduces them."""
     single, double = tmp_path / "single", tmp_path / "double"
+    keys = dict(dids_budget=80, dids_domain_gradients=source)
     # the same global batch (8) in both runs: 1 x 8 and 2 x 4
-    run_train(dids_config(demo_assets, single, per_device_train_batch_size=8, dids_budget=80), tmp_path / "a")
-    run_train(dids_config(demo_assets, double, dids_budget=80), tmp_path / "b", nproc=2)
+    run_train(dids_config(demo_assets, single, per_device_train_batch_size=8, **keys), tmp_path / "a")
+    run_train(dids_config(demo_assets, double, **keys), tmp_path / "b", nproc=2)
     a, b = _updates(single), _updates(double)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [5, 10]
     first_a, first_b = a[0], b[0]
@@ -95,7 +98,38 @@ def test_resume_continues_the_same_mixture(demo_assets, tmp_path):
     assert [r["step"] for r in read_jsonl(resumed / "history.jsonl")] == [15, 20, 25, 30, 35, 40]
 
 
-def test_lora_with_gradient_checkpointing(demo_assets, tmp_path):
+def test_train_side_gradients_resume_mid_interval(demo_assets, tmp_path):
+    """`dids_domain_gradients: train` saved at step 10, between the updates at 8 and 12: the checkpoint keeps
+    the interval's sums, and the resumed run's weights equal the uninterrupted run's."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    common = dict(
+        save_strategy="steps",
+        save_steps=10,
+        dids_update_interval=4,
+        dids_budget=80,
+        dids_domain_gradients="train",
+    )
+    run_train(dids_config(demo_assets, full, **common), tmp_path / "a")
+    assert (full / "checkpoint-10" / "dids_domain_gradients.pt").exists()
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(full / "checkpoint-10", resumed / "checkpoint-10")
+    config = dids_config(demo_assets, resumed, **common)
+    config.update(overwrite_output_dir=False, resume_from_checkpoint=str(resumed / "checkpoint-10"))
+    run_train(config, tmp_path / "b")
+    ref = {r["step"]: r for r in _updates(full)}
+    history = read_jsonl(resumed / "history.jsonl")
+    assert [r["step"] for r in history] == [12, 16, 20]
+    # the update at 12 sums the rows of steps 9-12: two from before the checkpoint, two after
+    assert [sum(r["terms"]["impact_terms"]["domain_rows"]) for r in history] == [16, 16, 16]
+    for r in history:
+        np.testing.assert_allclose(r["terms"]["impact"], ref[r["step"]]["terms"]["impact"], rtol=1e-5)
+        np.testing.assert_allclose(r["weights"], ref[r["step"]]["weights"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["probe", "train"])
+def test_lora_with_gradient_checkpointing(demo_assets, tmp_path, source):
     out = tmp_path / "out"
     config = dids_config(
         demo_assets,
@@ -105,11 +139,15 @@ def test_lora_with_gradient_checkpointing(demo_assets, tmp_path):
         lora_rank=4,
         gradient_checkpointing=True,
         dids_budget=80,
+        dids_domain_gradients=source,
     )
     config.pop("disable_gradient_checkpointing", None)
     run_train(config, tmp_path)
     updates = _updates(out)
     assert len(updates) == 4 and all(np.isfinite(r["terms"]["impact"]).all() for r in updates)
+    # train: every domain gradient comes from the rows trained in the interval (5 steps x 4 rows), none probed
+    rows = [r["terms"]["impact_terms"]["domain_rows"] for r in updates]
+    assert all(sum(n) == (20 if source == "train" else 24) for n in rows), rows
     # the LoRA factors are what the probe sees, and they moved
     assert (out / "adapter_model.safetensors").exists()
     adapter = load_file(str(out / "adapter_model.safetensors"))
