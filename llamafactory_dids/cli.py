@@ -12,6 +12,8 @@ Subcommands:
   compare  train several strategies on one YAML and print one table (target-task losses, weights, time).
   repartition  split a training set into gradient-based domains with a proxy model (paper section 4.1);
            writes a labelled dataset that a training YAML uses with `dids_domain_column: dids_domain`.
+  proxy    a pretrained repartition proxy, offline: converts the GGUF shipped in a pip package (SmolLM2-135M)
+           into a verified model directory and prints its path.
 """
 
 from __future__ import annotations
@@ -297,6 +299,31 @@ def _repartition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    import logging
+
+    from .repartition.proxy import ProxyError, prepare_proxy
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        proxy = prepare_proxy(args.name, args.out_dir, force=args.force)
+    except ProxyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    check = proxy.check
+    done = "verified and reused" if proxy.reused else "converted and verified"
+    print(
+        f"[dids] proxy {args.name}: {done} in {proxy.seconds:.1f} s ({proxy.record.get('parameters', 0):,} parameters)"
+    )
+    print(f"[dids] generation check: {check.prompt!r} -> {check.generated!r}")
+    print(
+        f"[dids] proxy fit on {check.fit['rows']} rows ({check.fit['tokens']} response tokens): loss "
+        f"{check.fit['loss']:.3f} nats/token, unigram entropy {check.fit['unigram_entropy']:.3f}"
+    )
+    print(f"[dids] proxy model directory: {proxy.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -384,6 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     repartition.add_argument("config", help="repartition YAML (see docs/repartition.md)")
     repartition.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
     repartition.set_defaults(func=_repartition)
+
+    from .repartition.proxy import PROXIES
+
+    proxy = sub.add_parser(
+        "proxy",
+        help="a pretrained repartition proxy from a pip package, as a verified model directory (offline)",
+        description="Convert a pretrained model shipped as GGUF inside a pip package into a model directory for "
+        "`model_name_or_path` of a repartition YAML, verify it (a greedy generation; its fit against token "
+        "frequencies) and print its path. An existing complete directory is verified and reused. Proxies: "
+        + "; ".join(f"{name}: {p.description}, `{p.install}`" for name, p in PROXIES.items()),
+    )
+    proxy.add_argument("name", choices=sorted(PROXIES), help="which proxy")
+    proxy.add_argument("out_dir", help="the model directory to write (or reuse)")
+    proxy.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR holds a complete proxy")
+    proxy.set_defaults(func=_proxy)
     return parser
 
 

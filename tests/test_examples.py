@@ -123,6 +123,18 @@ def test_referenced_files_exist(path: Path):
         assert set(config["dataset"].split(",")) <= set(info)
 
 
+def test_repartition_demo_names_the_command_that_builds_its_proxy():
+    """The demo's proxy is not shipped: the YAML's comment gives the commands that create it, and they parse."""
+    from llamafactory_dids.cli import build_parser
+    from llamafactory_dids.repartition.proxy import PROXIES
+
+    path = REPO / "examples" / "yaml" / "repartition_demo.yaml"
+    model, text = load(path)["model_name_or_path"], path.read_text()
+    assert f"###   {PROXIES['smollm2'].install}\n###   llamafactory-dids proxy smollm2 {model}\n" in text
+    args = build_parser().parse_args(["proxy", "smollm2", model])
+    assert (args.name, args.out_dir, args.force) == ("smollm2", model, False)
+
+
 def test_paper_walkthrough_is_consistent():
     """repartition -> observe -> train -> eval: each step reads what the previous one writes."""
     paper = {

@@ -2,9 +2,10 @@
 
 Role: the first step of DIDS (*repartition* -> impact -> schedule -> sampler), run once offline. It
 reads data as LLaMA-Factory does and loads models with transformers: config -> inputs -> extract ->
-cache -> clustering (`algorithms.clustering`) -> outputs. See docs/repartition.md. Its LLaMA-Factory
-calls go through `integration.host_data` (listed in `integration.patch`, whose `check_host_versions` it
-runs first).
+cache -> clustering (`algorithms.clustering`) -> outputs, with `quality` (the domains against a known
+label); `proxy` builds a pretrained proxy offline (`llamafactory-dids proxy`). See docs/repartition.md.
+Its LLaMA-Factory calls go through `integration.host_data` (listed in `integration.patch`, whose
+`check_host_versions` it runs first).
 """
 
 from .config import RepartitionConfig, RepartitionConfigError, parse_repartition_config

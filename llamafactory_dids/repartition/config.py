@@ -94,6 +94,13 @@ class RepartitionConfig:
             "help": "Column naming each row's initial source. Unset: each `dataset:` entry is a source."
         },
     )
+    dids_label_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column with a known label of every row (e.g. the language), used only to judge the domains: "
+            "report.md and domain_map.json then give their purity and homogeneity against it. Unset: cohesion only."
+        },
+    )
     dids_clusterer: str = field(
         default="auto",
         metadata={"help": "`auto` (faiss when installed, else sklearn), `sklearn` or `faiss`."},
@@ -193,7 +200,13 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
             "output_dir": "a path",
             **{
                 key: "a non-empty string"
-                for key in ("dataset_dir", "template", "dids_source_column", "dids_embedding_model")
+                for key in (
+                    "dataset_dir",
+                    "template",
+                    "dids_source_column",
+                    "dids_label_column",
+                    "dids_embedding_model",
+                )
             },
         },
         required=("model_name_or_path", "output_dir"),

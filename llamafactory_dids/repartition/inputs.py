@@ -9,7 +9,8 @@ training. Rows that LLaMA-Factory would drop as invalid, or that keep no respons
 source's largest domain.
 
 Every check here runs before the proxy model computes anything: unreadable files, unknown datasets,
-missing source columns, empty sources, incompatible formats, fewer trainable rows than domains.
+missing source or label columns, empty sources or labels, incompatible formats, fewer trainable rows than
+domains.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Inputs:
     domains_per_source: list[int]
     encoded: list[tuple[list[int], list[int]] | None] = field(default_factory=list)  # None: invalid row
     texts: list[str] = field(default_factory=list)  # plain text of each row (semantic features)
+    labels: list[str] | None = None  # `dids_label_column` of each row (judges the domains), if set
 
     @property
     def num_rows(self) -> int:
@@ -196,6 +198,30 @@ def _sources(cfg: RepartitionConfig, raw: list[Any]) -> tuple[np.ndarray, list[s
     return np.array([index[v] for v in values], dtype=np.int64), names
 
 
+def _labels(cfg: RepartitionConfig, raw: list[Any], attrs: list[Any]) -> list[str] | None:
+    """Every row's `dids_label_column` value as text; a missing column or an empty value is an error."""
+    column = cfg.dids_label_column
+    if column is None:
+        return None
+    labels: list[str] = []
+    for name, d, attr in zip(cfg.dataset, raw, attrs, strict=True):
+        path = Path(cfg.dataset_dir) / attr.dataset_name
+        if column not in d.column_names:
+            raise RepartitionInputError(
+                f"`dids_label_column: {column}` is not a column of dataset {name!r} ({path}; columns: "
+                f"{', '.join(d.column_names)}). Every row needs its label: fix the column name, add it to the file, "
+                "or remove the key."
+            )
+        for i, v in enumerate(d[column]):
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise RepartitionInputError(
+                    f"Dataset {name!r} ({path}), row {i}: no `{column}` (`dids_label_column`). Every row needs a "
+                    "label to judge the domains against; fill it in or remove the key."
+                )
+            labels.append(str(v))
+    return labels
+
+
 def _domain_counts(cfg: RepartitionConfig, trainable_sizes: list[int], names: list[str]) -> list[int]:
     if cfg.dids_domains_per_source is not None:
         counts = [cfg.dids_domains_per_source] * len(names)
@@ -245,6 +271,7 @@ def load_inputs(cfg: RepartitionConfig, tokenizer: Any, template: Any) -> Inputs
             f"Empty source(s): dataset(s) {empty} have no rows. Remove them from `dataset`."
         )
     sources, names = _sources(cfg, raw)
+    labels = _labels(cfg, raw, attrs)
     encode = host_data.sft_row_encoder(template, tokenizer, data_args)
     encoded: list[tuple[list[int], list[int]] | None] = []
     texts: list[str] = []
@@ -264,7 +291,9 @@ def load_inputs(cfg: RepartitionConfig, tokenizer: Any, template: Any) -> Inputs
                 encoded.append(None)  # LLaMA-Factory drops it in training
                 continue
             encoded.append(encode(row))
-    inputs = Inputs(raw=raw, info_entry=entry, sources=sources, source_names=names, domains_per_source=[])
+    inputs = Inputs(
+        raw=raw, info_entry=entry, sources=sources, source_names=names, domains_per_source=[], labels=labels
+    )
     inputs.encoded, inputs.texts = encoded, texts
     if cfg.dids_features == "semantic":
         usable = np.array([bool(t) for t in texts])

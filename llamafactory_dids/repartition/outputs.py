@@ -5,7 +5,8 @@ Role: the hand-over from repartition to training. `data.jsonl` holds every input
 `dids_source`; `dataset_info.json` registers it as `dids_repartitioned` with the sources' own formatting
 and column mapping, so a training YAML sets `dataset_dir: <output_dir>`, `dataset: dids_repartitioned`,
 `dids_domain_column: dids_domain`. `domain_map.json` (with a schema version) and `report.md` describe
-the domains: source, size, example rows, and how tightly their rows sit around the centroid.
+the domains: source, size, example rows, how tightly their rows sit around the centroid, and, with
+`dids_label_column`, how well they agree with that known label (`quality`).
 """
 
 from __future__ import annotations
@@ -51,8 +52,13 @@ def build_domain_map(
     row_domain: np.ndarray,
     stats: list[dict[str, Any]],
     run: dict[str, Any],
+    agreement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The domain map: schema_version, run settings, sources and domains -> {source, size, rows, stats}."""
+    """The domain map: schema_version, run settings, sources and domains -> {source, size, rows, stats}.
+
+    With `agreement` (`quality.label_agreement` plus the label `column`), a `labels` entry holds the figures
+    against the known labels and every domain a `label` entry: its majority label and that label's share.
+    """
     domains = {}
     for d, name in enumerate(domain_names):
         rows = np.flatnonzero(row_domain == d)
@@ -62,13 +68,15 @@ def build_domain_map(
             "example_rows": rows[:EXAMPLE_ROWS].tolist(),
             "centroid": stats[d],
         }
+        if agreement is not None:
+            domains[name]["label"] = agreement["domains"][name]
     sources = {}
     for s, name in enumerate(inputs.source_names):
         sources[name] = {
             "rows": int((inputs.sources == s).sum()),
             "domains": [n for d, n in enumerate(domain_names) if domain_source[d] == s],
         }
-    return {
+    domain_map = {
         "schema_version": SCHEMA_VERSION,
         "dataset": DATASET_NAME,
         "domain_column": DOMAIN_COLUMN,
@@ -78,6 +86,9 @@ def build_domain_map(
         "sources": sources,
         "domains": domains,
     }
+    if agreement is not None:
+        domain_map["labels"] = {k: v for k, v in agreement.items() if k != "domains"}
+    return domain_map
 
 
 def _snippet(text: str, limit: int = 70) -> str:
@@ -100,6 +111,19 @@ def _proxy_fit_lines(fit: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _label_lines(labels: dict[str, Any] | None) -> list[str]:
+    if labels is None:
+        return []
+    counts = ", ".join(f"{label} {n}" for label, n in labels["labels"].items())
+    return [
+        f"Against the known labels in `{labels['column']}` ({len(labels['labels'])}: {counts}): purity "
+        f"{labels['purity']:.3f} (the sources alone: {labels['source_purity']:.3f}), homogeneity "
+        f"{labels['homogeneity']:.3f}, completeness {labels['completeness']:.3f}, V-measure {labels['v_measure']:.3f}.",
+        "Purity = share of rows that carry their domain's majority label; homogeneity = 1 when every domain "
+        "holds one label only, completeness = 1 when every label lies in one domain only.",
+    ]
+
+
 def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None:
     """domain_map.json and report.md."""
     write_text_atomic(out / REPARTITION_DOMAIN_MAP, json.dumps(domain_map, indent=2) + "\n")
@@ -112,24 +136,29 @@ def write_reports(out: Path, inputs: Inputs, domain_map: dict[str, Any]) -> None
         f"({run['feature_dim']} dims) from `{run['model']}`; clusterer `{run['clusterer']}`, seed {run['seed']}.",
         f"Rows without a loss (no gradient, placed in their source's largest domain): {run['rows_without_loss']}.",
         *_proxy_fit_lines(run.get("proxy_fit")),
+        *_label_lines(domain_map.get("labels")),
         "",
         "Cohesion = mean cosine of a domain's rows to its centroid (1 = identical directions).",
         "",
     ]
+    labelled = "labels" in domain_map
     for source, info in domain_map["sources"].items():
         lines += [
             f"## {source} ({info['rows']} rows)",
             "",
-            "| domain | size | cohesion | min cos | examples |",
+            "| domain | size | cohesion | min cos | "
+            + ("majority label | share | " if labelled else "")
+            + "examples |",
+            "|---|---:|---:|---:|" + ("---|---:|" if labelled else "") + "---|",
         ]
-        lines.append("|---|---:|---:|---:|---|")
         for name in info["domains"]:
             d = domain_map["domains"][name]
             c = d["centroid"]
             examples = " / ".join(_snippet(inputs.texts[r]) for r in d["example_rows"][:2])
+            label = f"{d['label']['majority']} | {d['label']['share']:.3f} | " if labelled else ""
             lines.append(
                 f"| {name} | {d['size']} | {c.get('cosine_mean', float('nan')):.3f} | "
-                f"{c.get('cosine_min', float('nan')):.3f} | {examples} |"
+                f"{c.get('cosine_min', float('nan')):.3f} | {label}{examples} |"
             )
         lines.append("")
     write_text_atomic(out / REPARTITION_REPORT, "\n".join(lines))

@@ -1,7 +1,8 @@
 """`run_repartition`: gradient-based domain repartition end to end (paper section 4.1, Algorithm 1 line 2).
 
 Role: the recipe of the repartition step: config -> inputs (checked) -> proxy model (checked) -> feature
-shards (cached, resumable, data-parallel) -> spherical k-means inside each source -> output files.
+shards (cached, resumable, data-parallel) -> spherical k-means inside each source -> output files (with the
+domains' agreement with a known label column, when one is named).
 Under torchrun every rank loads the inputs and the proxy, computes its share of shards, and rank 0
 clusters and writes the outputs after a barrier.
 """
@@ -35,6 +36,7 @@ from .config import RepartitionConfig, parse_repartition_config
 from .extract import Extractor, GradientExtractor, build_extractor, check_model_path
 from .inputs import Inputs, data_arguments, load_inputs
 from .outputs import build_domain_map, write_dataset, write_reports
+from .quality import label_agreement
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +207,14 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
                 "loss": round(fit["loss"], 4),
                 "unigram_entropy": round(fit["unigram_entropy"], 4),
             }
-        write_reports(out, inputs, build_domain_map(inputs, names, domain_source, row_domain, stats, run))
+        agreement = None
+        if inputs.labels is not None:
+            agreement = {
+                "column": cfg.dids_label_column,
+                **label_agreement(inputs.labels, row_domain, names, inputs.sources),
+            }
+        domain_map = build_domain_map(inputs, names, domain_source, row_domain, stats, run, agreement)
+        write_reports(out, inputs, domain_map)
         logger.info("[dids] %d rows -> %d domains in %s", inputs.num_rows, len(names), out)
         return out
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,56 @@ def test_every_row_comes_back_in_order_with_its_domain(demo_assets, first_run):
     assert domain_map["sources"]["demo_docs"]["domains"] == ["demo_docs_00", "demo_docs_01"]
     assert "## demo_code (14 rows)" in (first_run / "report.md").read_text()
     assert features_of(first_run).shape == (42, 64)
+
+
+def test_without_a_label_column_the_outputs_hold_no_label_figures(first_run):
+    domain_map = json.loads((first_run / "domain_map.json").read_text())
+    assert "labels" not in domain_map and all("label" not in d for d in domain_map["domains"].values())
+    report = (first_run / "report.md").read_text()
+    assert (
+        "purity" not in report
+        and "| domain | size | cohesion | min cos | examples |\n|---|---:|---:|---:|---|" in report
+    )
+
+
+def test_label_column_judges_the_domains(demo_assets, tmp_path):
+    """One mixed source whose rows carry their kind (`domain`: code, docs, comments): the figures in the outputs
+    are those of the rows and domains in data.jsonl, counted again here."""
+    from sklearn.metrics import completeness_score, homogeneity_score
+
+    out = tmp_path / "labelled"
+    config = small_config(
+        demo_assets,
+        out,
+        dataset="demo_mixed",
+        max_samples=30,
+        dids_domains_per_source=3,
+        dids_label_column="domain",
+    )
+    run_repartition(config)
+    rows = read_jsonl(out / "data.jsonl")
+    labels, domains = [r["domain"] for r in rows], [r["dids_domain"] for r in rows]
+    domain_map = json.loads((out / "domain_map.json").read_text())
+    figures = domain_map["labels"]
+    assert figures["column"] == "domain" and figures["labels"] == dict(sorted(Counter(labels).items()))
+    majority_rows = 0
+    for name, domain in domain_map["domains"].items():
+        counts = Counter(label for label, d in zip(labels, domains, strict=True) if d == name)
+        top = max(counts.values())
+        majority_rows += top
+        assert domain["label"]["majority"] == min(label for label, n in counts.items() if n == top)
+        assert domain["label"]["share"] == pytest.approx(top / sum(counts.values()))
+    assert figures["purity"] == pytest.approx(majority_rows / 30)
+    assert figures["source_purity"] == pytest.approx(max(Counter(labels).values()) / 30)  # one source
+    assert figures["homogeneity"] == pytest.approx(homogeneity_score(labels, domains))
+    assert figures["completeness"] == pytest.approx(completeness_score(labels, domains))
+    report = (out / "report.md").read_text()
+    assert "Against the known labels in `domain` (3: " in report
+    assert f"purity {figures['purity']:.3f} (the sources alone: {figures['source_purity']:.3f})" in report
+    assert "| domain | size | cohesion | min cos | majority label | share | examples |" in report
+    name, first = next(iter(domain_map["domains"].items()))
+    assert f"| {name} | {first['size']} | " in report
+    assert f"| {first['label']['majority']} | {first['label']['share']:.3f} | " in report
 
 
 def test_a_random_proxy_is_flagged_by_its_fit_against_token_frequencies(demo_assets, first_run):
@@ -229,6 +280,18 @@ def test_config_errors_are_collected():
         "lists a dataset twice" in text and "`dids_projection_dim` must be a positive integer, got 0" in text
     )
     assert "Set the number of domains" in text
+    with pytest.raises(
+        RepartitionConfigError, match="`dids_label_column` must be a non-empty string, got ''"
+    ):
+        parse_repartition_config(
+            {
+                "model_name_or_path": "m",
+                "output_dir": "o",
+                "dataset": "d",
+                "dids_num_domains": 4,
+                "dids_label_column": "",
+            }
+        )
     with pytest.raises(RepartitionConfigError, match="either `dids_num_domains`"):
         parse_repartition_config(
             {
@@ -246,6 +309,25 @@ def test_missing_source_column(demo_assets, tmp_path):
         RepartitionInputError, match=r"`dids_source_column: topic` is not a column of dataset 'demo_code'"
     ):
         run_repartition(small_config(demo_assets, tmp_path / "o", dids_source_column="topic"))
+
+
+def test_missing_or_empty_label(demo_assets, tmp_path):
+    with pytest.raises(
+        RepartitionInputError,
+        match=r"`dids_label_column: domain` is not a column of dataset 'demo_code' \(.*demo_code.json; columns: ",
+    ):
+        run_repartition(small_config(demo_assets, tmp_path / "o", dids_label_column="domain"))
+    row = {"instruction": "Say hi.", "input": "", "output": "hi"}
+    content = json.dumps([{**row, "lang": "en"}, row, {**row, "lang": ""}])
+    data = write_dataset(demo_assets, tmp_path, "unlabelled", content)
+    config = small_config(
+        demo_assets, tmp_path / "o", dataset="unlabelled", dataset_dir=str(data), dids_label_column="lang"
+    )
+    with pytest.raises(
+        RepartitionInputError, match=r"Dataset 'unlabelled' \(.*unlabelled.json\), row 1: no `lang`"
+    ):
+        run_repartition(config)
+    assert not (tmp_path / "o" / "features").exists()
 
 
 def test_empty_source(demo_assets, tmp_path):
