@@ -51,6 +51,7 @@ SCRIPTS: tuple[Script, ...] = (
     Script("components", "components.py"),
     Script("resume", "resume.py", argv=("--nproc", "1", "2")),
     Script("dids_update", "dids_update.py"),
+    Script("cost_model", "cost_model.py"),  # issue 13: DIDS's extra compute in the paper's setting
     Script("fisher", "fisher.py"),  # issue 3: Fisher estimators' fidelity
     Script("gpu_path", "gpu_path.py"),  # issue 7: says so without a GPU
     Script("repartition", "repartition.py"),  # issue 4: repartition throughput

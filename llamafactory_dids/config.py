@@ -216,6 +216,15 @@ class DIDSConfig:
             "gradients are probed either way. Needs the model's causal-LM loss."
         },
     )
+    dids_domain_sketch_dim: int = field(
+        default=0,
+        metadata={
+            "help": "With `dids_domain_gradients: train`: keep each domain's sum of every probed layer only as "
+            "its sparse JL sketch into this many buckets (memory domains x layers x this, instead of domains x "
+            "probed parameters); inner products with the task gradients are preserved in expectation. 0 keeps "
+            "the exact sums. Not with ZeRO-3 or `dids_projection_dim`."
+        },
+    )
     dids_fisher_estimator: str = field(
         default="batch",
         metadata={
@@ -455,6 +464,7 @@ _INT_KEYS: dict[str, tuple[int | None, str]] = {
     "dids_probe_samples": (1, "a positive integer"),
     "dids_fisher_batch_size": (1, "a positive integer"),
     "dids_projection_dim": (0, "0 (exact) or a positive integer"),
+    "dids_domain_sketch_dim": (0, "0 (exact) or a positive integer"),
     "dids_seed": (0, "a non-negative integer"),
 }
 #: `dids_*` reals: key -> interval, written once: the check and the error message both read it
@@ -657,6 +667,19 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
     return cfg
 
 
+def _check_domain_sketch(cfg: DIDSConfig, problems: list[str]) -> None:
+    if cfg.dids_domain_sketch_dim and cfg.dids_domain_gradients != "train":
+        problems.append(
+            "`dids_domain_sketch_dim` sketches train-side domain gradients: add `dids_domain_gradients: train` "
+            "or remove it."
+        )
+    if cfg.dids_domain_sketch_dim and cfg.dids_projection_dim:
+        problems.append(
+            "`dids_domain_sketch_dim` and `dids_projection_dim` are two ways to shrink the impact's gradients; "
+            "set one of them."
+        )
+
+
 def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
     set_keys = [k for k, v in values.items() if v is not None and k != "dids_strategy"]
     if cfg.dids_strategy is None and set_keys and "dids_strategy" not in values:
@@ -698,6 +721,7 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_reference_dir` is only used by {' and '.join(reference_strategies)}, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
+    _check_domain_sketch(cfg, problems)
     if cfg.dids_variant == "reference":
         fixed = [k for k in _reference_fixed_keys() if values.get(k) is not None]
         if fixed:

@@ -120,6 +120,23 @@ def test_split_keys():
         ),
         ({"dids_strategy": "uniform", "dids_seed": -2}, r"`dids_seed` must be a non-negative integer"),
         (
+            {"dids_strategy": "uniform", "dids_domain_gradients": "batch"},
+            r"`dids_domain_gradients` must be one of probe, train, got 'batch'",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_domain_sketch_dim": 64},
+            r"`dids_domain_sketch_dim` sketches train-side domain gradients: add `dids_domain_gradients: train`",
+        ),
+        (
+            {
+                "dids_strategy": "uniform",
+                "dids_domain_gradients": "train",
+                "dids_domain_sketch_dim": 64,
+                "dids_projection_dim": 128,
+            },
+            r"`dids_domain_sketch_dim` and `dids_projection_dim` are two ways .* set one of them",
+        ),
+        (
             {"dids_strategy": "uniform", "dids_on_exhausted": "crash"},
             r"`dids_on_exhausted` must be one of reshuffle, drop",
         ),

@@ -66,6 +66,20 @@ class ImpactAccumulator:
         self.cross[domain] += (task_grads.double() @ weighted).cpu()
         self.domain_sq[domain] += (weighted * g).sum().cpu()
 
+    def add_sketched_domain(
+        self,
+        domain: int,
+        sketches: list[torch.Tensor],
+        task_sketches: list[torch.Tensor],
+        norm_weights: list[float],
+    ) -> None:
+        """Per layer: domain sketch [r]; task sketches of M g_S [m, r]; the weight of |sketch|^2 in
+        |g_D|_M^2 (runtime.domain_gradients: inner products of sketches estimate those of the layers)."""
+        for s, h, w in zip(sketches, task_sketches, norm_weights, strict=True):
+            s = s.double()
+            self.cross[domain] += (h.double() @ s).cpu()
+            self.domain_sq[domain] += (w * (s * s).sum()).cpu()
+
     def all_reduce(self) -> None:
         """Sum the partial terms over ranks (each rank added its shards or its domains)."""
         import torch
@@ -224,6 +238,21 @@ class SparseJLProjection:
         buckets = torch.randint(0, self.dim, (n,), generator=g)
         signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64).mul_(2).sub_(1)
         return buckets.to(device), signs.to(device)
+
+    def block_hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buckets [n], signs [n] float64) of parameter block `block` (keep them to project it repeatedly)."""
+        return self._hash(block, n, device)
+
+    def project_block(
+        self, block: int, x: torch.Tensor, hashed: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """[..., n] -> [..., dim] float64: the projection of parameter block `block` alone (the projection of
+        a list of blocks is the sum of these); `hashed`: its `block_hash`, if kept."""
+        import torch
+
+        buckets, signs = hashed if hashed is not None else self._hash(block, x.shape[-1], x.device)
+        out = torch.zeros(*x.shape[:-1], self.dim, dtype=torch.float64, device=x.device)
+        return out.index_add_(out.dim() - 1, buckets, x.double() * signs)
 
     def project(self, blocks: list[torch.Tensor], spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """Project per-block vectors; returns [..., dim] float64.

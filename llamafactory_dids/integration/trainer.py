@@ -139,6 +139,7 @@ class DIDSTrainerMixin:
             fisher_estimator=cfg.dids_fisher_estimator,
             gradients=gradients,
             domain_gradients=cfg.dids_domain_gradients,
+            domain_sketch_dim=cfg.dids_domain_sketch_dim,
         )
 
     # ------------------------------------------------------------------------------ host overrides

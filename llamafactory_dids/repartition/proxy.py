@@ -245,9 +245,9 @@ def build_proxy_dir(
 
     `check` (default `check_proxy`) verifies a directory's model and tokenizer. A complete directory (its
     marker names the proxy `name`) is verified and reused unless `force`; `load` is then not called.
-    Otherwise `load()` gives the model, its tokenizer and provenance (recorded in the marker); they are saved into a staging folder beside `out_dir`, reloaded from there and verified, the
-    marker is written last, and the folder is renamed to `out_dir` (an old one is replaced only then, with
-    `force`). On any failure the staging folder is removed and `out_dir` is left as it was.
+    Otherwise `load()` gives the model, its tokenizer and provenance (recorded in the marker); they are
+    saved into a staging folder beside `out_dir`, reloaded from there and verified, the marker is written
+    last, and the folder is renamed to `out_dir` (an old one is replaced only then, with `force`). On any failure the staging folder is removed and `out_dir` is left as it was.
 
     Raises:
         ProxyError: from `load`; `out_dir` holds something else (without `force`); verification failed.

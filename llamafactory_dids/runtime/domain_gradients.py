@@ -22,23 +22,36 @@ around the trainer's `training_step`: one micro-batch's forward and backward), s
 gradient checkpointing a block's forward runs again inside the backward; the hooks then see the recomputed
 inputs, and each layer adds a micro-batch once. Under ZeRO-3 the inputs and output gradients are whole on
 every rank, so the sums are too; every rank sums its own rows and the probe all-reduces at the update.
-Memory: k x (probed parameters) float32, plus nothing per row.
+Memory: k x (probed parameters) float32, plus nothing per row. With `sketch_dim` r > 0
+(`dids_domain_sketch_dim`) each layer's sum is kept only as its sparse Johnson-Lindenstrauss sketch (one
+signed bucket of r per coordinate, `algorithms.impact.SparseJLProjection`, regenerated from the seed):
+memory k x layers x r. The micro-batch's [out, in] product per domain is still formed (transiently) and
+then hashed into the sketch. Inner products are preserved in expectation with an error that does not depend
+on the gradients' rank, so the probe sketches each task's M g_S (M = diag(F), or I) with the same buckets
+and takes <g_D, g_S>_M as the sketches' inner product; |g_D|_M^2 uses each layer's mean Fisher in place of
+its diagonal (the cross term, which the default rule reads, is unaffected).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..algorithms.impact import SparseJLProjection
 from ..config import DOMAIN_GRADIENT_SOURCES
 from ..utils import IGNORE_INDEX, atomic_write, rank_and_world
 from .sharding import all_reduce
 
 __all__ = ["DOMAIN_GRADIENT_SOURCES", "STATE_FILE", "DomainGradientHooks"]
 
+#: exact sums above this many bytes are refused: `dids_domain_sketch_dim` keeps k x layers x r instead
+EXACT_BYTES_LIMIT = 4 << 30
+#: a sketch keeps every layer's buckets and signs (8 bytes per probed parameter) up to this size
+HASH_CACHE_BYTES = 512 << 20
 #: accumulated sums in a checkpoint folder (rank 0 writes the sum over ranks)
 STATE_FILE = "dids_domain_gradients.pt"
 
@@ -74,6 +87,9 @@ class DomainGradientHooks:
         num_domains: int,
         shapes: list[tuple[int, ...]],
         device: torch.device,
+        *,
+        sketch_dim: int = 0,
+        seed: int = 0,
     ):
         index = {id(p): i for i, (_, p) in enumerate(params)}
         modules: dict[int, torch.nn.Module] = {}
@@ -89,7 +105,22 @@ class DomainGradientHooks:
             )
         self.num_domains = num_domains
         self.device = device
-        self.sums = [torch.zeros(num_domains, *shape, dtype=torch.float32, device=device) for shape in shapes]
+        exact_bytes = 4 * num_domains * sum(math.prod(shape) for shape in shapes)
+        if sketch_dim <= 0 and exact_bytes > EXACT_BYTES_LIMIT:
+            raise ValueError(
+                f"exact train-side domain gradients would hold {num_domains} domains x "
+                f"{exact_bytes // (4 * num_domains):,} probed parameters = {exact_bytes / 2**30:.1f} GiB per rank: "
+                "set `dids_domain_sketch_dim` (e.g. 4096: a sketch per layer and domain), lower "
+                "`dids_probe_layers_fraction`, or use `dids_domain_gradients: probe`."
+            )
+        self.sketch = SparseJLProjection(sketch_dim, seed) if sketch_dim > 0 else None
+        self.shapes = [tuple(shape) for shape in shapes]
+        self._hashes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache_hashes = 8 * sum(math.prod(shape) for shape in shapes) <= HASH_CACHE_BYTES
+        block_shapes = [tuple(shape) if self.sketch is None else (sketch_dim,) for shape in shapes]
+        self.sums = [
+            torch.zeros(num_domains, *shape, dtype=torch.float32, device=device) for shape in block_shapes
+        ]
         self.rows = torch.zeros(num_domains, dtype=torch.float64, device=device)
         self._batch: _MicroBatch | None = None
         self._handles = [
@@ -145,14 +176,35 @@ class DomainGradientHooks:
         )
         delta = grad.detach().float().reshape(rows, -1, grad.shape[-1]) * weight.float()[:, None, None]
         x = x.float().reshape(rows, -1, x.shape[-1])
-        for d in torch.unique(batch.domains[batch.tokens > 0]).tolist():
+        supervised = batch.tokens > 0
+        hashed = self._block_hash(i) if self.sketch is not None else None
+        for d in torch.unique(batch.domains[supervised]).tolist():
             mine = batch.domains == d
-            self.sums[i][d].addmm_(delta[mine].flatten(0, 1).T, x[mine].flatten(0, 1))
+            if self.sketch is None:
+                self.sums[i][d].addmm_(delta[mine].flatten(0, 1).T, x[mine].flatten(0, 1))
+            else:
+                product = delta[mine].flatten(0, 1).T @ x[mine].flatten(0, 1)
+                self.sums[i][d] += self.sketch.project_block(i, product.flatten(), hashed).float()
+
+    def _block_hash(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's buckets and signs: kept when all layers' fit `HASH_CACHE_BYTES`, else drawn again."""
+        if i in self._hashes:
+            return self._hashes[i]
+        hashed = self.sketch.block_hash(i, math.prod(self.shapes[i]), self.device)
+        if self._cache_hashes:
+            self._hashes[i] = (hashed[0].to(torch.int32), hashed[1].to(torch.float32))
+            return self._hashes[i]
+        return hashed
 
     # --------------------------------------------------------------------------------- update side
     def domain_sums(self, d: int) -> list[torch.Tensor]:
-        """This rank's per-block sums of domain d (views)."""
+        """This rank's per-block sums of domain d (views): [out, in] per layer, or [r_o r_i] sketched."""
         return [s[d] for s in self.sums]
+
+    def sketch_blocks(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Sketch flat per-layer blocks ([..., out * in] -> [..., r]) with this run's buckets."""
+        assert self.sketch is not None
+        return [self.sketch.project_block(i, block) for i, block in enumerate(blocks)]
 
     def total_rows(self) -> torch.Tensor:
         """[k] rows summed over ranks (collective)."""

@@ -106,6 +106,7 @@ class GradientProbe:
         sharded: bool | None = None,
         gradients: bool = True,
         domain_gradients: str = "probe",
+        domain_sketch_dim: int = 0,
     ):
         self.model = model
         self.collate = collate
@@ -118,10 +119,12 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
-        if fisher_estimator not in FISHER_ESTIMATORS:
-            raise ValueError(
-                f"fisher_estimator must be one of {FISHER_ESTIMATORS}, got {fisher_estimator!r}."
-            )
+        for name, value, allowed in (
+            ("fisher_estimator", fisher_estimator, FISHER_ESTIMATORS),
+            ("domain_gradients", domain_gradients, DOMAIN_GRADIENT_SOURCES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
         self.fisher_estimator = fisher_estimator
         self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
         # without gradient signals (a static strategy observing task losses) only forward passes run
@@ -139,25 +142,33 @@ class GradientProbe:
                 for p in (model.parameters() if not gradients else (p for _, p in self.params))
             )
         self.sharded = sharded
-        if domain_gradients not in DOMAIN_GRADIENT_SOURCES:
-            raise ValueError(
-                f"domain_gradients must be one of {DOMAIN_GRADIENT_SOURCES}, got {domain_gradients!r}."
-            )
         # train: the domain side from the training backward's hooks (runtime.domain_gradients)
         self.last_domain_rows = np.zeros(len(self.domain_pools))  # of the latest impact (history records)
-        self.train_gradients = (
-            DomainGradientHooks(model, self.params, len(self.domain_pools), self.shapes, device)
-            if gradients and domain_gradients == "train"
-            else None
-        )
+        self.train_gradients = None
+        if gradients and domain_gradients == "train":
+            if domain_sketch_dim and (self.sharded or self.projection is not None):
+                raise ValueError(
+                    "a domain sketch (`dids_domain_sketch_dim`) works on whole, unprojected task gradients: "
+                    "not under ZeRO-3 and not with `dids_projection_dim` (set one of them to 0)."
+                )
+            self.train_gradients = DomainGradientHooks(
+                model,
+                self.params,
+                len(self.domain_pools),
+                self.shapes,
+                device,
+                sketch_dim=domain_sketch_dim,
+                seed=seed,
+            )
         if gradients:
+            names = ", ".join(n for n, _ in self.params[:4]) + (" ..." if len(self.params) > 4 else "")
             logger.info(
-                "[dids] impact probe over %d tensors (%d parameters%s): %s%s",
+                "[dids] impact probe over %d tensors (%d parameters%s%s): %s",
                 len(self.params),
                 self.num_probe_parameters,
                 ", sharded across ranks" if self.sharded else "",
-                ", ".join(n for n, _ in self.params[:4]),
-                " ..." if len(self.params) > 4 else "",
+                ", domain side from the training backward" if self.train_gradients is not None else "",
+                names,
             )
 
     # ------------------------------------------------------------------------------------- batches
@@ -375,9 +386,8 @@ class GradientProbe:
             del task_means, fisher
             acc = ImpactAccumulator(k, columns, metric=self.metric)
             # Terms are summed over ranks at the end. Sharded without projection: each rank adds its own
-            # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them),
-            # and domain terms are whole on the rank that probed the domain (replicated: its own domains;
-            # sharded + projection: all domains, all-reduced vectors, rank 0 adds them).
+            # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them), and
+            # domain terms whole on the rank that owns the domain (sharded + projection: rank 0).
             every_rank = shards is not None and self.projection is None
             adds_task_terms = every_rank or rank == 0
             adds_domain_terms = every_rank or shards is None or rank == 0
@@ -395,7 +405,12 @@ class GradientProbe:
             if adds_task_terms:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
+            sketched = self._task_sketches(task_blocks, fisher_blocks) if self._sketched else None
             for d, domain_blocks, mine in self._domain_means(update_index, shards):
+                if sketched is not None:  # train-side sketches (never sharded): no collective here
+                    if mine:
+                        acc.add_sketched_domain(d, domain_blocks, *sketched)
+                    continue
                 if self.projection is not None:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
                 if not (adds_domain_terms if shards is not None else mine):
@@ -404,6 +419,20 @@ class GradientProbe:
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()
         return acc
+
+    @property
+    def _sketched(self) -> bool:
+        return self.train_gradients is not None and self.train_gradients.sketch is not None
+
+    def _task_sketches(
+        self, task_blocks: list[torch.Tensor], fisher_blocks: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        """Each layer's sketch of every task's M g_S ([columns, r]; M = diag(F) or I), and
+        the weight of each layer's |sketch|^2 in |g_D|_M^2 (its mean Fisher, or 1)."""
+        fim = self.metric == "fim"
+        weighted = [t * f for t, f in zip(task_blocks, fisher_blocks, strict=True)] if fim else task_blocks
+        weights = [float(f.mean()) if fim else 1.0 for f in fisher_blocks]
+        return self.train_gradients.sketch_blocks(weighted), weights
 
     def _domain_means(self, update_index: int, shards: CoordinateShards | None):
         """Yield (d, flat mean-gradient blocks, whether this rank adds d's terms when replicated) (collective).
@@ -443,7 +472,8 @@ class GradientProbe:
                 self.train_rows(mine), squares=False, filler=self.train_rows(chosen[:1])
             )
             if shards is None:
-                yield d, [g.flatten() / max(num_rows, 1) for g in sums], True
+                blocks = [g.flatten() / max(num_rows, 1) for g in sums]
+                yield d, self.train_gradients.sketch_blocks(blocks) if self._sketched else blocks, True
             else:
                 yield d, self._reduced_mean(sums, num_rows, shards), True
             del sums

@@ -48,8 +48,11 @@ def test_static_mixture_under_zero(demo_assets, tmp_path, stage):
     assert any("dids/loss/demo_code" in log for log in logs)
 
 
-def test_dids_under_zero2_and_zero3_agree(demo_assets, tmp_path):
-    """ZeRO-3 probes sharded parameters (lockstep passes, coordinate slices); it must match ZeRO-2."""
+@pytest.mark.parametrize("source", ["probe", "train"])
+def test_dids_under_zero2_and_zero3_agree(demo_assets, tmp_path, source):
+    """ZeRO-3 probes sharded parameters (lockstep passes, coordinate slices); it must match ZeRO-2. With
+    train-side domain gradients the hooks see whole layer inputs and output gradients under both stages,
+    and the sums are reduce-scattered into ZeRO-3's coordinate slices at the update."""
     histories = {}
     for stage in (2, 3):
         out = tmp_path / f"out{stage}"
@@ -64,6 +67,7 @@ def test_dids_under_zero2_and_zero3_agree(demo_assets, tmp_path):
             dids_update_interval=5,
             dids_budget=80,
             per_device_eval_batch_size=4,
+            dids_domain_gradients=source,
         )
         result = run_train(config, tmp_path / f"run{stage}", nproc=2, env=ENV)
         assert ("sharded across ranks" in result.stdout + result.stderr) == (stage == 3)
@@ -72,6 +76,8 @@ def test_dids_under_zero2_and_zero3_agree(demo_assets, tmp_path):
         assert [r["step"] for r in updates] == [5, 10], stage
         for r in updates:
             assert np.isfinite(r["terms"]["impact"]).all() and abs(sum(r["weights"]) - 1) < 1e-9
+            if source == "train":  # 5 steps x 2 ranks x 4 rows, all from the hooks
+                assert sum(r["terms"]["impact_terms"]["domain_rows"]) == 40, stage
     for z2, z3 in zip(histories[2], histories[3], strict=True):
         # measured: task losses within 2e-8 relative, impacts 2e-7, weights 2e-7
         np.testing.assert_allclose(z3["task_losses"], z2["task_losses"], rtol=1e-5)

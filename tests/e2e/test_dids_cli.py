@@ -62,12 +62,15 @@ def test_planted_target_gains_weight(demo_assets, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("source", ["probe", "train"])
+@pytest.mark.parametrize("source", ["probe", "train", "train+sketch"])
 def test_two_processes_agree_with_one(demo_assets, tmp_path, source):
     """Identical weights on every rank (broadcast), and close to a single-process run on the same data; with
-    train-side domain gradients each rank sums its own rows and the update all-reduces them."""
+    train-side domain gradients (exact or sketched) each rank sums its own rows and the update all-reduces
+    them."""
     single, double = tmp_path / "single", tmp_path / "double"
-    keys = dict(dids_budget=80, dids_domain_gradients=source)
+    keys = dict(dids_budget=80, dids_domain_gradients=source.split("+")[0])
+    if source.endswith("sketch"):
+        keys["dids_domain_sketch_dim"] = 512
     # the same global batch (8) in both runs: 1 x 8 and 2 x 4
     run_train(dids_config(demo_assets, single, per_device_train_batch_size=8, **keys), tmp_path / "a")
     run_train(dids_config(demo_assets, double, **keys), tmp_path / "b", nproc=2)

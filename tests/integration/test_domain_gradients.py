@@ -171,3 +171,71 @@ def test_probed_tensor_outside_a_linear_layer_is_refused():
     params = [("model.embed_tokens.weight", model.model.embed_tokens.weight)]
     with pytest.raises(ValueError, match=r"not a linear layer's weight: \['model.embed_tokens.weight'\]"):
         DomainGradientHooks(model, params, 2, [tuple(params[0][1].shape)], torch.device("cpu"))
+
+
+def test_sketched_sums_are_the_sketch_of_the_exact_sums_and_feed_the_cross_terms():
+    """With `sketch_dim`, each domain's per-layer state is the sparse JL sketch of the exact sum (the sketch is
+    linear), and the probe's cross terms are the sketches' inner products with the same sketch of M g_S;
+    |g_S|_M^2 stays exact. Memory: k x layers x sketch_dim."""
+    from llamafactory_dids.algorithms.impact import SparseJLProjection
+
+    model = tiny_llama()
+    train = padded_rows(24, seed=9, domains=3)
+    pools = [np.flatnonzero([r["domain_ids"] == d for r in train]) for d in range(3)]
+    tasks = [make_rows(5, seed=2), make_rows(6, seed=3)]
+    probe = make_probe(model, train, pools, tasks, domain_gradients="train")
+    exact = probe.train_gradients
+    sketched = DomainGradientHooks(
+        model, probe.params, 3, probe.shapes, torch.device("cpu"), sketch_dim=64, seed=11
+    )
+    assert [tuple(s.shape) for s in sketched.sums] == [(3, 64)] * len(probe.shapes)
+    recorder = install_loss_recorder(model)
+    recorder.scale_sink = lambda grad: (exact.capture_scale(grad), sketched.capture_scale(grad)) and None
+    for rows in (train[:12], train[12:]):
+        batch = collate(rows)
+        domains = torch.tensor([r["domain_ids"] for r in rows])
+        exact.begin_batch(domains, batch["labels"])
+        sketched.begin_batch(domains, batch["labels"])
+        model(**batch).loss.backward()
+        exact.end_batch()
+        sketched.end_batch()
+    jl = SparseJLProjection(64, 11)
+    for i, sums in enumerate(exact.sums):
+        expected = jl.project_block(i, sums.flatten(1)).float()
+        torch.testing.assert_close(
+            sketched.sums[i], expected, rtol=1e-4, atol=1e-6 * expected.abs().max().item()
+        )
+    torch.testing.assert_close(sketched.rows, exact.rows)
+
+    exact_sums = [s.clone() for s in exact.sums]
+    exact_terms = probe.impact_terms(1)  # consumes (and resets) the exact sums
+    probe.train_gradients = sketched
+    got = probe.impact_terms(1)
+    # reference: per layer, <S g_D, S (F g_S)> with the task gradients and Fisher the exact probe used
+    model.eval()
+    params = [p for _, p in probe.params]
+    task_grads = [row_gradients(model, params, r[:4]) for r in tasks]
+    fisher = np.concatenate(task_grads).__pow__(2).mean(axis=0)
+    weighted = np.stack([g.mean(axis=0) for g in task_grads]) * fisher
+    sizes = [int(np.prod(shape)) for shape in probe.shapes]
+    edges = np.cumsum([0, *sizes])
+    counts = np.bincount([r["domain_ids"] for r in train], minlength=3)
+    reference = np.zeros((3, 2))
+    for i in range(len(sizes)):
+        h_task = jl.project_block(i, torch.from_numpy(weighted[:, edges[i] : edges[i + 1]])).numpy()
+        h_domain = jl.project_block(i, exact_sums[i].flatten(1).double()).numpy() / counts[:, None]
+        reference += h_domain @ h_task.T
+    np.testing.assert_allclose(got.cross, reference, rtol=1e-3, atol=1e-9 * np.abs(reference).max())
+    np.testing.assert_allclose(got.task_sq, exact_terms.task_sq, rtol=1e-6)
+
+
+def test_exact_sums_too_large_for_memory_ask_for_a_sketch(monkeypatch):
+    from llamafactory_dids.runtime import domain_gradients
+
+    model = tiny_llama()
+    params = make_probe(model, [], [np.arange(0)] * 2, [], layers_fraction=0.5).params
+    shapes = [tuple(p.shape) for _, p in params]
+    monkeypatch.setattr(domain_gradients, "EXACT_BYTES_LIMIT", 1000)
+    with pytest.raises(ValueError, match="dids_domain_sketch_dim"):
+        DomainGradientHooks(model, params, 2, shapes, torch.device("cpu"))
+    DomainGradientHooks(model, params, 2, shapes, torch.device("cpu"), sketch_dim=4)  # 2 x 8 x 4 floats
