@@ -135,13 +135,8 @@ def c_header_rows(limit: int, seed: int) -> list[dict[str, str]]:
     return rows[:limit]
 
 
-def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff: int):
-    """Token ids and labels of the rows through the product's own input pipeline."""
-    from llamafactory_dids.repartition.config import parse_repartition_config
-    from llamafactory_dids.repartition.inputs import load_inputs
-    from llamafactory_dids.repartition.run import tokenizer_and_template
-
-    data = workdir / "bench_data"
+def write_datasets(rows_by_source: dict[str, list[dict]], data: Path) -> Path:
+    """Alpaca rows as one LLaMA-Factory dataset per source under `data` (with its dataset_info.json)."""
     data.mkdir(parents=True, exist_ok=True)
     info = {}
     for name, rows in rows_by_source.items():
@@ -151,19 +146,41 @@ def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff:
             "columns": {"prompt": "instruction", "query": "input", "response": "output"},
         }
     (data / "dataset_info.json").write_text(json.dumps(info))
-    cfg = parse_repartition_config(
+    return data
+
+
+def bench_config(model_dir: Path | str, data: Path, sources: list[str], cutoff: int, **keys: Any) -> Any:
+    """The product's `RepartitionConfig` of the datasets `sources` under `data` (demo template, one domain
+    per source unless `keys` say otherwise; `keys` are further `dids_*` keys)."""
+    from llamafactory_dids.repartition.config import parse_repartition_config
+
+    return parse_repartition_config(
         {
-            "model_name_or_path": str(assets.model_dir),
-            "dataset": list(rows_by_source),
+            "model_name_or_path": str(model_dir),
+            "dataset": list(sources),
             "dataset_dir": str(data),
             "template": "default",
             "cutoff_len": cutoff,
-            "output_dir": str(workdir / "unused"),
+            "output_dir": str(data.parent / "unused"),
             "dids_domains_per_source": 1,
+            **keys,
         }
     )
+
+
+def product_inputs(cfg: Any) -> tuple[Any, Any]:
+    """(tokenizer, `Inputs`) of a config: the rows through the product's own input pipeline."""
+    from llamafactory_dids.repartition.inputs import load_inputs
+    from llamafactory_dids.repartition.run import tokenizer_and_template
+
     tokenizer, template = tokenizer_and_template(cfg)
-    inputs = load_inputs(cfg, tokenizer, template)
+    return tokenizer, load_inputs(cfg, tokenizer, template)
+
+
+def encode(assets, rows_by_source: dict[str, list[dict]], workdir: Path, cutoff: int):
+    """Token ids and labels of the rows through the product's own input pipeline."""
+    data = write_datasets(rows_by_source, workdir / "bench_data")
+    _, inputs = product_inputs(bench_config(assets.model_dir, data, list(rows_by_source), cutoff))
     keep = np.flatnonzero(inputs.trainable())
     return [inputs.encoded[i] for i in keep], inputs.sources[keep]
 

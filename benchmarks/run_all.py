@@ -55,6 +55,7 @@ SCRIPTS: tuple[Script, ...] = (
     Script("fisher", "fisher.py"),  # issue 3: Fisher estimators' fidelity
     Script("gpu_path", "gpu_path.py"),  # issue 7: says so without a GPU
     Script("repartition", "repartition.py"),  # issue 4: repartition throughput
+    Script("repartition_purity", "repartition_purity.py"),  # issue 15: domains vs hidden kinds of text
     Script("quality", "quality/run.py"),  # issue 6: mixture quality
     Script("baselines", "baselines.py", argv=("--budget", "320", "--updates", "8")),  # issue 5: via `compare`
 )
