@@ -74,10 +74,12 @@ class DomainGradientHooks:
         num_domains: k.
         shapes: each parameter's logical shape (ZeRO-3 keeps an empty tensor; `features.full_shape`).
         device: where the sums live.
+        sketch_dim: 0 keeps exact [out, in] sums; r > 0 keeps each layer's sum as its r-bucket sketch.
+        seed: of the sketch's buckets (the probe sketches the task side with the same seed).
 
     Raises:
         ValueError: if a probed tensor is not the weight of a linear layer (its gradient has no factored
-            form here); name it so the user can narrow the selection or use `dids_domain_gradients: probe`.
+            form here), naming it; if exact sums would exceed `EXACT_BYTES_LIMIT`, naming the sketch key.
     """
 
     def __init__(
