@@ -183,3 +183,26 @@ def test_summary_ratios_are_per_seed_and_figures_fit_run_all():
     assert [f["value"] for f in figures] == pytest.approx([0.9, 0.75, 0.2])
     fields = {"name", "value", "unit", "target", "comparator", "text", "target_text", "command"}
     assert all(set(f) <= fields for f in figures)  # benchmarks/_harness.Figure(**f) accepts them
+
+
+def test_repartition_settings_parse_label_and_configure(tmp_path):
+    from benchmarks.quality.run import parse_repartitions
+
+    assert parse_repartitions("factored:4, semantic:4") == (("factored", 4), ("semantic", 4))
+    for bad in ("tfidf:4", "factored", "factored:0", "semantic:x"):
+        with pytest.raises(SystemExit, match="--repartitions"):
+            parse_repartitions(bad)
+    # the default setting keeps its row label and figure names; others name features and count
+    assert bench.repartition_label("factored", 2) == bench.REPARTITIONED
+    assert bench.repartition_label("semantic", 4) == "dids (repartitioned, semantic x4)"
+    assets = build.QualityAssets(root=tmp_path, model_dir=tmp_path / "m", dataset_dir=tmp_path / "d")
+    ctx = runs.RunContext(assets=assets, setting=runs.Setting(), seed=3, sources=tuple(build.SOURCES))
+    config = runs.repartition_config(
+        ctx, tmp_path / "proxy", tmp_path / "out", features="semantic", domains_per_source=4
+    )
+    assert (config["dids_features"], config["dids_domains_per_source"], config["dids_seed"]) == (
+        "semantic",
+        4,
+        3,
+    )
+    assert runs.repartition_config(ctx, tmp_path / "proxy", tmp_path / "out")["dids_domains_per_source"] == 2

@@ -44,6 +44,8 @@ PRESETS: dict[str, tuple[Sizes, runs.Setting, tuple[int, ...]]] = {
     ),
 }
 REPARTITIONED = "dids (repartitioned)"
+#: the repartition runs by default: (features, domains per source); each trains `dids` once more
+DEFAULT_REPARTITIONS: tuple[tuple[str, int], ...] = (("factored", 2),)
 INIT = "init (no training)"
 
 
@@ -85,6 +87,7 @@ def run_benchmark(
     data_seed: int = 0,
     threads: int = 1,
     repartition: bool = True,
+    repartitions: tuple[tuple[str, int], ...] = DEFAULT_REPARTITIONS,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole benchmark; write `out_dir/quality.json` and `out_dir/quality.md`; return the results."""
@@ -154,9 +157,12 @@ def run_benchmark(
             why = "not available" if repartition else "skipped (--no-repartition)"
             partitions.append({"seed": seed, "error": f"repartition: {why}"})
             continue
-        part, record = _repartition_and_train(ctx, workdir / f"seed{seed}", score, "dids" in strategies)
-        partitions.append(part)
-        records += [record] if record else []
+        for features, per_source in repartitions:
+            part, record = _repartition_and_train(
+                ctx, workdir / f"seed{seed}", score, "dids" in strategies, features, per_source
+            )
+            partitions.append(part)
+            records += [record] if record else []
 
     return report(seeds)
 
@@ -200,16 +206,30 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("=", "-")).strip("_") or "row"
 
 
+def repartition_label(features: str, per_source: int) -> str:
+    """The row label of `dids` trained on one repartition (the default setting keeps the plain label)."""
+    if (features, per_source) == DEFAULT_REPARTITIONS[0]:
+        return REPARTITIONED
+    return f"dids (repartitioned, {features} x{per_source})"
+
+
 def _repartition_and_train(
-    ctx: runs.RunContext, seed_dir: Path, score: Scorer, train_dids: bool
+    ctx: runs.RunContext,
+    seed_dir: Path,
+    score: Scorer,
+    train_dids: bool,
+    features: str = "factored",
+    per_source: int = 2,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Repartition with the seed's uniform model as proxy, score the mix, train dids on the new domains."""
     proxy = ctx.outputs.get("uniform", ctx.assets.model_dir)
-    part_dir = seed_dir / "repartition" / "output"
-    _log(f"seed {ctx.seed}: repartition with proxy {proxy}")
-    config = runs.repartition_config(ctx, proxy, part_dir)
-    part = {**runs.run_repartition(config, seed_dir / "repartition", ctx.setting.threads), "seed": ctx.seed}
-    part["proxy"] = str(proxy)
+    label = repartition_label(features, per_source)
+    folder = "repartition" if label == REPARTITIONED else _slug(f"repartition_{features}_{per_source}")
+    part_dir = seed_dir / folder / "output"
+    _log(f"seed {ctx.seed}: repartition ({features}, {per_source} per source) with proxy {proxy}")
+    config = runs.repartition_config(ctx, proxy, part_dir, features=features, domains_per_source=per_source)
+    part = {**runs.run_repartition(config, seed_dir / folder, ctx.setting.threads), "seed": ctx.seed}
+    part.update(proxy=str(proxy), features=features, domains_per_source=per_source)
     if "error" in part:
         return part, None
     mixed = train_name("mixed")
@@ -222,21 +242,22 @@ def _repartition_and_train(
         return part, None
     if not train_dids:
         return part, None
-    record: dict[str, Any] = {"label": REPARTITIONED, "strategy": "dids", "seed": ctx.seed}
-    _log(f"seed {ctx.seed}: training dids on the repartitioned domains")
+    record: dict[str, Any] = {"label": label, "strategy": "dids", "seed": ctx.seed}
+    _log(f"seed {ctx.seed}: training {label}")
+    run_dir = seed_dir / ("dids_repartitioned" if label == REPARTITIONED else _slug(label))
     try:
-        data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, seed_dir / "repartitioned_data")
+        data_dir = runs.repartitioned_dataset_dir(ctx, part_dir, run_dir.with_name(run_dir.name + "_data"))
     except (OSError, ValueError, KeyError) as exc:
         return part, {**record, "error": str(exc)}
     config = runs.training_config(
         ctx,
-        seed_dir / "dids_repartitioned" / "output",
+        run_dir / "output",
         runs.strategy_keys("dids", ctx),
         dataset="dids_repartitioned",
         dataset_dir=str(data_dir),
         dids_domain_column="dids_domain",
     )
-    record.update(runs.run_training(config, seed_dir / "dids_repartitioned", ctx.setting.threads))
+    record.update(runs.run_training(config, run_dir, ctx.setting.threads))
     if "error" not in record:
         record["losses"] = score(Path(record["output_dir"]))
         record["task_source_share"] = _task_source_share(record, _domain_sources(part_dir))
@@ -328,7 +349,8 @@ def format_markdown(results: dict[str, Any]) -> str:
     for part in results["repartition"]:
         if "purity" in part:
             lines.append(
-                f"Repartition (seed {part['seed']}): purity {part['purity']:.3f}, ARI {part['ari']:.3f} of the "
+                f"Repartition (seed {part['seed']}, {part.get('features', 'factored')} x"
+                f"{part.get('domains_per_source', 2)}): purity {part['purity']:.3f}, ARI {part['ari']:.3f} of the "
                 f"{len(part['clusters'])} clusters over the {part['rows']} rows of the mixed source; clusters: "
                 + "; ".join(f"{c}: {kinds}" for c, kinds in part["clusters"].items())
             )
@@ -351,6 +373,12 @@ def format_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _setting_suffix(part: dict[str, Any]) -> str:
+    """`, semantic x4` for a repartition other than the default (figure names stay as they were)."""
+    setting = (part.get("features", "factored"), part.get("domains_per_source", 2))
+    return "" if setting == DEFAULT_REPARTITIONS[0] else f", {setting[0]} x{setting[1]}"
+
+
 def figure_records(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Informational figures (the fields of benchmarks/_figures.Figure): each ratio, purity and ARI."""
     records = []
@@ -369,6 +397,11 @@ def figure_records(results: dict[str, Any]) -> list[dict[str, Any]]:
         for key in ("purity", "ari"):
             if key in part:
                 records.append(
-                    {"name": f"repartition {key} on the hidden mix (seed {part['seed']})", "value": part[key]}
+                    {
+                        "name": f"repartition {key} on the hidden mix (seed {part['seed']}"
+                        + _setting_suffix(part)
+                        + ")",
+                        "value": part[key],
+                    }
                 )
     return records

@@ -42,7 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="OMP threads per training process (0: torch default)"
     )
     parser.add_argument("--no-repartition", action="store_true", help="skip `llamafactory-dids repartition`")
+    parser.add_argument(
+        "--repartitions",
+        default="factored:2",
+        help="comma list of FEATURES:N (N domains per source; features factored, exact or semantic): one "
+        "repartition each, and dids trained on each (e.g. factored:4,semantic:4)",
+    )
     return parser
+
+
+def parse_repartitions(text: str) -> tuple[tuple[str, int], ...]:
+    """`factored:4,semantic:4` -> (("factored", 4), ("semantic", 4))."""
+    from llamafactory_dids.repartition.config import FEATURES
+
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        features, _, count = item.partition(":")
+        if features not in FEATURES or not count.isdigit() or int(count) < 1:
+            raise SystemExit(
+                f"--repartitions: {item!r} is not FEATURES:N with FEATURES one of {FEATURES} and N >= 1."
+            )
+        out.append((features, int(count)))
+    return tuple(out)
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -54,6 +75,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         data_seed=args.data_seed,
         threads=args.threads,
         repartition=not args.no_repartition,
+        repartitions=parse_repartitions(args.repartitions),
         workdir=args.workdir,
     )
 

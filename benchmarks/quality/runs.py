@@ -234,8 +234,16 @@ def repartition_available() -> bool:
     return proc.returncode == 0
 
 
-def repartition_config(ctx: RunContext, proxy_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """The repartition YAML (CLI contract): every training source, each split in `domains_per_source`."""
+def repartition_config(
+    ctx: RunContext,
+    proxy_dir: Path,
+    output_dir: Path,
+    *,
+    features: str = "factored",
+    domains_per_source: int | None = None,
+) -> dict[str, Any]:
+    """The repartition YAML (CLI contract): every training source, each split in `domains_per_source`
+    (default: the setting's), clustered on `features` (`factored` gradients or `semantic` embeddings)."""
     s = ctx.setting
     return {
         "model_name_or_path": str(proxy_dir),
@@ -244,7 +252,8 @@ def repartition_config(ctx: RunContext, proxy_dir: Path, output_dir: Path) -> di
         "template": "default",
         "cutoff_len": s.cutoff_len,
         "output_dir": str(output_dir),
-        "dids_domains_per_source": s.domains_per_source,
+        "dids_domains_per_source": domains_per_source or s.domains_per_source,
+        "dids_features": features,
         "dids_seed": ctx.seed,
     }
 

@@ -294,6 +294,49 @@ def resolve_components(variant: str, **given: Any) -> dict[str, Any]:
     }
 
 
+def _trajectory_and_weights(
+    hist: np.ndarray, spec: Mapping[str, Any], reference: bool, use_trajectory: bool, horizon: float
+) -> tuple[np.ndarray, np.ndarray, list[bool], np.ndarray]:
+    """l_c, l_p, whether each l_p came from a fit, and the task weights w (eq. 14-16)."""
+    m = hist.shape[1]
+    l_c, l_p, fit_ok = trajectory_terms(
+        hist,
+        use_trajectory=use_trajectory,
+        horizon=horizon,
+        min_points=REFERENCE_MIN_POINTS if reference else None,
+    )
+    if reference and hist.shape[0] < 2:  # round 0 of the reference code: impacts alone
+        return l_c, l_p, fit_ok, np.full(m, 1.0 / m)
+    w = task_weights(l_c, l_p, hist[-1], spec["task_weighting"])
+    if reference:
+        w = w / m  # the reference code averages over tasks
+    return l_c, l_p, fit_ok, w
+
+
+def _evidence_utility(
+    evidence: Evidence, scores: np.ndarray, base: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The `evidence` normaliser's utility [k]: the task-weighted mean of the significant columns' z'."""
+    k = scores.shape[0]
+    extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
+    shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
+    # tasks without significant evidence drop out of the weighting instead of diluting the others
+    live = np.abs(shrunk).max(axis=0) > 0
+    total = w[live].sum()
+    utility = shrunk @ w / total if live.any() and total > 0 else np.zeros(k)
+    extra["live_tasks"] = live.tolist()
+    return utility, extra
+
+
+def _normalise(utility: np.ndarray, spec: Mapping[str, Any], base: np.ndarray, reference: bool) -> np.ndarray:
+    """p̂ from the utilities: prior x exp(u / T) (softmax, evidence) or clamp-and-divide."""
+    if spec["normaliser"] in ("softmax", "evidence"):
+        return softmax(utility, spec["temperature"], base)
+    if spec["normaliser"] == "clamp":
+        return clamp_normalise(utility, REFERENCE_NEGATIVE_FLOOR if reference else 0.0)
+    raise ValueError(f"normaliser must be one of {NORMALISERS}, got {spec['normaliser']!r}.")
+
+
 def dids_update(
     weights: np.ndarray,
     terms: ImpactTerms,
@@ -345,45 +388,18 @@ def dids_update(
 
     scores = impact_scores(terms, spec["impact"], pool_control=spec["pool_control"])
     reference = variant == "reference"
-    l_c, l_p, fit_ok = trajectory_terms(
-        hist,
-        use_trajectory=use_trajectory,
-        horizon=horizon,
-        min_points=REFERENCE_MIN_POINTS if reference else None,
-    )
-    if reference and hist.shape[0] < 2:  # round 0 of the reference code: impacts alone
-        w = np.full(m, 1.0 / m)
-    else:
-        w = task_weights(l_c, l_p, hist[-1], spec["task_weighting"])
-        if reference:
-            w = w / m  # the reference code averages over tasks
+    l_c, l_p, fit_ok, w = _trajectory_and_weights(hist, spec, reference, use_trajectory, horizon)
     extra: dict[str, Any] = {}
     if spec["normaliser"] == "evidence":
         if evidence is None:
             raise ValueError("the evidence normaliser needs its `Evidence` accumulator.")
-        extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
-        shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
-        # tasks without significant evidence drop out of the weighting instead of diluting the others
-        live = np.abs(shrunk).max(axis=0) > 0
-        total = w[live].sum()
-        utility = shrunk @ w / total if live.any() and total > 0 else np.zeros(k)
-        extra["live_tasks"] = live.tolist()
-        if spec["importance_correction"]:
-            utility = utility / np.maximum(p, min_probability)
+        utility, extra = _evidence_utility(evidence, scores, base, w)
     else:
         utility = scores @ w
-        if spec["importance_correction"]:
-            utility = utility / np.maximum(p, min_probability)
+    if spec["importance_correction"]:
+        utility = utility / np.maximum(p, min_probability)
     utility = np.nan_to_num(utility, nan=0.0, posinf=0.0, neginf=0.0)
-
-    if spec["normaliser"] == "softmax":
-        p_hat = softmax(utility, spec["temperature"], base)
-    elif spec["normaliser"] == "clamp":
-        p_hat = clamp_normalise(utility, REFERENCE_NEGATIVE_FLOOR if reference else 0.0)
-    elif spec["normaliser"] == "evidence":
-        p_hat = softmax(utility, spec["temperature"], base)
-    else:
-        raise ValueError(f"normaliser must be one of {NORMALISERS}, got {spec['normaliser']!r}.")
+    p_hat = _normalise(utility, spec, base, reference)
     new = spec["beta"] * p + (1.0 - spec["beta"]) * p_hat
     new = new / new.sum()
     if spec["smoothing"] > 0:
