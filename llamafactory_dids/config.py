@@ -274,6 +274,16 @@ class DIDSConfig:
         default=None,
         metadata={"help": "`dids` component: divide utilities by p_{t-1} (eq. 16). Unset: the variant's."},
     )
+    dids_task_combination: str | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component, with `dids_normaliser: evidence`: how the tasks' evidence makes one "
+            "mixture. `live`: the task-weighted mean of the significant columns (tasks without evidence drop "
+            "out); `weighted`: the task-weighted mean over every task (no evidence counts as zero); `split`: "
+            "each task spends its weight's share of the budget by its own evidence (the prior where it has "
+            "none). Unset: the variant's."
+        },
+    )
     dids_prior: str | None = field(
         default=None,
         metadata={
@@ -507,6 +517,7 @@ def _choice_keys() -> dict[str, tuple[str, ...]]:
         "dids_impact": rule.IMPACT_FORMS,
         "dids_task_weighting": rule.TASK_WEIGHTINGS,
         "dids_prior": rule.PRIORS,
+        "dids_task_combination": rule.COMBINATIONS,
     }
 
 

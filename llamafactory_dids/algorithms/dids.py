@@ -50,6 +50,7 @@ IMPACT_FORMS = ("distance", "similarity", "cosine")
 NORMALISERS = ("softmax", "clamp", "evidence")
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
+COMBINATIONS = ("live", "weighted", "split")
 
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -59,6 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "relative",
         "importance_correction": False,
         "normaliser": "evidence",
+        "combination": "live",
         "prior": "uniform",  # docs/dids.md, "The prior": natural lost to uniform where evidence came late
         "beta": 0.1,
         "smoothing": 0.05,
@@ -70,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "absolute",
         "importance_correction": True,
         "normaliser": "softmax",
+        "combination": "weighted",
         "prior": "uniform",
         "beta": 0.1,
         "smoothing": 0.0,
@@ -81,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "absolute",
         "importance_correction": True,
         "normaliser": "clamp",
+        "combination": "weighted",
         "prior": "uniform",
         "beta": 0.2,
         "smoothing": 0.0,
@@ -314,18 +318,25 @@ def _trajectory_and_weights(
 
 
 def _evidence_utility(
-    evidence: Evidence, scores: np.ndarray, base: np.ndarray, w: np.ndarray
+    evidence: Evidence, scores: np.ndarray, base: np.ndarray, w: np.ndarray, spec: Mapping[str, Any]
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """The `evidence` normaliser's utility [k]: the task-weighted mean of the significant columns' z'."""
-    k = scores.shape[0]
+    """The `evidence` normaliser's utility [k] from the tasks' z' (`combination`, module docstring)."""
+    k, m = scores.shape
     extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
     shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
-    # tasks without significant evidence drop out of the weighting instead of diluting the others
     live = np.abs(shrunk).max(axis=0) > 0
-    total = w[live].sum()
-    utility = shrunk @ w / total if live.any() and total > 0 else np.zeros(k)
     extra["live_tasks"] = live.tolist()
-    return utility, extra
+    weight = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+    if spec["combination"] == "split":
+        # each task spends its weight's share of the budget by its own evidence (the prior where it has
+        # none); returned as the utility whose prior x exp(u / T) is that mixture
+        per_task = np.stack([softmax(shrunk[:, j], spec["temperature"], base) for j in range(m)], axis=1)
+        return spec["temperature"] * np.log(np.clip(per_task @ weight, 1e-300, None) / base), extra
+    if spec["combination"] == "weighted":  # a task without evidence pulls towards the prior by its weight
+        return shrunk @ weight, extra
+    # `live`: tasks without significant evidence drop out of the weighting instead of diluting the others
+    total = w[live].sum()
+    return (shrunk @ w / total if live.any() and total > 0 else np.zeros(k)), extra
 
 
 def _normalise(utility: np.ndarray, spec: Mapping[str, Any], base: np.ndarray, reference: bool) -> np.ndarray:
@@ -348,6 +359,7 @@ def dids_update(
     task_weighting: str | None = None,
     importance_correction: bool | None = None,
     normaliser: str | None = None,
+    combination: str | None = None,
     prior: np.ndarray | None = None,
     beta: float | None = None,
     smoothing: float | None = None,
@@ -375,6 +387,7 @@ def dids_update(
         task_weighting=task_weighting,
         importance_correction=importance_correction,
         normaliser=normaliser,
+        combination=combination,
         beta=beta,
         smoothing=smoothing,
         temperature=temperature,
@@ -393,7 +406,7 @@ def dids_update(
     if spec["normaliser"] == "evidence":
         if evidence is None:
             raise ValueError("the evidence normaliser needs its `Evidence` accumulator.")
-        utility, extra = _evidence_utility(evidence, scores, base, w)
+        utility, extra = _evidence_utility(evidence, scores, base, w, spec)
     else:
         utility = scores @ w
     if spec["importance_correction"]:
@@ -435,6 +448,7 @@ class DIDSStrategy(MixingStrategy):
         "task_weighting": "dids_task_weighting",
         "importance_correction": "dids_importance_correction",
         "normaliser": "dids_normaliser",
+        "combination": "dids_task_combination",
         "prior": "dids_prior",
         "beta": "dids_ema_beta",
         "smoothing": "dids_smoothing",
@@ -454,6 +468,7 @@ class DIDSStrategy(MixingStrategy):
         task_weighting: str | None = None,
         importance_correction: bool | None = None,
         normaliser: str | None = None,
+        combination: str | None = None,
         prior: str | None = None,
         beta: float | None = None,
         smoothing: float | None = None,
@@ -470,6 +485,7 @@ class DIDSStrategy(MixingStrategy):
             "task_weighting": task_weighting,
             "importance_correction": importance_correction,
             "normaliser": normaliser,
+            "combination": combination,
             "beta": beta,
             "smoothing": smoothing,
             "temperature": temperature,

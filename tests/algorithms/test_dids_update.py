@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from llamafactory_dids.algorithms.dids import (
+    COMBINATIONS,
     EVIDENCE_FALSE_POSITIVE,
     NORMALISERS,
     VARIANTS,
@@ -442,4 +443,49 @@ def test_config_reads_the_rule_tables():
     # every component a `reference` run takes from the authors' code, beta excepted, is refused as a key
     assert set(config.REFERENCE_FIXED_KEYS) == {
         f"dids_{c}" for c in ("impact", "pool_control", "task_weighting", "importance_correction")
-    } | {"dids_normaliser", "dids_prior", "dids_smoothing", "dids_temperature"}
+    } | {"dids_normaliser", "dids_prior", "dids_smoothing", "dids_temperature", "dids_task_combination"}
+
+
+def _naive_p_hat(z: np.ndarray, w: np.ndarray, base: np.ndarray, temperature: float, combination: str):
+    """Reference for the evidence normaliser's p̂ from z' [k, m], written with loops."""
+    k, m = z.shape
+
+    def tilt(u):
+        e = [base[i] * np.exp(u[i] / temperature) for i in range(k)]
+        return np.array(e) / sum(e)
+
+    live = [j for j in range(m) if any(z[i, j] != 0 for i in range(k))]
+    if combination == "split":
+        return sum(w[j] / w.sum() * tilt(z[:, j]) for j in range(m))
+    tasks = live if combination == "live" else list(range(m))
+    if not tasks:
+        return base.copy()
+    total = sum(w[j] for j in tasks)
+    return tilt([sum(w[j] * z[i, j] for j in tasks) / total for i in range(k)])
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_task_combinations_match_a_naive_reference(combination):
+    """live / weighted / split give the p̂ of a loop reference, and split keeps a silent task's share at the
+    prior: with task 0 pointing at domain 0 and task 1 flat, domain 0 gets at most w_0 + w_1 prior_0."""
+    domains, tasks, _ = toy_world(seed=3)
+    flat = np.zeros((1, tasks.shape[1]))  # a task no domain serves: every cross term 0
+    terms = terms_from_gradients(domains, np.concatenate([tasks, flat]))
+    prior = np.array([0.1, 0.3, 0.2, 0.2, 0.2])
+    evidence = Evidence(5, decay=0.85)
+    p = prior.copy()
+    history = [[3.0 - 0.2 * t, 2.0 - 0.05 * t] for t in range(9)]
+    for t in range(1, 9):
+        p, record = dids_update(
+            p, terms, history[: t + 1], combination=combination, prior=prior, evidence=evidence
+        )
+        z, w = np.asarray(record["z_shrunk"]), np.asarray(record["task_weights"])
+        expected = _naive_p_hat(z, w, prior, VARIANTS["directional"]["temperature"], combination)
+        np.testing.assert_allclose(record["p_hat"], expected, rtol=1e-9, atol=1e-12)
+    assert record["live_tasks"] == [True, False]
+    if combination == "split":
+        share = w / w.sum()
+        assert record["p_hat"][0] <= share[0] + share[1] * prior[0] + 1e-12
+        assert record["p_hat"][0] > share[0] * 0.9  # the live task spends its share on its domain
+    if combination == "live":  # the silent task drops out: the live one decides alone
+        assert record["p_hat"][0] > 0.95
