@@ -324,16 +324,15 @@ def _proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="train the embedded tiny default end to end (no downloads)")
     demo.add_argument("--config", default=str(DEMO_YAML), help="training YAML (default: %(default)s)")
     demo.add_argument("--workdir", default=str(DEMO_WORKDIR), help="where assets go (default: %(default)s)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides passed to llamafactory-cli train")
     demo.set_defaults(func=_demo)
 
+
+def _add_keys_parser(sub) -> None:
     keys = sub.add_parser("keys", help="list the keys of a config with their defaults and help")
     keys.add_argument(
         "config_kind",
@@ -345,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--json", action="store_true")
     keys.set_defaults(func=_keys)
 
+
+def _add_evaluation_parsers(sub) -> None:
     from .evaluation.config import EVAL_KEYS, OBSERVE_KEYS, EvalConfig, ObserveConfig
 
     _add_evaluation_parser(
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "eval", EvalConfig, EVAL_KEYS["bools"], "score a trained output with lm-evaluation-harness"
     )
 
+
+def _add_report_parser(sub) -> None:
     report = sub.add_parser("report", help="PNG figures and a markdown summary of a run's mixture")
     report.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
     report.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_report)")
@@ -369,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=_report)
 
+
+def _add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="the learned mixture as JSON + YAML for another run")
     export.add_argument("output_dir", help="the training run's output_dir (holds history.jsonl)")
     export.add_argument("--out", default=None, help="where to write (default: OUTPUT_DIR/dids_export)")
@@ -395,12 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(func=_export)
 
+
+def _add_compare_parser(sub) -> None:
     compare = sub.add_parser("compare", help="train several strategies on one YAML and print one table")
     compare.add_argument("config", help="training YAML with dids_target_datasets (and update interval)")
     compare.add_argument("--strategies", nargs="+", required=True, help="e.g. uniform dids dga doge")
     compare.add_argument("overrides", nargs="*", help="key=value overrides applied to every run")
     compare.set_defaults(func=_compare)
 
+
+def _add_repartition_parser(sub) -> None:
     repartition = sub.add_parser(
         "repartition",
         help="split a dataset into gradient-based domains (proxy model)",
@@ -412,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     repartition.add_argument("overrides", nargs="*", help="key=value overrides of the YAML")
     repartition.set_defaults(func=_repartition)
 
+
+def _add_proxy_parser(sub) -> None:
     from .repartition.proxy import PROXIES
 
     proxy = sub.add_parser(
@@ -426,6 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("out_dir", help="the model directory to write (or reuse)")
     proxy.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR holds a complete proxy")
     proxy.set_defaults(func=_proxy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamafactory-dids", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    # subcommands in the order `--help` lists them
+    for add in (
+        _add_demo_parser,
+        _add_keys_parser,
+        _add_evaluation_parsers,
+        _add_report_parser,
+        _add_export_parser,
+        _add_compare_parser,
+        _add_repartition_parser,
+        _add_proxy_parser,
+    ):
+        add(sub)
     return parser
 
 

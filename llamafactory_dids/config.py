@@ -615,13 +615,8 @@ def parse_keys(
             problems.append(f"`{key}` is required: {helps[key]}")
 
 
-def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
-    """Build a validated `DIDSConfig` from the popped `dids_*` keys.
-
-    Raises:
-        DIDSConfigError: listing every unknown key and every invalid value at once.
-    """
-    problems: list[str] = []
+def _known_values(raw: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The known `dids_*` keys of `raw` with their values; each unknown key goes to `problems`."""
     known = known_keys()
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -631,9 +626,10 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             )
         else:
             values[key] = value
+    return values
 
-    cfg = DIDSConfig()
 
+def _parse_strategy(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[str]) -> None:
     strategy = values.get("dids_strategy")
     if strategy is not None:
         if not isinstance(strategy, str) or strategy.lower() not in _strategy_names():
@@ -644,9 +640,8 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
         else:
             cfg.dids_strategy = strategy.lower()
 
-    if "dids_static_weights" in values:
-        cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
 
+def _parse_targets(values: Mapping[str, Any], cfg: DIDSConfig, problems: list[str]) -> None:
     targets = values.get("dids_target_datasets")
     if targets is not None:
         names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else targets
@@ -660,6 +655,22 @@ def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
             )
         else:
             cfg.dids_target_datasets = [n.strip() for n in names]
+
+
+def parse_dids_config(raw: Mapping[str, Any]) -> DIDSConfig:
+    """Build a validated `DIDSConfig` from the popped `dids_*` keys.
+
+    Raises:
+        DIDSConfigError: listing every unknown key and every invalid value at once.
+    """
+    problems: list[str] = []
+    values = _known_values(raw, problems)
+
+    cfg = DIDSConfig()
+    _parse_strategy(values, cfg, problems)
+    if "dids_static_weights" in values:
+        cfg.dids_static_weights = _parse_weights(values["dids_static_weights"], problems)
+    _parse_targets(values, cfg, problems)
 
     parse_keys(
         values,
@@ -691,7 +702,8 @@ def _check_domain_sketch(cfg: DIDSConfig, problems: list[str]) -> None:
         )
 
 
-def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
+def _check_strategy_keys(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
+    """Keys without a strategy, and the static weights against the strategy."""
     set_keys = [k for k, v in values.items() if v is not None and k != "dids_strategy"]
     if cfg.dids_strategy is None and set_keys and "dids_strategy" not in values:
         problems.append(
@@ -709,6 +721,10 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_static_weights` is only used by `dids_strategy: static`, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
+
+
+def _check_dynamic_strategy(cfg: DIDSConfig, problems: list[str]) -> None:
+    """What a strategy that updates the mixture needs: target datasets and an update schedule."""
     if cfg.dids_strategy in _strategy_names(dynamic=True):
         name = cfg.dids_strategy
         if not cfg.dids_target_datasets:
@@ -721,6 +737,9 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
                 f"`dids_strategy: {name}` updates the mixture during training: set `dids_update_interval` "
                 "(optimizer steps) or `dids_num_updates` (updates over the run; the paper used 25 to 95)."
             )
+
+
+def _check_reference_dir(cfg: DIDSConfig, problems: list[str]) -> None:
     reference_strategies = _strategy_names(reference=True)
     if cfg.dids_strategy in reference_strategies and cfg.dids_reference_dir is None:
         problems.append(
@@ -732,7 +751,10 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
             f"`dids_reference_dir` is only used by {' and '.join(reference_strategies)}, but the strategy is "
             f"{cfg.dids_strategy!r}. Remove it or switch the strategy."
         )
-    _check_domain_sketch(cfg, problems)
+
+
+def _check_variant(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
+    """Keys the `reference` variant fixes; the pool control's need for cosine impacts."""
     if cfg.dids_variant == "reference":
         fixed = [k for k in _reference_fixed_keys() if values.get(k) is not None]
         if fixed:
@@ -748,6 +770,14 @@ def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: li
                 f"({'`dids_impact`' if cfg.dids_impact else f'the `{cfg.dids_variant}` variant'}). "
                 "Add `dids_impact: cosine`, or remove `dids_pool_control`."
             )
+
+
+def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
+    _check_strategy_keys(cfg, values, problems)
+    _check_dynamic_strategy(cfg, problems)
+    _check_reference_dir(cfg, problems)
+    _check_domain_sketch(cfg, problems)
+    _check_variant(cfg, values, problems)
     if cfg.dids_update_interval is not None and cfg.dids_num_updates is not None:
         problems.append("Set either `dids_update_interval` (steps) or `dids_num_updates`, not both.")
     weights = cfg.dids_static_weights

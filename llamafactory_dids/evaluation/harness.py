@@ -214,23 +214,20 @@ def default_output_path(config: EvalConfig) -> Path:
     return (model if model.is_dir() else Path(".")) / RESULTS_FILE
 
 
-def run_evaluation(config: EvalConfig) -> Path:
-    """Evaluate `config.model_name_or_path` on `config.tasks`; write and return the results JSON."""
-    lm_eval = require_lm_eval()
-    import torch
-    from lm_eval.utils import handle_non_serializable
-
-    spec = resolve_model(config.model_name_or_path, config.base_model_name_or_path)
-    backend = select_backend(config.backend, has_vllm=vllm_installed(), has_cuda=torch.cuda.is_available())
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_chat_template(spec, config)
-
-    manager = task_manager(config.include_path, config.include_builtin_tasks)
+def _observations(config: EvalConfig) -> tuple[Path | None, dict[str, dict[str, Any]]]:
+    """The observation manifest (None: not found) and its leaf tasks' entries."""
     manifest_path = find_manifest(config)
     observed = _observed_leaves(read_manifest(manifest_path)) if manifest_path else {}
     if manifest_path is None:
         logger.warning("No observation manifest given or found next to the run: disjointness not checked.")
+    return manifest_path, observed
 
+
+def _plan_samples(
+    config: EvalConfig, manager: Any, observed: dict[str, dict[str, Any]]
+) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """Doc ids to score of each leaf task that leaves some out (lm-eval's `samples`), and every leaf's
+    disjointness record."""
     samples: dict[str, list[int]] = {}
     checks: dict[str, Any] = {}
     for leaves in load_leaf_tasks(manager, config.tasks).values():
@@ -241,6 +238,35 @@ def run_evaluation(config: EvalConfig) -> Path:
             )
             if len(ids) < len(split.docs):
                 samples[leaf] = ids
+    return samples, checks
+
+
+def _write_results(path: Path, out: dict[str, Any], logged: dict[str, list[dict]], log_samples: bool) -> None:
+    """The results JSON at `path` and, with `log_samples`, the per-doc records beside it."""
+    from lm_eval.utils import handle_non_serializable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=handle_non_serializable) + "\n", encoding="utf-8")
+    if log_samples:
+        with open(path.with_name(SAMPLES_FILE), "w", encoding="utf-8") as f:
+            for leaf, rows in logged.items():
+                for row in rows:
+                    f.write(json.dumps({"task": leaf, **row}, default=handle_non_serializable) + "\n")
+
+
+def run_evaluation(config: EvalConfig) -> Path:
+    """Evaluate `config.model_name_or_path` on `config.tasks`; write and return the results JSON."""
+    lm_eval = require_lm_eval()
+    import torch
+
+    spec = resolve_model(config.model_name_or_path, config.base_model_name_or_path)
+    backend = select_backend(config.backend, has_vllm=vllm_installed(), has_cuda=torch.cuda.is_available())
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_chat_template(spec, config)
+
+    manager = task_manager(config.include_path, config.include_builtin_tasks)
+    manifest_path, observed = _observations(config)
+    samples, checks = _plan_samples(config, manager, observed)
 
     batch_size: int | str = int(config.batch_size) if config.batch_size.isdigit() else config.batch_size
     results = lm_eval.simple_evaluate(
@@ -280,13 +306,7 @@ def run_evaluation(config: EvalConfig) -> Path:
             "tasks": checks,
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=handle_non_serializable) + "\n", encoding="utf-8")
-    if config.log_samples:
-        with open(path.with_name(SAMPLES_FILE), "w", encoding="utf-8") as f:
-            for leaf, rows in logged.items():
-                for row in rows:
-                    f.write(json.dumps({"task": leaf, **row}, default=handle_non_serializable) + "\n")
+    _write_results(path, out, logged, config.log_samples)
     _print_table(out)
     print(f"[dids] eval: results -> {path}")
     return path

@@ -80,6 +80,39 @@ def _draw(pool: list[tuple[str, int]], n: int, seed: int, name: str) -> list[tup
     return sorted(chosen)
 
 
+def _doc_pool(
+    leaves: dict[str, Any], allow_test_split: bool
+) -> tuple[dict[str, tuple[Any, Any]], list[tuple[str, int]], list[str]]:
+    """Each leaf task's (task, observation split), the (leaf, doc id) pool of all their docs, the split notes."""
+    splits, pool, notes = {}, [], []
+    for leaf, task in leaves.items():
+        split, note = observation_split(task, allow_test_split)
+        splits[leaf] = (task, split)
+        pool.extend((leaf, i) for i in range(len(split.docs)))
+        if note:
+            notes.append(note)
+            logger.warning(note)
+    return splits, pool, notes
+
+
+def _render_rows(
+    splits: dict[str, tuple[Any, Any]], chosen: list[tuple[str, int]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The alpaca rows of the `chosen` (leaf, doc id) docs, and per leaf the manifest entry of the docs used."""
+    rows, used = [], {}
+    for leaf, doc_id in chosen:
+        task, split = splits[leaf]
+        doc = split.docs[doc_id]
+        prompt, response = render_doc(task, doc)
+        rows.append({"instruction": prompt, "input": "", "output": response, "task": leaf, "doc_id": doc_id})
+        entry = used.setdefault(
+            leaf, {"split": split.split, "role": split.role, "doc_ids": [], "doc_hashes": []}
+        )
+        entry["doc_ids"].append(doc_id)
+        entry["doc_hashes"].append(doc_hash(doc))
+    return rows, used
+
+
 def build_observation_sets(config: ObserveConfig) -> Path:
     """Write the observation datasets, their dataset_info.json entries and the manifest.
 
@@ -98,27 +131,8 @@ def build_observation_sets(config: ObserveConfig) -> Path:
     }
     info_entries: dict[str, dict] = {}
     for name, leaves in load_leaf_tasks(manager, config.tasks).items():
-        splits, pool, notes = {}, [], []
-        for leaf, task in leaves.items():
-            split, note = observation_split(task, config.allow_test_split)
-            splits[leaf] = (task, split)
-            pool.extend((leaf, i) for i in range(len(split.docs)))
-            if note:
-                notes.append(note)
-                logger.warning(note)
-        rows, used = [], {}
-        for leaf, doc_id in _draw(pool, config.n, config.seed, name):
-            task, split = splits[leaf]
-            doc = split.docs[doc_id]
-            prompt, response = render_doc(task, doc)
-            rows.append(
-                {"instruction": prompt, "input": "", "output": response, "task": leaf, "doc_id": doc_id}
-            )
-            entry = used.setdefault(
-                leaf, {"split": split.split, "role": split.role, "doc_ids": [], "doc_hashes": []}
-            )
-            entry["doc_ids"].append(doc_id)
-            entry["doc_hashes"].append(doc_hash(doc))
+        splits, pool, notes = _doc_pool(leaves, config.allow_test_split)
+        rows, used = _render_rows(splits, _draw(pool, config.n, config.seed, name))
         dataset = dataset_name(config.dataset_prefix, name)
         file_name = f"{dataset}.json"
         _write_json(out / file_name, rows)

@@ -133,13 +133,9 @@ def known_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(RepartitionConfig)]
 
 
-def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
-    """Build a validated `RepartitionConfig`.
-
-    Raises:
-        RepartitionConfigError: listing every unknown key and invalid value at once.
-    """
-    problems: list[str] = []
+def _known_values(raw: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The set (non-None) values of `raw` under their current names; unknown keys and doubled aliases go to
+    `problems`."""
     known = known_keys()
     values = {}
     for key, value in raw.items():
@@ -155,8 +151,10 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
             )
         elif value is not None:
             values[key] = value
-    cfg = RepartitionConfig()
+    return values
 
+
+def _parse_dataset(values: dict[str, Any], cfg: RepartitionConfig, problems: list[str]) -> None:
     names = values.get("dataset")
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -169,6 +167,8 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
     else:
         cfg.dataset = list(names)
 
+
+def _parse_typed_keys(values: dict[str, Any], cfg: RepartitionConfig, problems: list[str]) -> None:
     positive = "a positive integer"
     parse_keys(
         values,
@@ -212,6 +212,8 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
         required=("model_name_or_path", "output_dir"),
     )
 
+
+def _check_key_combinations(values: dict[str, Any], cfg: RepartitionConfig, problems: list[str]) -> None:
     if "dids_num_domains" in values and "dids_domains_per_source" in values:
         problems.append("Set either `dids_num_domains` (total) or `dids_domains_per_source`, not both.")
     elif "dids_num_domains" not in values and "dids_domains_per_source" not in values:
@@ -228,6 +230,20 @@ def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
         problems.append(
             "`dids_topk_fraction` applies to gradients; it has no meaning with `dids_features: semantic`."
         )
+
+
+def parse_repartition_config(raw: Mapping[str, Any]) -> RepartitionConfig:
+    """Build a validated `RepartitionConfig`.
+
+    Raises:
+        RepartitionConfigError: listing every unknown key and invalid value at once.
+    """
+    problems: list[str] = []
+    values = _known_values(raw, problems)
+    cfg = RepartitionConfig()
+    _parse_dataset(values, cfg, problems)
+    _parse_typed_keys(values, cfg, problems)
+    _check_key_combinations(values, cfg, problems)
     if problems:
         raise RepartitionConfigError(problems)
     return cfg

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,25 +175,36 @@ def _load_raw(cfg: RepartitionConfig, name: str, attr: Any) -> Any:
     return dataset
 
 
+def _required_column(
+    column: str, datasets: Iterable[tuple[str, Any, Path | None]], missing: str, empty: str
+) -> list[str]:
+    """Every row's `column` value as text over `datasets` ((name, dataset, file path) each). A missing column
+    or an empty value raises RepartitionInputError with the template `missing` or `empty` (fields: column,
+    name, path, columns, row)."""
+    values: list[str] = []
+    for name, d, path in datasets:
+        if column not in d.column_names:
+            raise RepartitionInputError(
+                missing.format(column=column, name=name, path=path, columns=", ".join(d.column_names))
+            )
+        for i, v in enumerate(d[column]):
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise RepartitionInputError(empty.format(column=column, name=name, path=path, row=i))
+            values.append(str(v))
+    return values
+
+
 def _sources(cfg: RepartitionConfig, raw: list[Any]) -> tuple[np.ndarray, list[str]]:
     if cfg.dids_source_column is None:
         ids = np.concatenate([np.full(len(d), i, dtype=np.int64) for i, d in enumerate(raw)])
         return ids, list(cfg.dataset)
-    column = cfg.dids_source_column
-    values: list[str] = []
-    for name, d in zip(cfg.dataset, raw, strict=True):
-        if column not in d.column_names:
-            raise RepartitionInputError(
-                f"`dids_source_column: {column}` is not a column of dataset {name!r} (columns: "
-                f"{', '.join(d.column_names)}). Fix the column name, or remove the key to use each dataset "
-                "as a source."
-            )
-        for i, v in enumerate(d[column]):
-            if v is None or (isinstance(v, str) and not v.strip()):
-                raise RepartitionInputError(
-                    f"Dataset {name!r}, row {i}: empty `{column}` (source). Every row needs a source."
-                )
-            values.append(str(v))
+    values = _required_column(
+        cfg.dids_source_column,
+        ((name, d, None) for name, d in zip(cfg.dataset, raw, strict=True)),
+        missing="`dids_source_column: {column}` is not a column of dataset {name!r} (columns: {columns}). Fix "
+        "the column name, or remove the key to use each dataset as a source.",
+        empty="Dataset {name!r}, row {row}: empty `{column}` (source). Every row needs a source.",
+    )
     names = list(dict.fromkeys(values))  # order of first appearance
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[v] for v in values], dtype=np.int64), names
@@ -200,26 +212,19 @@ def _sources(cfg: RepartitionConfig, raw: list[Any]) -> tuple[np.ndarray, list[s
 
 def _labels(cfg: RepartitionConfig, raw: list[Any], attrs: list[Any]) -> list[str] | None:
     """Every row's `dids_label_column` value as text; a missing column or an empty value is an error."""
-    column = cfg.dids_label_column
-    if column is None:
+    if cfg.dids_label_column is None:
         return None
-    labels: list[str] = []
-    for name, d, attr in zip(cfg.dataset, raw, attrs, strict=True):
-        path = Path(cfg.dataset_dir) / attr.dataset_name
-        if column not in d.column_names:
-            raise RepartitionInputError(
-                f"`dids_label_column: {column}` is not a column of dataset {name!r} ({path}; columns: "
-                f"{', '.join(d.column_names)}). Every row needs its label: fix the column name, add it to the file, "
-                "or remove the key."
-            )
-        for i, v in enumerate(d[column]):
-            if v is None or (isinstance(v, str) and not v.strip()):
-                raise RepartitionInputError(
-                    f"Dataset {name!r} ({path}), row {i}: no `{column}` (`dids_label_column`). Every row needs a "
-                    "label to judge the domains against; fill it in or remove the key."
-                )
-            labels.append(str(v))
-    return labels
+    return _required_column(
+        cfg.dids_label_column,
+        (  # lazily: each path is made only when its dataset is read
+            (name, d, Path(cfg.dataset_dir) / attr.dataset_name)
+            for name, d, attr in zip(cfg.dataset, raw, attrs, strict=True)
+        ),
+        missing="`dids_label_column: {column}` is not a column of dataset {name!r} ({path}; columns: {columns}). "
+        "Every row needs its label: fix the column name, add it to the file, or remove the key.",
+        empty="Dataset {name!r} ({path}), row {row}: no `{column}` (`dids_label_column`). Every row needs a "
+        "label to judge the domains against; fill it in or remove the key.",
+    )
 
 
 def _domain_counts(cfg: RepartitionConfig, trainable_sizes: list[int], names: list[str]) -> list[int]:

@@ -233,28 +233,11 @@ def _verified(path: Path, check: Callable[[Any, Any], ProxyCheck], what: str) ->
     return result
 
 
-def build_proxy_dir(
-    out_dir: str | os.PathLike[str],
-    name: str,
-    load: Callable[[], tuple[Any, Any, dict[str, Any]]],
-    *,
-    force: bool = False,
-    check: Callable[[Any, Any], ProxyCheck] | None = None,
-) -> PreparedProxy:
-    """Save the (model, tokenizer) of `load()` to `out_dir`, verified, atomically; reuse a complete one.
-
-    `check` (default `check_proxy`) verifies a directory's model and tokenizer. A complete directory (its
-    marker names the proxy `name`) is verified and reused unless `force`; `load` is then not called.
-    Otherwise `load()` gives the model, its tokenizer and provenance (recorded in the marker); they are
-    saved into a staging folder beside `out_dir`, reloaded from there and verified, the marker is written
-    last, and the folder is renamed to `out_dir` (an old one is replaced only then, with `force`). On any failure the staging folder is removed and `out_dir` is left as it was.
-
-    Raises:
-        ProxyError: from `load`; `out_dir` holds something else (without `force`); verification failed.
-    """
-    start = time.perf_counter()
-    check = check or check_proxy
-    out = Path(out_dir).expanduser().absolute()
+def _existing_proxy(
+    out: Path, name: str, check: Callable[[Any, Any], ProxyCheck], force: bool
+) -> tuple[ProxyCheck, dict[str, Any]] | None:
+    """(check, marker) of a complete directory for `name`, verified for reuse; None when `out` is to be
+    (re)built. Raises ProxyError when `out` holds something else (without `force`)."""
     record = read_marker(out)
     if record is not None and not force:
         if record.get("proxy") != name:
@@ -262,13 +245,23 @@ def build_proxy_dir(
                 f"{out} holds the proxy {record.get('proxy')!r}, not {name!r}. Choose another directory, or "
                 "pass --force to replace it."
             )
-        result = _verified(out, check, f"The existing proxy directory {out}")
-        return PreparedProxy(out, True, result, time.perf_counter() - start, record)
+        return _verified(out, check, f"The existing proxy directory {out}"), record
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise ProxyError(
             f"{out} exists and is not a proxy directory written by `llamafactory-dids proxy` (no {MARKER}). "
             "Choose another directory, or pass --force to replace it."
         )
+    return None
+
+
+def _convert_into(
+    out: Path,
+    name: str,
+    load: Callable[[], tuple[Any, Any, dict[str, Any]]],
+    check: Callable[[Any, Any], ProxyCheck],
+) -> tuple[ProxyCheck, dict[str, Any]]:
+    """Save `load()` into a staging folder beside `out`, verify it, write the marker last and rename the
+    folder to `out` (replacing an old one only then); returns (check, marker)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.staging-{os.getpid()}"  # hidden, and never a complete proxy
     shutil.rmtree(staging, ignore_errors=True)
@@ -298,6 +291,36 @@ def build_proxy_dir(
         shutil.rmtree(old)
     else:
         old.unlink(missing_ok=True)
+    return result, record
+
+
+def build_proxy_dir(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    load: Callable[[], tuple[Any, Any, dict[str, Any]]],
+    *,
+    force: bool = False,
+    check: Callable[[Any, Any], ProxyCheck] | None = None,
+) -> PreparedProxy:
+    """Save the (model, tokenizer) of `load()` to `out_dir`, verified, atomically; reuse a complete one.
+
+    `check` (default `check_proxy`) verifies a directory's model and tokenizer. A complete directory (its
+    marker names the proxy `name`) is verified and reused unless `force`; `load` is then not called.
+    Otherwise `load()` gives the model, its tokenizer and provenance (recorded in the marker); they are
+    saved into a staging folder beside `out_dir`, reloaded from there and verified, the marker is written
+    last, and the folder is renamed to `out_dir` (an old one is replaced only then, with `force`). On any failure the staging folder is removed and `out_dir` is left as it was.
+
+    Raises:
+        ProxyError: from `load`; `out_dir` holds something else (without `force`); verification failed.
+    """
+    start = time.perf_counter()
+    check = check or check_proxy
+    out = Path(out_dir).expanduser().absolute()
+    existing = _existing_proxy(out, name, check, force)
+    if existing is not None:
+        result, record = existing
+        return PreparedProxy(out, True, result, time.perf_counter() - start, record)
+    result, record = _convert_into(out, name, load, check)
     return PreparedProxy(out, False, result, time.perf_counter() - start, record)
 
 

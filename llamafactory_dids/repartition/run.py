@@ -144,6 +144,76 @@ def _cluster(
     return names, domain_source, row_domain, stats
 
 
+def _checked_config(config: Mapping[str, Any] | RepartitionConfig) -> RepartitionConfig:
+    """The validated config, with the host versions, model paths and clusterer checked before anything loads."""
+    check_host_versions(disable_hint=False)  # the LLaMA-Factory calls below rely on its internals
+    cfg = config if isinstance(config, RepartitionConfig) else parse_repartition_config(config)
+    check_model_path(cfg.model_name_or_path, "model_name_or_path")
+    if cfg.dids_embedding_model:
+        check_model_path(cfg.dids_embedding_model, "dids_embedding_model")
+    resolve_clusterer(cfg.dids_clusterer)
+    return cfg
+
+
+def _prepare_output(out: Path, extractor: Extractor, cache: FeatureCache) -> dict[str, Any] | None:
+    """Rank 0 before extraction: the proxy's fit (gradient features only), the output directory and the
+    resumable cache; returns the fit."""
+    fit = None
+    if isinstance(extractor, GradientExtractor):
+        fit = extractor.proxy_fit()
+    out.mkdir(parents=True, exist_ok=True)
+    finished = cache.prepare()
+    if finished:
+        logger.info("[dids] resuming: %d of %d feature shards already cached", finished, cache.num_shards)
+    return fit
+
+
+def _run_record(cfg: RepartitionConfig, extractor: Extractor, fit: dict[str, Any] | None) -> dict[str, Any]:
+    """The `run` entry of the domain map: how the features were made."""
+    run = {
+        "features": cfg.dids_features,
+        "feature_dim": extractor.dim,
+        "model": cfg.dids_embedding_model or cfg.model_name_or_path,
+        "clusterer": resolve_clusterer(cfg.dids_clusterer),
+        "seed": cfg.dids_seed,
+        "rows_without_loss": int((~extractor.usable).sum()),
+        "config": cfg.to_dict(),
+        **extractor.description,
+    }
+    if fit is not None:
+        run["proxy_fit"] = {
+            "rows": fit["rows"],
+            "tokens": fit["tokens"],
+            "loss": round(fit["loss"], 4),
+            "unigram_entropy": round(fit["unigram_entropy"], 4),
+        }
+    return run
+
+
+def _cluster_and_write(
+    cfg: RepartitionConfig,
+    out: Path,
+    inputs: Inputs,
+    extractor: Extractor,
+    cache: FeatureCache,
+    fit: dict[str, Any] | None,
+) -> None:
+    """Rank 0 after extraction: cluster the cached features and write the dataset, domain map and reports."""
+    features = cache.load()
+    names, domain_source, row_domain, stats = _cluster(cfg, inputs, features, extractor.usable)
+    write_dataset(out, inputs, names, row_domain)
+    run = _run_record(cfg, extractor, fit)
+    agreement = None
+    if inputs.labels is not None:
+        agreement = {
+            "column": cfg.dids_label_column,
+            **label_agreement(inputs.labels, row_domain, names, inputs.sources),
+        }
+    domain_map = build_domain_map(inputs, names, domain_source, row_domain, stats, run, agreement)
+    write_reports(out, inputs, domain_map)
+    logger.info("[dids] %d rows -> %d domains in %s", inputs.num_rows, len(names), out)
+
+
 def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
     """Repartition the datasets of `config` into gradient (or semantic) domains; return `output_dir`.
 
@@ -152,12 +222,7 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
         RepartitionConfigError: invalid keys (all reported at once).
         RepartitionInputError: unusable data or model, found before features are computed.
     """
-    check_host_versions(disable_hint=False)  # the LLaMA-Factory calls below rely on its internals
-    cfg = config if isinstance(config, RepartitionConfig) else parse_repartition_config(config)
-    check_model_path(cfg.model_name_or_path, "model_name_or_path")
-    if cfg.dids_embedding_model:
-        check_model_path(cfg.dids_embedding_model, "dids_embedding_model")
-    resolve_clusterer(cfg.dids_clusterer)
+    cfg = _checked_config(config)
     rank, world, device, created = _distributed()
     try:
         torch.manual_seed(cfg.dids_seed)
@@ -172,50 +237,13 @@ def run_repartition(config: Mapping[str, Any] | RepartitionConfig) -> Path:
             cfg.dids_shard_size,
             extractor.dim,
         )
-        fit = None
-        if rank == 0:
-            if isinstance(extractor, GradientExtractor):
-                fit = extractor.proxy_fit()
-            out.mkdir(parents=True, exist_ok=True)
-            finished = cache.prepare()
-            if finished:
-                logger.info(
-                    "[dids] resuming: %d of %d feature shards already cached", finished, cache.num_shards
-                )
+        fit = _prepare_output(out, extractor, cache) if rank == 0 else None
         _barrier(world)
         _extract(cache, extractor, rank, world)
         _barrier(world)
         if rank != 0:
             return out
-        features = cache.load()
-        names, domain_source, row_domain, stats = _cluster(cfg, inputs, features, extractor.usable)
-        write_dataset(out, inputs, names, row_domain)
-        run = {
-            "features": cfg.dids_features,
-            "feature_dim": extractor.dim,
-            "model": cfg.dids_embedding_model or cfg.model_name_or_path,
-            "clusterer": resolve_clusterer(cfg.dids_clusterer),
-            "seed": cfg.dids_seed,
-            "rows_without_loss": int((~extractor.usable).sum()),
-            "config": cfg.to_dict(),
-            **extractor.description,
-        }
-        if fit is not None:
-            run["proxy_fit"] = {
-                "rows": fit["rows"],
-                "tokens": fit["tokens"],
-                "loss": round(fit["loss"], 4),
-                "unigram_entropy": round(fit["unigram_entropy"], 4),
-            }
-        agreement = None
-        if inputs.labels is not None:
-            agreement = {
-                "column": cfg.dids_label_column,
-                **label_agreement(inputs.labels, row_domain, names, inputs.sources),
-            }
-        domain_map = build_domain_map(inputs, names, domain_source, row_domain, stats, run, agreement)
-        write_reports(out, inputs, domain_map)
-        logger.info("[dids] %d rows -> %d domains in %s", inputs.num_rows, len(names), out)
+        _cluster_and_write(cfg, out, inputs, extractor, cache, fit)
         return out
     finally:
         if created:

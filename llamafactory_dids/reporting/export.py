@@ -205,6 +205,56 @@ def _write_interleave(
     return path
 
 
+def _check_options(by: str, mix_strategy: str) -> None:
+    if by not in AVERAGING:
+        raise ValueError(f"`by` must be one of {', '.join(AVERAGING)}, got {by!r}.")
+    if mix_strategy not in INTERLEAVE_STRATEGIES:
+        raise ValueError(
+            f"`mix_strategy` must be one of {', '.join(INTERLEAVE_STRATEGIES)}, got {mix_strategy!r}."
+        )
+
+
+def _interleave_target(
+    run: RunOutputs, train_config: dict[str, Any] | None
+) -> tuple[list[str] | None, str, bool, list[str]]:
+    """interleave.yaml's datasets (None: no file), its note, whether the training YAML checked it, warnings."""
+    recorded = (
+        run.records[0].get("domain_column", _NO_COLUMN) if run.records[0]["update"] == 0 else _NO_COLUMN
+    )
+    datasets, note, checked = interleave_datasets(run.domains, train_config, recorded)
+    warnings = [] if checked else [f"interleave.yaml: {note}"]
+    if datasets is None:
+        warnings.append(f"no interleave.yaml: {note}")
+    return datasets, note, checked, warnings
+
+
+def _source_entry(run: RunOutputs, output_dir: Path, config_source: str | None) -> dict[str, Any]:
+    """mixture.json's `source`: the run the mixture was learned in."""
+    return {
+        "output_dir": str(output_dir.resolve()),
+        "history": str((output_dir / HISTORY_FILE).resolve()),
+        "strategy": run.strategy,
+        "updates": run.num_updates,
+        "final_step": run.end_step,
+        "total_samples": run.total_samples,
+        "superseded_records": run.superseded,
+        "training_config": config_source,
+    }
+
+
+def _candidates(run: RunOutputs, decimals: int) -> dict[str, Any]:
+    """mixture.json's `candidates`: the other mixtures one could export from the run."""
+    realised = realised_fractions(run)
+    return {
+        "final": rounded_probabilities(learned_mixture(run, "final"), decimals),
+        "mean_by_samples": rounded_probabilities(time_averaged_weights(run, "samples"), decimals),
+        "mean_by_steps": rounded_probabilities(time_averaged_weights(run, "steps"), decimals),
+        "realised_fractions": None
+        if not np.isfinite(realised).all()
+        else [round(float(x), decimals) for x in realised],
+    }
+
+
 def export_mixture(
     output_dir: str | Path,
     dest: str | Path | None = None,
@@ -221,12 +271,7 @@ def export_mixture(
         RunOutputsError: unreadable run outputs (see `run_outputs.load_run`) or a missing `config` file.
         ValueError: an unknown `mixture`, `by` or `mix_strategy`.
     """
-    if by not in AVERAGING:
-        raise ValueError(f"`by` must be one of {', '.join(AVERAGING)}, got {by!r}.")
-    if mix_strategy not in INTERLEAVE_STRATEGIES:
-        raise ValueError(
-            f"`mix_strategy` must be one of {', '.join(INTERLEAVE_STRATEGIES)}, got {mix_strategy!r}."
-        )
+    _check_options(by, mix_strategy)
     output_dir = Path(output_dir)
     run = load_run(output_dir)
     dest = Path(dest) if dest is not None else output_dir / EXPORT_DIR
@@ -234,13 +279,7 @@ def export_mixture(
     probs = rounded_probabilities(learned_mixture(run, mixture, by), decimals)
     how = _describe(run, mixture, by)
     train_config, config_source = read_training_config(output_dir, config)
-    recorded = (
-        run.records[0].get("domain_column", _NO_COLUMN) if run.records[0]["update"] == 0 else _NO_COLUMN
-    )
-    datasets, note, checked = interleave_datasets(run.domains, train_config, recorded)
-    warnings = [] if checked else [f"interleave.yaml: {note}"]
-    if datasets is None:
-        warnings.append(f"no interleave.yaml: {note}")
+    datasets, note, checked, warnings = _interleave_target(run, train_config)
     source = f"{output_dir.resolve()} ({run.strategy}, {run.num_updates} updates, {run.end_step} steps)"
     header = [f"Learned domain mixture of {source}", f"mixture: {mixture} = {how}"]
     static_path = _write_static(dest / EXPORT_STATIC, header, run.domains, probs)
@@ -252,7 +291,6 @@ def export_mixture(
         interleave_path.unlink(missing_ok=True)  # no stale file from an earlier export
         interleave_path = None
 
-    realised = realised_fractions(run)
     payload = {
         "schema_version": EXPORT_SCHEMA,
         "domains": run.domains,
@@ -260,24 +298,8 @@ def export_mixture(
         "mixture": mixture,
         "averaging": by if mixture == "mean" else None,
         "how_computed": how,
-        "source": {
-            "output_dir": str(output_dir.resolve()),
-            "history": str((output_dir / HISTORY_FILE).resolve()),
-            "strategy": run.strategy,
-            "updates": run.num_updates,
-            "final_step": run.end_step,
-            "total_samples": run.total_samples,
-            "superseded_records": run.superseded,
-            "training_config": config_source,
-        },
-        "candidates": {
-            "final": rounded_probabilities(learned_mixture(run, "final"), decimals),
-            "mean_by_samples": rounded_probabilities(time_averaged_weights(run, "samples"), decimals),
-            "mean_by_steps": rounded_probabilities(time_averaged_weights(run, "steps"), decimals),
-            "realised_fractions": None
-            if not np.isfinite(realised).all()
-            else [round(float(x), decimals) for x in realised],
-        },
+        "source": _source_entry(run, output_dir, config_source),
+        "candidates": _candidates(run, decimals),
         "static": static_path.name,
         "interleave": {
             "file": interleave_path.name if interleave_path else None,

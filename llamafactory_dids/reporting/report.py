@@ -108,6 +108,61 @@ def _fractions_section(run: RunOutputs, top: list[int], mean: np.ndarray) -> lis
     ]
 
 
+def _draw(run: RunOutputs, dest: Path, report: Report, name: str, fn, **kwargs):
+    """Draw the figure `name` with `fn` into `dest`, recording it (or why not) in `report`; fn's output or None."""
+    path = dest / f"{name}.png"
+    try:
+        out = fn(run, path, **kwargs)
+    except plots.PlotUnavailable as e:
+        report.skipped[name] = str(e)
+        path.unlink(missing_ok=True)  # no stale figure from an earlier report
+        return None
+    report.figures[name] = out[0] if isinstance(out, tuple) else out
+    return out
+
+
+def _draw_figures(
+    run: RunOutputs, dest: Path, report: Report, top_n: int, max_heatmap_domains: int
+) -> dict[str, list[str]]:
+    """Draw every figure the run allows; returns the notes listed under each drawn figure."""
+    extra: dict[str, list[str]] = {}
+    _draw(run, dest, report, "weights", plots.plot_weights, top_n=top_n)
+    impact = _draw(run, dest, report, "impact", plots.plot_impact, max_domains=max_heatmap_domains)
+    if impact is not None:
+        rows = impact[1]
+        left_out = len(rows) < run.num_domains
+        extra["impact"] = [
+            f"Rows: {len(rows)} of {run.num_domains} domains, sorted by mean normalised impact"
+            + (
+                f" (the other {run.num_domains - len(rows)} are left out to keep it readable)."
+                if left_out
+                else "."
+            )
+        ]
+    _draw(run, dest, report, "rule", plots.plot_rule, top_n=top_n)
+    losses = _draw(run, dest, report, "task_losses", plots.plot_task_losses)
+    if losses is not None:
+        extra["task_losses"] = losses[1]
+    _draw(run, dest, report, "fractions", plots.plot_fractions, top_n=top_n)
+    return extra
+
+
+def _section(name: str, title: str, body: list[str], report: Report, notes: list[str]) -> list[str]:
+    """One `##` section of report.md: its figure (or why it is missing), the figure's notes, the body."""
+    lines = [f"## {title}", ""]
+    if name in report.figures:
+        lines += [f"![{title}]({report.figures[name].name})", ""]
+    else:
+        lines += [f"_Not drawn: {report.skipped[name]}_", ""]
+    for note in notes:
+        lines.append(f"- {note}")
+    if notes:
+        lines.append("")
+    if body:
+        lines += [*body, ""]
+    return lines
+
+
 def write_report(
     output_dir: str | Path, dest: str | Path | None = None, *, top_n: int = 10, max_heatmap_domains: int = 40
 ) -> Report:
@@ -125,37 +180,7 @@ def write_report(
     report = Report(summary=dest / SUMMARY)
     mean = time_averaged_weights(run, "samples")
     top = top_domains(mean, top_n)
-    extra: dict[str, list[str]] = {}
-
-    def draw(name: str, fn, **kwargs):
-        path = dest / f"{name}.png"
-        try:
-            out = fn(run, path, **kwargs)
-        except plots.PlotUnavailable as e:
-            report.skipped[name] = str(e)
-            path.unlink(missing_ok=True)  # no stale figure from an earlier report
-            return None
-        report.figures[name] = out[0] if isinstance(out, tuple) else out
-        return out
-
-    draw("weights", plots.plot_weights, top_n=top_n)
-    impact = draw("impact", plots.plot_impact, max_domains=max_heatmap_domains)
-    if impact is not None:
-        rows = impact[1]
-        left_out = len(rows) < run.num_domains
-        extra["impact"] = [
-            f"Rows: {len(rows)} of {run.num_domains} domains, sorted by mean normalised impact"
-            + (
-                f" (the other {run.num_domains - len(rows)} are left out to keep it readable)."
-                if left_out
-                else "."
-            )
-        ]
-    draw("rule", plots.plot_rule, top_n=top_n)
-    losses = draw("task_losses", plots.plot_task_losses)
-    if losses is not None:
-        extra["task_losses"] = losses[1]
-    draw("fractions", plots.plot_fractions, top_n=top_n)
+    extra = _draw_figures(run, dest, report, top_n, max_heatmap_domains)
 
     sections = [
         ("weights", "Domain weights over training", _weights_section(run, top, mean)),
@@ -166,17 +191,7 @@ def write_report(
     ]
     lines = [f"# Domain mixture of `{Path(output_dir).resolve()}`", "", *_overview(run), ""]
     for name, title, body in sections:
-        lines += [f"## {title}", ""]
-        if name in report.figures:
-            lines += [f"![{title}]({report.figures[name].name})", ""]
-        else:
-            lines += [f"_Not drawn: {report.skipped[name]}_", ""]
-        for note in extra.get(name, []):
-            lines.append(f"- {note}")
-        if extra.get(name):
-            lines.append("")
-        if body:
-            lines += [*body, ""]
+        lines += _section(name, title, body, report, extra.get(name, []))
     lines += ["## Files", ""] + [f"- [{p.name}]({p.name})" for p in report.figures.values()]
     report.summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

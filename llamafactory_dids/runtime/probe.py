@@ -82,6 +82,16 @@ def select_probe_parameters(
         ) from None
 
 
+def _check_choices(**values: str) -> None:
+    """Raise ValueError for a `fisher_estimator` or `domain_gradients` outside its allowed values."""
+    for name, allowed in (
+        ("fisher_estimator", FISHER_ESTIMATORS),
+        ("domain_gradients", DOMAIN_GRADIENT_SOURCES),
+    ):
+        if values[name] not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {values[name]!r}.")
+
+
 class GradientProbe:
     """Computes task losses and the [k, m] impact matrix on the current parameters."""
 
@@ -119,12 +129,7 @@ class GradientProbe:
         self.eval_batch_size = eval_batch_size
         self.metric = metric
         self.seed = seed
-        for name, value, allowed in (
-            ("fisher_estimator", fisher_estimator, FISHER_ESTIMATORS),
-            ("domain_gradients", domain_gradients, DOMAIN_GRADIENT_SOURCES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+        _check_choices(fisher_estimator=fisher_estimator, domain_gradients=domain_gradients)
         self.fisher_estimator = fisher_estimator
         self.projection = SparseJLProjection(projection_dim, seed) if projection_dim > 0 else None
         # without gradient signals (a static strategy observing task losses) only forward passes run
@@ -146,30 +151,37 @@ class GradientProbe:
         self.last_domain_rows = np.zeros(len(self.domain_pools))  # of the latest impact (history records)
         self.train_gradients = None
         if gradients and domain_gradients == "train":
-            if domain_sketch_dim and (self.sharded or self.projection is not None):
-                raise ValueError(
-                    "a domain sketch (`dids_domain_sketch_dim`) works on whole, unprojected task gradients: "
-                    "not under ZeRO-3 and not with `dids_projection_dim` (set one of them to 0)."
-                )
-            self.train_gradients = DomainGradientHooks(
-                model,
-                self.params,
-                len(self.domain_pools),
-                self.shapes,
-                device,
-                sketch_dim=domain_sketch_dim,
-                seed=seed,
-            )
+            self.train_gradients = self._train_gradient_hooks(domain_sketch_dim)
         if gradients:
-            names = ", ".join(n for n, _ in self.params[:4]) + (" ..." if len(self.params) > 4 else "")
-            logger.info(
-                "[dids] impact probe over %d tensors (%d parameters%s%s): %s",
-                len(self.params),
-                self.num_probe_parameters,
-                ", sharded across ranks" if self.sharded else "",
-                ", domain side from the training backward" if self.train_gradients is not None else "",
-                names,
+            self._log_probe()
+
+    def _train_gradient_hooks(self, domain_sketch_dim: int) -> DomainGradientHooks:
+        """Hooks taking the domain side from the training backward (`domain_gradients: train`)."""
+        if domain_sketch_dim and (self.sharded or self.projection is not None):
+            raise ValueError(
+                "a domain sketch (`dids_domain_sketch_dim`) works on whole, unprojected task gradients: "
+                "not under ZeRO-3 and not with `dids_projection_dim` (set one of them to 0)."
             )
+        return DomainGradientHooks(
+            self.model,
+            self.params,
+            len(self.domain_pools),
+            self.shapes,
+            self.device,
+            sketch_dim=domain_sketch_dim,
+            seed=self.seed,
+        )
+
+    def _log_probe(self) -> None:
+        names = ", ".join(n for n, _ in self.params[:4]) + (" ..." if len(self.params) > 4 else "")
+        logger.info(
+            "[dids] impact probe over %d tensors (%d parameters%s%s): %s",
+            len(self.params),
+            self.num_probe_parameters,
+            ", sharded across ranks" if self.sharded else "",
+            ", domain side from the training backward" if self.train_gradients is not None else "",
+            names,
+        )
 
     # ------------------------------------------------------------------------------------- batches
     def _batch(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -357,33 +369,42 @@ class GradientProbe:
         size = min(self.probe_samples, pool.size)
         return np.sort(rng.choice(pool, size=size, replace=False)).tolist() if size else []
 
+    def _task_side(
+        self, update_index: int, shards: CoordinateShards | None, *, control: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per probed tensor, the [columns, ...] task mean gradients (the pool control last, with `control`)
+        and the mean Fisher (collective; run in eval mode)."""
+        rank, world = rank_and_world()
+        # task gradients and Fisher: every rank takes a share of every task's rows
+        task_means, fisher, fisher_count = [], None, 0
+        for rows in self.task_rows:
+            rows = self.task_probe_rows(rows, update_index)
+            sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
+            task_means.append(self._reduced_mean(sums, num_rows, shards))
+            fisher = squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
+            # `batch`: one term per micro-batch; hook estimators: summed per example
+            fisher_count += count if self.fisher_estimator == "batch" else num_rows
+            del sums, squares
+        fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
+        if control:  # the pool control: a task-like column, not part of the Fisher
+            rows = self.train_rows(self.control_rows(update_index))
+            sums, _, _, num_rows = self._grad_sums(rows[rank::world], squares=False, filler=rows)
+            task_means.append(self._reduced_mean(sums, num_rows, shards))
+            del sums
+        columns = len(task_means)
+        task_blocks = [
+            torch.stack([task_means[j][b] for j in range(columns)]) for b in range(len(self.shapes))
+        ]
+        return task_blocks, fisher_blocks
+
     def _accumulate(self, update_index: int, *, control: bool) -> ImpactAccumulator:
         rank, world = rank_and_world()
         k = len(self.domain_pools)
         sizes = [math.prod(shape) for shape in self.shapes]
         shards = CoordinateShards(sizes, rank, world) if self.sharded else None
         with self._eval_mode():
-            # task gradients and Fisher: every rank takes a share of every task's rows
-            task_means, fisher, fisher_count = [], None, 0
-            for rows in self.task_rows:
-                rows = self.task_probe_rows(rows, update_index)
-                sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
-                task_means.append(self._reduced_mean(sums, num_rows, shards))
-                fisher = (
-                    squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
-                )
-                # `batch`: one term per micro-batch; hook estimators: summed per example
-                fisher_count += count if self.fisher_estimator == "batch" else num_rows
-                del sums, squares
-            fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
-            if control:  # the pool control: a task-like column, not part of the Fisher
-                rows = self.train_rows(self.control_rows(update_index))
-                sums, _, _, num_rows = self._grad_sums(rows[rank::world], squares=False, filler=rows)
-                task_means.append(self._reduced_mean(sums, num_rows, shards))
-                del sums
-            columns = len(task_means)
-            task_blocks = [torch.stack([task_means[j][b] for j in range(columns)]) for b in range(len(sizes))]
-            del task_means, fisher
+            task_blocks, fisher_blocks = self._task_side(update_index, shards, control=control)
+            columns = len(self.task_rows) + int(control)  # the tasks, then the pool control
             acc = ImpactAccumulator(k, columns, metric=self.metric)
             # Terms are summed over ranks at the end. Sharded without projection: each rank adds its own
             # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them), and
