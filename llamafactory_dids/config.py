@@ -284,6 +284,15 @@ class DIDSConfig:
             "none). Unset: the variant's."
         },
     )
+    dids_evidence_allocation: str | None = field(
+        default=None,
+        metadata={
+            "help": "`dids` component, with `dids_normaliser: evidence`: how a task with significant evidence "
+            "spends its budget. `tilt`: prior x exp(z' / T) (the largest z' takes nearly all); `proportional`: "
+            "prior x the positive z of every domain (all the domains its evidence favours share). Unset: the "
+            "variant's."
+        },
+    )
     dids_prior: str | None = field(
         default=None,
         metadata={
@@ -518,6 +527,7 @@ def _choice_keys() -> dict[str, tuple[str, ...]]:
         "dids_task_weighting": rule.TASK_WEIGHTINGS,
         "dids_prior": rule.PRIORS,
         "dids_task_combination": rule.COMBINATIONS,
+        "dids_evidence_allocation": rule.ALLOCATIONS,
     }
 
 
@@ -754,7 +764,7 @@ def _check_reference_dir(cfg: DIDSConfig, problems: list[str]) -> None:
 
 
 def _check_variant(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:
-    """Keys the `reference` variant fixes; the pool control's need for cosine impacts."""
+    """Keys the `reference` variant fixes; the evidence-only keys; the pool control's need for cosine impacts."""
     if cfg.dids_variant == "reference":
         fixed = [k for k in _reference_fixed_keys() if values.get(k) is not None]
         if fixed:
@@ -762,7 +772,9 @@ def _check_variant(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[st
                 f"`dids_variant: reference` runs the authors' code as it is, so {', '.join(f'`{k}`' for k in fixed)} "
                 "cannot be set with it. Remove them, or use `dids_variant: paper` or `directional` with them."
             )
-    elif cfg.dids_pool_control:
+        return
+    _check_evidence_keys(cfg, problems)
+    if cfg.dids_pool_control:
         impact = cfg.dids_impact or _variant_impacts().get(cfg.dids_variant)
         if impact != "cosine":
             problems.append(
@@ -770,6 +782,19 @@ def _check_variant(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[st
                 f"({'`dids_impact`' if cfg.dids_impact else f'the `{cfg.dids_variant}` variant'}). "
                 "Add `dids_impact: cosine`, or remove `dids_pool_control`."
             )
+
+
+def _check_evidence_keys(cfg: DIDSConfig, problems: list[str]) -> None:
+    """`dids_task_combination` and `dids_evidence_allocation` only shape the `evidence` normaliser."""
+    given = [k for k in ("dids_task_combination", "dids_evidence_allocation") if getattr(cfg, k) is not None]
+    normaliser = cfg.dids_normaliser or _dids_rule().VARIANTS[cfg.dids_variant]["normaliser"]
+    if given and normaliser != "evidence":
+        problems.append(
+            f"{' and '.join(f'`{k}`' for k in given)} shape how the `evidence` normaliser reads the tasks' "
+            f"evidence, but the normaliser is {normaliser!r} "
+            f"({'`dids_normaliser`' if cfg.dids_normaliser else f'the `{cfg.dids_variant}` variant'}). "
+            "Add `dids_normaliser: evidence`, or remove them."
+        )
 
 
 def _check_combinations(cfg: DIDSConfig, values: Mapping[str, Any], problems: list[str]) -> None:

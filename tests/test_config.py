@@ -270,6 +270,19 @@ def test_host_conflicts(host, match):
             {"dids_strategy": "uniform", "dids_pool_control": "true", "dids_impact": "distance"},
             r"but the impact is 'distance' \(`dids_impact`\)",
         ),
+        (
+            {"dids_strategy": "uniform", "dids_variant": "paper", "dids_evidence_allocation": "proportional"},
+            r"`dids_evidence_allocation` shape how the `evidence` normaliser reads the tasks' evidence, but the "
+            r"normaliser is 'softmax' \(the `paper` variant\)\. Add `dids_normaliser: evidence`",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_normaliser": "clamp", "dids_task_combination": "split"},
+            r"`dids_task_combination` shape .* normaliser is 'clamp' \(`dids_normaliser`\)",
+        ),
+        (
+            {"dids_strategy": "uniform", "dids_task_combination": "mean"},
+            r"`dids_task_combination` must be one of",
+        ),
         ({"dids_strategy": "uniform", "dids_probe_samples": 0}, r"`dids_probe_samples` must be a positive"),
         (
             {"dids_strategy": "uniform", "dids_projection_dim": -1},
@@ -280,6 +293,21 @@ def test_host_conflicts(host, match):
 def test_dids_keys_validation(raw, match):
     with pytest.raises(DIDSConfigError, match=match):
         parse_dids_config(raw)
+
+
+def test_evidence_keys_with_the_evidence_normaliser_are_valid():
+    cfg = parse_dids_config(
+        {
+            "dids_strategy": "dids",
+            "dids_target_datasets": ["t"],
+            "dids_num_updates": 5,
+            "dids_variant": "paper",
+            "dids_normaliser": "evidence",
+            "dids_task_combination": "split",
+            "dids_evidence_allocation": "proportional",
+        }
+    )
+    assert (cfg.dids_task_combination, cfg.dids_evidence_allocation) == ("split", "proportional")
 
 
 def test_pool_control_with_the_cosine_is_valid():

@@ -17,8 +17,10 @@ rows. One pipeline, four stages, each a component the variants set differently:
     p̂        `normaliser`: softmax(s / T) (Algorithm 1), clamp(s, 0) / sum (reference code), or evidence
              (Î accumulated over updates per task, divided by its standard error, a dead zone that a
              noise column passes with chance `EVIDENCE_FALSE_POSITIVE` giving z', nothing before the
-             second update; s = sum over tasks with significant evidence of w_j z'_j / their total
-             weight, then prior * exp(s / T))
+             second update; `combination` live: s = sum over tasks with significant evidence of w_j z'_j /
+             their total weight, then prior * exp(s / T); weighted: the same over every task; split: each
+             task's own prior * exp(z'_j / T) mixed by w; `allocation` proportional: a live task's mixture
+             is prior * max(z_j, 0) instead of the exponential tilt)
     p_t      = beta p_{t-1} + (1 - beta) p̂, then (1 - smoothing) p_t + smoothing / k (a floor)
 
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
@@ -51,6 +53,7 @@ NORMALISERS = ("softmax", "clamp", "evidence")
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
 COMBINATIONS = ("live", "weighted", "split")
+ALLOCATIONS = ("tilt", "proportional")
 
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -61,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "importance_correction": False,
         "normaliser": "evidence",
         "combination": "live",
+        "allocation": "tilt",
         "prior": "uniform",  # docs/dids.md, "The prior": natural lost to uniform where evidence came late
         "beta": 0.1,
         "smoothing": 0.05,
@@ -73,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "importance_correction": True,
         "normaliser": "softmax",
         "combination": "weighted",
+        "allocation": "tilt",
         "prior": "uniform",
         "beta": 0.1,
         "smoothing": 0.0,
@@ -85,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "importance_correction": True,
         "normaliser": "clamp",
         "combination": "weighted",
+        "allocation": "tilt",
         "prior": "uniform",
         "beta": 0.2,
         "smoothing": 0.0,
@@ -327,6 +333,19 @@ def _evidence_utility(
     live = np.abs(shrunk).max(axis=0) > 0
     extra["live_tasks"] = live.tolist()
     weight = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+    if spec["allocation"] == "proportional":
+        # a live task's mixture: the prior times its domains' positive z (every domain its evidence puts
+        # above the prior's average shares, in proportion to the evidence); the prior where it has none
+        z = np.asarray(extra["z"])
+        per_task = np.repeat(base[:, None], m, axis=1)
+        for j in np.flatnonzero(live):
+            mass = base * np.clip(z[:, j], 0.0, None)
+            if mass.sum() > 0:
+                per_task[:, j] = mass / mass.sum()
+        if spec["combination"] == "live":  # tasks without evidence give their share to the live ones
+            weight = np.where(live, w, 0.0) / w[live].sum() if live.any() and w[live].sum() > 0 else weight
+        mixture = per_task @ weight
+        return spec["temperature"] * np.log(np.clip(mixture, 1e-300, None) / base), extra
     if spec["combination"] == "split":
         # each task spends its weight's share of the budget by its own evidence (the prior where it has
         # none); returned as the utility whose prior x exp(u / T) is that mixture
@@ -360,6 +379,7 @@ def dids_update(
     importance_correction: bool | None = None,
     normaliser: str | None = None,
     combination: str | None = None,
+    allocation: str | None = None,
     prior: np.ndarray | None = None,
     beta: float | None = None,
     smoothing: float | None = None,
@@ -380,6 +400,7 @@ def dids_update(
         prior: [k] base measure of softmax/evidence; None: uniform.
         evidence: the accumulator of the `evidence` normaliser (state carried across updates).
     """
+    # over 60 lines: the signature names every component (20 lines) and the history record lists 13 terms
     spec = resolve_components(
         variant,
         impact=impact,
@@ -388,6 +409,7 @@ def dids_update(
         importance_correction=importance_correction,
         normaliser=normaliser,
         combination=combination,
+        allocation=allocation,
         beta=beta,
         smoothing=smoothing,
         temperature=temperature,
@@ -449,6 +471,7 @@ class DIDSStrategy(MixingStrategy):
         "importance_correction": "dids_importance_correction",
         "normaliser": "dids_normaliser",
         "combination": "dids_task_combination",
+        "allocation": "dids_evidence_allocation",
         "prior": "dids_prior",
         "beta": "dids_ema_beta",
         "smoothing": "dids_smoothing",
@@ -469,6 +492,7 @@ class DIDSStrategy(MixingStrategy):
         importance_correction: bool | None = None,
         normaliser: str | None = None,
         combination: str | None = None,
+        allocation: str | None = None,
         prior: str | None = None,
         beta: float | None = None,
         smoothing: float | None = None,
@@ -486,6 +510,7 @@ class DIDSStrategy(MixingStrategy):
             "importance_correction": importance_correction,
             "normaliser": normaliser,
             "combination": combination,
+            "allocation": allocation,
             "beta": beta,
             "smoothing": smoothing,
             "temperature": temperature,
@@ -500,6 +525,16 @@ class DIDSStrategy(MixingStrategy):
             raise ValueError(
                 "dids_pool_control compares cosines (each domain's cosine with a task minus its cosine with "
                 f"the pool): set `dids_impact: cosine` with it (the impact here is {self.resolved['impact']!r})."
+            )
+        given = [
+            f"dids_{key}"
+            for key, value in (("task_combination", combination), ("evidence_allocation", allocation))
+            if value is not None
+        ]
+        if given and self.resolved["normaliser"] != "evidence":
+            raise ValueError(
+                f"{' and '.join(given)} shape how the `evidence` normaliser reads the tasks' evidence: set "
+                f"`dids_normaliser: evidence` with them (the normaliser here is {self.resolved['normaliser']!r})."
             )
         # the probe adds the pool-control gradient only when the cosine impact will read it
         self.impact_control = bool(self.resolved["pool_control"]) and self.resolved["impact"] == "cosine"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from llamafactory_dids.algorithms.dids import (
+    ALLOCATIONS,
     COMBINATIONS,
     EVIDENCE_FALSE_POSITIVE,
     NORMALISERS,
@@ -443,31 +444,49 @@ def test_config_reads_the_rule_tables():
     # every component a `reference` run takes from the authors' code, beta excepted, is refused as a key
     assert set(config.REFERENCE_FIXED_KEYS) == {
         f"dids_{c}" for c in ("impact", "pool_control", "task_weighting", "importance_correction")
-    } | {"dids_normaliser", "dids_prior", "dids_smoothing", "dids_temperature", "dids_task_combination"}
+    } | {
+        "dids_normaliser",
+        "dids_prior",
+        "dids_smoothing",
+        "dids_temperature",
+        "dids_task_combination",
+        "dids_evidence_allocation",
+    }
 
 
-def _naive_p_hat(z: np.ndarray, w: np.ndarray, base: np.ndarray, temperature: float, combination: str):
-    """Reference for the evidence normaliser's p̂ from z' [k, m], written with loops."""
+def _naive_p_hat(z, z_shrunk, w, base, temperature, combination, allocation="tilt"):
+    """Reference for the evidence normaliser's p̂ from z and z' [k, m], written with loops."""
     k, m = z.shape
 
     def tilt(u):
         e = [base[i] * np.exp(u[i] / temperature) for i in range(k)]
         return np.array(e) / sum(e)
 
-    live = [j for j in range(m) if any(z[i, j] != 0 for i in range(k))]
+    def proportional(j):
+        mass = [base[i] * max(z[i, j], 0.0) for i in range(k)]
+        return np.array(mass) / sum(mass)
+
+    live = [j for j in range(m) if any(z_shrunk[i, j] != 0 for i in range(k))]
+    if allocation == "proportional":
+        tasks = live if combination == "live" else list(range(m))
+        if not tasks:
+            return base.copy()
+        total = sum(w[j] for j in tasks)
+        return sum(w[j] / total * (proportional(j) if j in live else base) for j in tasks)
     if combination == "split":
-        return sum(w[j] / w.sum() * tilt(z[:, j]) for j in range(m))
+        return sum(w[j] / w.sum() * tilt(z_shrunk[:, j]) for j in range(m))
     tasks = live if combination == "live" else list(range(m))
     if not tasks:
         return base.copy()
     total = sum(w[j] for j in tasks)
-    return tilt([sum(w[j] * z[i, j] for j in tasks) / total for i in range(k)])
+    return tilt([sum(w[j] * z_shrunk[i, j] for j in tasks) / total for i in range(k)])
 
 
+@pytest.mark.parametrize("allocation", ALLOCATIONS)
 @pytest.mark.parametrize("combination", COMBINATIONS)
-def test_task_combinations_match_a_naive_reference(combination):
-    """live / weighted / split give the p̂ of a loop reference, and split keeps a silent task's share at the
-    prior: with task 0 pointing at domain 0 and task 1 flat, domain 0 gets at most w_0 + w_1 prior_0."""
+def test_task_combinations_match_a_naive_reference(combination, allocation):
+    """Every combination x allocation gives the p̂ of a loop reference; `split` keeps a silent task's share at
+    the prior (task 0 points at domain 0, task 1 is flat: domain 0 gets at most w_0 + w_1 prior_0)."""
     domains, tasks, _ = toy_world(seed=3)
     flat = np.zeros((1, tasks.shape[1]))  # a task no domain serves: every cross term 0
     terms = terms_from_gradients(domains, np.concatenate([tasks, flat]))
@@ -477,15 +496,42 @@ def test_task_combinations_match_a_naive_reference(combination):
     history = [[3.0 - 0.2 * t, 2.0 - 0.05 * t] for t in range(9)]
     for t in range(1, 9):
         p, record = dids_update(
-            p, terms, history[: t + 1], combination=combination, prior=prior, evidence=evidence
+            p,
+            terms,
+            history[: t + 1],
+            combination=combination,
+            allocation=allocation,
+            prior=prior,
+            evidence=evidence,
         )
-        z, w = np.asarray(record["z_shrunk"]), np.asarray(record["task_weights"])
-        expected = _naive_p_hat(z, w, prior, VARIANTS["directional"]["temperature"], combination)
+        z, shrunk = np.asarray(record["z"]), np.asarray(record["z_shrunk"])
+        w = np.asarray(record["task_weights"])
+        temperature = VARIANTS["directional"]["temperature"]
+        expected = _naive_p_hat(z, shrunk, w, prior, temperature, combination, allocation)
         np.testing.assert_allclose(record["p_hat"], expected, rtol=1e-9, atol=1e-12)
     assert record["live_tasks"] == [True, False]
-    if combination == "split":
+    if combination == "split" or (allocation == "proportional" and combination == "weighted"):
         share = w / w.sum()
         assert record["p_hat"][0] <= share[0] + share[1] * prior[0] + 1e-12
-        assert record["p_hat"][0] > share[0] * 0.9  # the live task spends its share on its domain
-    if combination == "live":  # the silent task drops out: the live one decides alone
+        if allocation == "tilt":
+            assert record["p_hat"][0] > share[0] * 0.9  # the live task spends its share on its domain
+    if combination == "live" and allocation == "tilt":  # the silent task drops out: the live one decides
         assert record["p_hat"][0] > 0.95
+
+
+def test_proportional_allocation_shares_a_task_among_the_domains_that_serve_it():
+    """Four domains hold the task's content with different strength (a source cut in four): the tilt gives
+    nearly all to the strongest, the proportional allocation keeps every one of them well above the rest."""
+    rng = np.random.default_rng(0)
+    n = 96
+    task = rng.normal(size=n)
+    strength = np.array([0.5, 0.7, 0.9, 1.1, 0, 0, 0, 0])
+    domains = strength[:, None] * task + 0.6 * rng.normal(size=(8, n))
+    terms = terms_from_gradients(domains, task[None, :])
+    finals = {}
+    for allocation in ALLOCATIONS:
+        path, _ = run_rule(lambda t: terms, 8, allocation=allocation)
+        finals[allocation] = path[-1]
+    tilt, prop = finals["tilt"], finals["proportional"]
+    assert tilt[3] > 0.8 and tilt[:3].max() < 0.1  # winner takes (nearly) all
+    assert prop[:4].min() > 2 * prop[4:].max() and prop[:4].sum() > 0.8 and prop[3] < 0.5
