@@ -328,6 +328,9 @@ def _evidence_utility(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The `evidence` normaliser's utility [k] from the tasks' z' (`combination`, module docstring)."""
     k, m = scores.shape
+    for key, allowed in (("combination", COMBINATIONS), ("allocation", ALLOCATIONS)):
+        if spec[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {spec[key]!r}.")
     extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
     shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
     live = np.abs(shrunk).max(axis=0) > 0

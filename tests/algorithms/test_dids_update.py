@@ -510,6 +510,8 @@ def test_task_combinations_match_a_naive_reference(combination, allocation):
         expected = _naive_p_hat(z, shrunk, w, prior, temperature, combination, allocation)
         np.testing.assert_allclose(record["p_hat"], expected, rtol=1e-9, atol=1e-12)
     assert record["live_tasks"] == [True, False]
+    with pytest.raises(ValueError, match="combination must be one of"):
+        dids_update(p, terms, history, combination="mean", evidence=Evidence(5, decay=0.85))
     if combination == "split" or (allocation == "proportional" and combination == "weighted"):
         share = w / w.sum()
         assert record["p_hat"][0] <= share[0] + share[1] * prior[0] + 1e-12
