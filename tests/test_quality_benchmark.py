@@ -206,3 +206,14 @@ def test_repartition_settings_parse_label_and_configure(tmp_path):
         3,
     )
     assert runs.repartition_config(ctx, tmp_path / "proxy", tmp_path / "out")["dids_domains_per_source"] == 2
+
+
+def test_a_pretrained_model_selects_its_preset():
+    from benchmarks.quality.run import build_parser, preset_name
+
+    parser = build_parser()
+    assert preset_name(parser.parse_args([])) == "full"
+    assert preset_name(parser.parse_args(["--model", "/m"])) == "pretrained"
+    assert preset_name(parser.parse_args(["--quick", "--model", "/m"])) == "quick"
+    sizes, setting, _ = bench.PRESETS["pretrained"]
+    assert setting.learning_rate < bench.PRESETS["full"][1].learning_rate and setting.budget < 1000

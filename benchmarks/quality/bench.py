@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,14 @@ PRESETS: dict[str, tuple[Sizes, runs.Setting, tuple[int, ...]]] = {
     "quick": (
         Sizes(train=120, observe=16, heldout=40),
         runs.Setting(cutoff_len=128, budget=480, num_updates=4, target_samples=16, probe_samples=4),
+        (0,),
+    ),
+    # fine-tuning a pretrained model (`--model DIR`): shorter rows and run, a fine-tuning learning rate
+    "pretrained": (
+        Sizes(train=400, observe=40, heldout=100),
+        runs.Setting(
+            cutoff_len=128, batch_size=4, learning_rate=2.0e-5, budget=320, num_updates=8, target_samples=16
+        ),
         (0,),
     ),
 }
@@ -89,8 +97,13 @@ def run_benchmark(
     repartition: bool = True,
     repartitions: tuple[tuple[str, int], ...] = DEFAULT_REPARTITIONS,
     workdir: Path | None = None,
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the whole benchmark; write `out_dir/quality.json` and `out_dir/quality.md`; return the results."""
+    """Run the whole benchmark; write `out_dir/quality.json` and `out_dir/quality.md`; return the results.
+
+    `model_dir`: start every run from this (pretrained) model instead of the tiny one the build makes; its
+    tokenizer encodes the held-out rows.
+    """
     start = time.perf_counter()
     sizes, setting, default_seeds = PRESETS[preset]
     setting = runs.Setting(**{**asdict(setting), "threads": threads})
@@ -107,6 +120,8 @@ def run_benchmark(
 
     _log(f"building assets in {workdir / 'assets'} ({sizes})")
     assets = build_assets(workdir / "assets", sizes, seed=data_seed)
+    if model_dir is not None:
+        assets = replace(assets, model_dir=Path(model_dir).resolve())
     manifest = assets.manifest
     score = evaluate.heldout_scorer(assets.model_dir, assets.dataset_dir, list(TASKS), setting.cutoff_len)
 
@@ -128,6 +143,7 @@ def run_benchmark(
             "setting": asdict(setting),
             "seeds": list(done_seeds),
             "data_seed": data_seed,
+            "model": str(assets.model_dir),
             "strategies": order,
             "tasks": list(TASKS),
             "irrelevant_tasks": list(IRRELEVANT_TASKS),

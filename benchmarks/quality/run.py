@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=1, help="OMP threads per training process (0: torch default)"
     )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="fine-tune this pretrained model directory instead of the tiny model trained from scratch (e.g. "
+        "`llamafactory-dids proxy smollm2 DIR`); selects the `pretrained` preset (cutoff 128, batch 4, lr 2e-5, "
+        "320 samples, 8 updates)",
+    )
     parser.add_argument("--no-repartition", action="store_true", help="skip `llamafactory-dids repartition`")
     parser.add_argument(
         "--repartitions",
@@ -66,10 +74,15 @@ def parse_repartitions(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def preset_name(args: argparse.Namespace) -> str:
+    """`quick` with --quick, `pretrained` with --model, else `full` (benchmarks.quality.bench.PRESETS)."""
+    return "quick" if args.quick else "pretrained" if args.model else "full"
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     return run_benchmark(
         args.out,
-        preset="quick" if args.quick else "full",
+        preset=preset_name(args),
         strategies=[s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None,
         seeds=tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None,
         data_seed=args.data_seed,
@@ -77,6 +90,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         repartition=not args.no_repartition,
         repartitions=parse_repartitions(args.repartitions),
         workdir=args.workdir,
+        model_dir=args.model,
     )
 
 
