@@ -323,6 +323,11 @@ def _trajectory_and_weights(
     return l_c, l_p, fit_ok, w
 
 
+def _utility_of(mixture: np.ndarray, base: np.ndarray, temperature: float) -> np.ndarray:
+    """The utility u whose prior x exp(u / T), normalised, is `mixture` (the inverse of the tilt)."""
+    return temperature * np.log(np.clip(mixture, 1e-300, None) / base)
+
+
 def _evidence_utility(
     evidence: Evidence, scores: np.ndarray, base: np.ndarray, w: np.ndarray, spec: Mapping[str, Any]
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -347,13 +352,11 @@ def _evidence_utility(
                 per_task[:, j] = mass / mass.sum()
         if spec["combination"] == "live":  # tasks without evidence give their share to the live ones
             weight = np.where(live, w, 0.0) / w[live].sum() if live.any() and w[live].sum() > 0 else weight
-        mixture = per_task @ weight
-        return spec["temperature"] * np.log(np.clip(mixture, 1e-300, None) / base), extra
+        return _utility_of(per_task @ weight, base, spec["temperature"]), extra
     if spec["combination"] == "split":
-        # each task spends its weight's share of the budget by its own evidence (the prior where it has
-        # none); returned as the utility whose prior x exp(u / T) is that mixture
+        # each task spends its weight's share of the budget by its own evidence (the prior where it has none)
         per_task = np.stack([softmax(shrunk[:, j], spec["temperature"], base) for j in range(m)], axis=1)
-        return spec["temperature"] * np.log(np.clip(per_task @ weight, 1e-300, None) / base), extra
+        return _utility_of(per_task @ weight, base, spec["temperature"]), extra
     if spec["combination"] == "weighted":  # a task without evidence pulls towards the prior by its weight
         return shrunk @ weight, extra
     # `live`: tasks without significant evidence drop out of the weighting instead of diluting the others
