@@ -75,7 +75,9 @@ def run_training(workdir: Path, assets: Any, strategy: str, args: Any, r: int) -
     if strategy == "dids":
         if not updates:
             raise RuntimeError(f"run {tag}: no DIDS update in {run.output_dir}")
-        out.update(final_weights=[round(w, 4) for w in updates[-1]["weights"]], num_tasks=1)
+        last = updates[-1]
+        out.update(final_weights=[round(w, 4) for w in last["weights"]], num_domains=len(last["domains"]))
+        out["num_tasks"] = len(last.get("tasks") or [])
     return out
 
 
