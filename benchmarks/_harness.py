@@ -106,6 +106,11 @@ def summary_figures(figures: Sequence[Figure], command: str) -> list[Figure]:
     return [Figure(**{**asdict(f), "command": command}) for f in figures if not f.detail]
 
 
+def detail(name: str, text: str) -> Figure:
+    """A detail row: a figure shown as `text`, printed by its script only."""
+    return Figure(name, None, text=text, detail=True)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if len(values) else float("nan")
 
@@ -114,6 +119,35 @@ def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - start, result
+
+
+def interleaved(
+    arms: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 0
+) -> dict[str, list[float]]:
+    """Seconds of every arm, each called once per round, the order reversed every other round so that
+    drifts in machine speed cancel; the first `warmup` rounds are not recorded."""
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    for r in range(warmup + rounds):
+        for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
+            elapsed = timed(arms[name])[0]
+            if r >= warmup:
+                seconds[name].append(elapsed)
+    return seconds
+
+
+def rotated(variants: Sequence[str], repeats: int) -> Iterator[tuple[int, str]]:
+    """(round, variant) for `repeats` rounds of every variant, the order rotated each round."""
+    for r in range(repeats):
+        shift = r % len(variants)
+        yield from ((r, v) for v in [*variants[shift:], *variants[:shift]])
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op threads (0: leave torch's default)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------- command line
@@ -271,6 +305,16 @@ class Run:
     def results(self) -> dict[str, Any]:
         return self.json("train_results.json")
 
+    def timings(self) -> dict[str, float]:
+        """The Trainer's `train_runtime` and `total_flos` (NaN when absent), and the process's wall seconds."""
+        results = self.results
+        flos = float(results.get("total_flos", float("nan")))
+        return {
+            "train_runtime_s": float(results["train_runtime"]),
+            "total_flos": flos,
+            "process_wall_s": self.seconds,
+        }
+
     def history(self) -> list[dict[str, Any]]:
         return history(self.output_dir)
 
@@ -375,6 +419,14 @@ def collate(rows: Sequence[Mapping[str, list[int]]], pad_id: int, multiple: int 
 def encode_file(path: Path, tokenizer: Any, cutoff_len: int) -> list[dict[str, list[int]]]:
     """The alpaca rows of a dataset JSON file, encoded by `encode_alpaca_rows`."""
     return encode_alpaca_rows(tokenizer, json.loads(path.read_text(encoding="utf-8")), cutoff_len)
+
+
+def tokenizer(path: str | Path) -> tuple[Any, int]:
+    """The tokenizer in `path` and its pad id (0 when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    return tok, tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
 def load_model(path: str | Path) -> Any:

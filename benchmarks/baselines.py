@@ -4,25 +4,7 @@
     python benchmarks/baselines.py                                # 7 strategies, 160 samples, 4 updates
     python benchmarks/baselines.py --budget 320 --updates 8 --json baselines.json --workdir /tmp/bl-bench
 
-Everything runs offline in a temporary work directory (or `--workdir`): the tiny Llama (2 blocks), its
-tokenizer and the demo datasets (`build_demo_assets`, 300 rows per domain). One `run_compare` call trains
-every strategy in turn with the unchanged `llamafactory-cli train` (OMP/MKL threads set to `--threads`,
-default 1): SFT, full fine-tuning, domains demo_code, demo_docs, demo_comments (k = 3), batch 8,
-`dids_budget: --budget`, `dids_num_updates: --updates`, target set demo_target_code (m = 1, 24
-observation rows, 8 probe rows per domain and task), seed 42; `uniform` is the reference of doremi and
-velocitune. dids runs with `dids_normaliser: clamp`, `dids_ema_beta: 0.3` (the demo's settings); every
-other key at its default.
-
-Per strategy:
-- update s (median): median `seconds` of the `history.jsonl` records with update > 0 (wall time of
-  `DomainMixture.update`: probe, task losses, rule, broadcast); for static strategies the task-loss
-  observation only.
-- train_runtime s and its ratio to uniform's: `train_runtime` of `output_dir/train_results.json` (the
-  Trainer's timer around the training loop: no start-up or data loading). Strategies run one after the
-  other, once: on a shared machine read the ratios, not the seconds, and expect a few % of noise.
-- final target loss: `dids_final.json` (the final model on the 24 observation rows), and the final
-  weights.
-Exit code 0: it is a measurement.
+Method: benchmarks/README.md, baselines.py.
 """
 
 from __future__ import annotations

@@ -5,22 +5,7 @@
     python benchmarks/cost_model.py --model dids_demo/smollm2     # a real architecture (`llamafactory-dids proxy`)
     python benchmarks/cost_model.py --model DIR --length 512 --json cost_model.json
 
-Per-row seconds, measured in this process (`--threads`, CPU) on rows of `--length` random token ids, all
-supervised, after one untimed warm-up of each kind; median over `--reps` repetitions:
-
-    forward      a batch of 8 rows, no gradient (what the task losses cost per row)
-    probe pass   one row, `model(...).loss` and `torch.autograd.grad` over the probed matrices
-                 (`select_probe_parameters`, the last 10% of blocks): a task or domain gradient of the probe
-    train step   a batch of 8 rows, forward and `backward()` over every parameter (no optimizer step),
-                 with the domain-gradient hooks idle, exact (`dids_domain_gradients: train`, 8 domains)
-                 and sketched (4096 buckets per layer); their ratios are the hooks' overhead
-
-The cost model (paper section 5 and Appendix: 72 domains, 9 tasks, 25 updates over 100k samples, i.e.
-4,000 trained rows per update; the plugin's defaults `dids_target_samples: 200`, `dids_probe_samples: 16`)
-counts per update, in these per-row seconds: task losses m x 200 forwards; task gradients m x 16 probe
-passes; with `probe`, k x 16 domain probe passes; with `train`, the hooks' overhead on the 4,000 training
-rows instead. Extra compute = that / (4,000 train steps' rows). The optimizer step and data loading are left
-out of both sides (they are per step, not per row), which makes the fractions slightly pessimistic.
+Method: benchmarks/README.md, cost_model.py.
 """
 
 from __future__ import annotations

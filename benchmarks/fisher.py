@@ -5,31 +5,11 @@
     python benchmarks/fisher.py --quick         # 1 seed
     python benchmarks/fisher.py --json fisher.json --workdir /tmp/dids-fisher
 
-Setup, all offline: the demo tiny Llama (`llamafactory_dids.demo.build_demo_assets`, 2 blocks, hidden 64)
-trained in this process for `--train-steps` (400) AdamW steps (lr 1e-3, batch 8) on the three demo domains, so
-the Fisher is that of a model that has learned something (at random init every gradient is noise). Rows
-are built like LLaMA-Factory builds them (alpaca rows, `default` template, cutoff 256, prompt masked).
-Domains: each demo domain split at random into 8 parts -> k = 24 domains; tasks: the held-out
-demo_target_{code,docs,comments} sets -> m = 3 tasks, 72 (domain, task) pairs. `GradientProbe` over the
-linear layers of the last block (`dids_probe_layers_fraction: 0.5` of 2 blocks), 32 probe rows per domain
-and per task (`--probe-rows`; the demo target sets hold 40), identical rows for every estimator.
-
-Estimators compared with the exact per-example Fisher (`dids_fisher_estimator: batch` at
-`dids_fisher_batch_size: 1`, the reference):
-  per_example hooks: per example, squared gradient (delta_b^T x_b)^2: exact; micro-batches of 8 rows
-  per_token   hooks: per example, sum over tokens of (output-grad^2)^T (input^2); micro-batches of 8 rows
-  kfac        hooks: per example, K-FAC diagonal (sum output-grad^2)(sum input^2)^T / positions; 8 rows
-  batch@8     the reference code's estimator: squared mean gradients of 8-row micro-batches
-  no Fisher   F = 1 (eq. 12 becomes half the squared Euclidean distance; per-example passes)
-For each: Spearman rank correlation of the 72 impacts with the reference's (and the mean over tasks of
-the per-task Spearman over domains, which is what the per-task normalisation sees), and the seconds of
-one `probe.impact` call with its ratio to the reference's. Medians over seeds (model init, training
-order, domain split and probe rows all change with the seed).
+Method: benchmarks/README.md, fisher.py.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from typing import Any
@@ -51,26 +31,21 @@ ESTIMATORS = {  # name -> (fisher_estimator, fisher_batch_size)
 }
 
 
-def _load_rows(assets: Any, tokenizer: Any, name: str) -> list[dict[str, list[int]]]:
-    return h.encode_file(assets.dataset_dir / f"demo_{name}.json", tokenizer, CUTOFF)
-
-
 def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[str, Any]:
     import numpy as np
     import torch
     from scipy.stats import spearmanr
-    from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
+    tokenizer, pad = h.tokenizer(assets.model_dir)
+    rows = lambda name: h.encode_file(assets.dataset_dir / f"demo_{name}.json", tokenizer, CUTOFF)  # noqa: E731
     model = h.load_model(assets.model_dir)
     for module in model.modules():  # a fresh init per seed: the built model is always the same one
         if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
             module.reset_parameters()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train = [row for name in DOMAINS for row in _load_rows(assets, tokenizer, name)]
+    train = [row for name in DOMAINS for row in rows(name)]
     labels = np.repeat(np.arange(len(DOMAINS)), [len(train) // len(DOMAINS)] * len(DOMAINS))
-    tasks = [_load_rows(assets, tokenizer, f"target_{name}")[:probe_rows] for name in DOMAINS]
+    tasks = [rows(f"target_{name}")[:probe_rows] for name in DOMAINS]
 
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -90,20 +65,14 @@ def measure(assets: Any, seed: int, train_steps: int, probe_rows: int) -> dict[s
     out: dict[str, Any] = {"seed": seed, "domains": len(pools), "tasks": len(tasks)}
     impacts: dict[str, np.ndarray] = {}
     for name, (estimator, batch_size) in ESTIMATORS.items():
-        probe = h.probe(
-            model,
-            lambda rows: h.collate(rows, pad),
-            train,
-            pools,
-            tasks,
-            # F = 1 (the ablation the estimators must beat): the probe's identity metric (DIDS-FIM)
-            metric="inner_product" if estimator == "none" else "fim",
-            probe_samples=probe_rows,
-            fisher_batch_size=batch_size,
-            layers_fraction=0.5,
-            seed=seed,
-            fisher_estimator="batch" if estimator == "none" else estimator,
-        )
+        # F = 1 (the ablation the estimators must beat): the probe's identity metric (DIDS-FIM)
+        none = estimator == "none"
+        options = {
+            "metric": "inner_product" if none else "fim",
+            "fisher_estimator": "batch" if none else estimator,
+        }
+        options.update(probe_samples=probe_rows, fisher_batch_size=batch_size, layers_fraction=0.5, seed=seed)
+        probe = h.probe(model, lambda rows: h.collate(rows, pad), train, pools, tasks, **options)
         start = time.perf_counter()
         impacts[name] = probe.impact_terms(1).distance()  # eq. 12 under diag(F) or I
         out[f"{name}_seconds"] = time.perf_counter() - start
@@ -136,7 +105,7 @@ def run(args: Any) -> tuple[list[Figure], list[dict[str, Any]]]:
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
+    return h.median([run[key] for run in runs])
 
 
 def report(runs: list[dict[str, Any]]) -> list[Figure]:

@@ -4,17 +4,9 @@
     python benchmarks/gpu_path.py                    # every visible GPU (torchrun when more than one)
     python benchmarks/gpu_path.py --gpus 1 --json gpu.json --workdir /tmp/dids-gpu
 
-Needs CUDA and DeepSpeed; without a GPU it says so and exits 0 (nothing is measured). Offline: the demo
-tokenizer and datasets (`llamafactory_dids.demo.build_demo_assets`) and a Llama of `--layers` blocks,
-hidden `--hidden`, built here with random weights and saved next to the demo model.
+Needs CUDA and DeepSpeed; without a GPU it says so and exits 0 (nothing is measured).
 
-Each strategy runs `llamafactory-cli train` on the demo SFT config with `bf16: true`, a ZeRO-3 DeepSpeed
-config, `cutoff_len: --cutoff`, batch `--batch` per GPU, `dids_budget: --budget` samples; `dids` adds
-the demo target set (m = 1), `dids_num_updates: --updates`, 16 probe rows per domain and per task.
-Figures: training throughput (the Trainer's `train_samples_per_second`, start-up excluded) of each run,
-the whole-run `train_runtime` ratio dids / uniform, the median seconds of one mixture update (from
-history.jsonl) and the share of the dids run spent in updates. Runs are interleaved `--repeats` times;
-medians are reported.
+Method: benchmarks/README.md, gpu_path.py.
 """
 
 from __future__ import annotations

@@ -4,15 +4,7 @@
     python benchmarks/overhead.py                      # defaults: 200 steps, 3 repeats, ~5 min on 2 cores
     python benchmarks/overhead.py --json overhead.json --check
 
-Method (in full in benchmarks/README.md, overhead.py). A: the same tiny SFT run as `stock`
-(`LLAMAFACTORY_DIDS_DISABLE=1`, `max_steps`), `plugin` (`dids_strategy: uniform`, same steps through
-`dids_budget`) and `plugin_noloss` (`dids_log_domain_loss: false`), each its own process (`--worker`:
-`run_exp` exactly as `llamafactory-cli train` calls it, plus a passive step timer), interleaved `--repeats`
-times in rotated order after an untimed warm-up, `--threads` OMP/MKL threads; target: median
-`train_runtime` plugin / stock <= 1.02. B: the time site.py spends on our .pth, timed inside
-`python -S -c CODE` re-running `site.main()` with `site.addpackage` wrapped; target < 2 ms; plus
-importtime rows, a whole-process A/B, `python -c pass` and the meta-path finder's cost per import.
-Exit code 0 (a measurement) unless `--check` is given and a target is missed.
+Method: benchmarks/README.md, overhead.py. Exit code 0 unless `--check` is given and a target is missed.
 """
 
 from __future__ import annotations
@@ -44,19 +36,14 @@ def _worker(timings_path: str, config_path: str) -> None:
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.wall: list[float] = []
-            self.cpu: list[float] = []
+        wall: list[float] = []
+        cpu: list[float] = []
 
-        def _mark(self) -> None:
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             self.wall.append(time.perf_counter())
             self.cpu.append(time.process_time())
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._mark()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self._mark()
+        on_train_begin = on_step_end
 
     from llamafactory.train.tuner import run_exp  # imported here: the start-up hook patches it now
 
@@ -106,62 +93,48 @@ def run_training(workdir: Path, assets: Any, variant: str, steps: int, args: Any
         cmd=[sys.executable, os.path.abspath(__file__), "--worker", str(timings_path)],
         LLAMAFACTORY_DIDS_DISABLE="1" if variant == "stock" else None,
     )
-    results, timings = run.results, json.loads(timings_path.read_text(encoding="utf-8"))
+    timings = json.loads(timings_path.read_text(encoding="utf-8"))
+    if timings["plugin_applied"] != (variant != "stock"):
+        raise RuntimeError(f"run {tag}: plugin applied = {timings['plugin_applied']}, expected the opposite.")
     step_wall, step_cpu = (
         [b - a for a, b in zip(t, t[1:], strict=False)] for t in (timings["wall"], timings["cpu"])
     )
-    if timings["plugin_applied"] != (variant != "stock"):
-        raise RuntimeError(f"run {tag}: plugin applied = {timings['plugin_applied']}, expected the opposite.")
-    return {
-        "variant": variant,
-        "tag": tag,
-        "train_runtime_s": float(results["train_runtime"]),
-        "process_wall_s": round(run.seconds, 4),
-        "total_flos": float(results["total_flos"]),
-        "train_loss": float(results["train_loss"]),
-        "steps": len(step_wall),
-        "plugin_source": timings["plugin_source"],
-        "step_ms": [round(1000 * s, 3) for s in step_wall[1:]],  # first step (warm-up) excluded
-        "step_cpu_ms": [round(1000 * s, 3) for s in step_cpu[1:]],
-    }
+    out = {"variant": variant, "tag": tag, **run.timings(), "train_loss": float(run.results["train_loss"])}
+    out.update(steps=len(step_wall), plugin_source=timings["plugin_source"])
+    out["step_ms"] = [round(1000 * s, 3) for s in step_wall[1:]]  # first step (warm-up) excluded
+    out["step_cpu_ms"] = [round(1000 * s, 3) for s in step_cpu[1:]]
+    return out
 
 
 def measure_training(workdir: Path, assets: Any, args: Any) -> dict[str, Any]:
-    runs: list[dict[str, Any]] = []
     if args.warmup:
         print(f"[train] warm-up run (stock, {min(args.steps, 10)} steps, not counted)", flush=True)
         run_training(workdir, assets, "stock", min(args.steps, 10), args, "warmup")
-    for r in range(args.repeats):
-        shift = r % len(VARIANTS)  # rotate the order each round: no variant always runs first
-        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-            run = run_training(workdir, assets, variant, args.steps, args, f"{variant}-{r}")
-            runs.append({**run, "repeat": r})
-            print(
-                f"[train] repeat {r} {variant:<14} train_runtime {run['train_runtime_s']:7.3f} s   "
-                f"process {run['process_wall_s']:6.1f} s   median step {h.median(run['step_ms']):6.1f} ms   "
-                f"steps {run['steps']}   flos {run['total_flos']:.4g}",
-                flush=True,
-            )
+    runs: list[dict[str, Any]] = []
+    for r, variant in h.rotated(VARIANTS, args.repeats):  # no variant always runs first
+        runs.append(
+            run := {**run_training(workdir, assets, variant, args.steps, args, f"{variant}-{r}"), "repeat": r}
+        )
+        print(
+            f"[train] repeat {r} {variant:<14} train_runtime {run['train_runtime_s']:7.3f} s   "
+            f"process {run['process_wall_s']:6.1f} s   median step {h.median(run['step_ms']):6.1f} ms   "
+            f"steps {run['steps']}   flos {run['total_flos']:.4g}",
+            flush=True,
+        )
     summary: dict[str, Any] = {}
+    by_round = {(r["variant"], r["repeat"]): r["train_runtime_s"] for r in runs}
     for variant in VARIANTS:
         mine = [r for r in runs if r["variant"] == variant]
         if len(steps_seen := {r["steps"] for r in mine}) != 1:
             raise RuntimeError(f"{variant}: runs disagree on the number of steps: {sorted(steps_seen)}")
         times = [r["train_runtime_s"] for r in mine]
-        summary[variant] = {
-            "steps": steps_seen.pop(),
-            "train_runtime_s": h.median(times),
-            "process_wall_s": h.median([r["process_wall_s"] for r in mine]),
-            "step_ms": h.median([s for r in mine for s in r["step_ms"]]),
-            "step_cpu_ms": h.median([s for r in mine for s in r["step_cpu_ms"]]),
-            "total_flos": h.median([r["total_flos"] for r in mine]),
-            "spread": (max(times) - min(times)) / h.median(times),
-        }
-    by_round = {(r["variant"], r["repeat"]): r["train_runtime_s"] for r in runs}
-    for variant in ("plugin", "plugin_noloss"):
-        summary[variant]["paired_ratios"] = [
-            by_round[(variant, r)] / by_round[("stock", r)] for r in range(args.repeats)
-        ]
+        summary[variant] = {"steps": steps_seen.pop(), "spread": (max(times) - min(times)) / h.median(times)}
+        for key in ("train_runtime_s", "process_wall_s", "total_flos"):
+            summary[variant][key] = h.median([r[key] for r in mine])
+        for key in ("step_ms", "step_cpu_ms"):
+            summary[variant][key] = h.median([s for r in mine for s in r[key]])
+        ratios = [by_round[(variant, r)] / by_round[("stock", r)] for r in range(args.repeats)]
+        summary[variant]["paired_ratios"] = ratios
     if summary["stock"]["steps"] != summary["plugin"]["steps"]:
         raise RuntimeError(
             f"stock ran {summary['stock']['steps']} steps but the plugin {summary['plugin']['steps']}: "
@@ -229,12 +202,8 @@ def importtime_us(env: dict[str, str]) -> int:
     return sum(us for depth, us in rows if depth == top)
 
 
-def _run_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(
-        cmd, env=env, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    return time.perf_counter() - start, proc.stdout.strip()
+def _run(cmd: list[str], env: dict[str, str]) -> str:
+    return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
@@ -244,41 +213,32 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
         print(f"[startup] {PTH_NAME} is not installed in this environment: nothing to measure", flush=True)
         return out
     out["pth_text"] = pth.read_text(encoding="utf-8")
-    modes = {
-        "as_is": h.offline_env(),
-        "bytecode_cache": h.offline_env(
-            PYTHONPYCACHEPREFIX=str(workdir / "pycache"), PYTHONDONTWRITEBYTECODE=None
-        ),
-    }
+    cache = {"PYTHONPYCACHEPREFIX": str(workdir / "pycache"), "PYTHONDONTWRITEBYTECODE": None}
+    modes = {"as_is": h.offline_env(), "bytecode_cache": h.offline_env(**cache)}
     with_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip="<no such file>.pth", ours=PTH_NAME)]
     without_cmd = [sys.executable, "-S", "-c", _AB_CODE.format(skip=PTH_NAME, ours=PTH_NAME)]
-    plain_cmd = [sys.executable, "-c", "pass"]
     for mode, env in modes.items():  # the hook stays active: offline_env drops LLAMAFACTORY_DIDS_DISABLE
         for _ in range(3):  # warm the page cache (and, in bytecode_cache mode, fill the cache)
             importtime_us(env)
-            _run_timed(with_cmd, env)
+            _run(with_cmd, env)
         imports = [importtime_us(env) for _ in range(runs)]
-        with_s, without_s, plain_s, pth_ns = [], [], [], []
-        for i in range(runs):
-            # alternate which arm goes first, so drifts in machine speed cancel
-            for arm in ("without", "with") if i % 2 == 0 else ("with", "without"):
-                if arm == "with":
-                    seconds, printed = _run_timed(with_cmd, env)
-                    with_s.append(seconds)
-                    pth_ns.append(int(printed))
-                else:
-                    without_s.append(_run_timed(without_cmd, env)[0])
-            plain_s.append(_run_timed(plain_cmd, env)[0])
+        pth_ns: list[int] = []
+        arms = {
+            "without": lambda env=env: _run(without_cmd, env),
+            "with": lambda env=env, ns=pth_ns: ns.append(int(_run(with_cmd, env))),
+            "plain": lambda env=env: _run([sys.executable, "-c", "pass"], env),
+        }
+        s = h.interleaved(arms, runs)  # which arm goes first alternates, so drifts in machine speed cancel
         if min(pth_ns) < 0:
             raise RuntimeError(f"site.py did not process {pth} in the timed arm ({mode}).")
-        diffs = [a - b for a, b in zip(with_s, without_s, strict=True)]
+        diffs = [a - b for a, b in zip(s["with"], s["without"], strict=True)]
         out[mode] = r = {
             "pth_ms": h.median(pth_ns) / 1e6,
             "pth_ms_p90": statistics.quantiles(pth_ns, n=10)[-1] / 1e6,
             "importtime_ms": h.median(imports) / 1000,
-            "wall_plain_ms": 1000 * h.median(plain_s),
-            "wall_with_pth_ms": 1000 * h.median(with_s),
-            "wall_without_pth_ms": 1000 * h.median(without_s),
+            "wall_plain_ms": 1000 * h.median(s["plain"]),
+            "wall_with_pth_ms": 1000 * h.median(s["with"]),
+            "wall_without_pth_ms": 1000 * h.median(s["without"]),
             "wall_paired_diff_ms": 1000 * h.median(diffs),
         }
         print(
@@ -288,21 +248,14 @@ def measure_startup(workdir: Path, runs: int) -> dict[str, Any]:
             f"paired diff {r['wall_paired_diff_ms']:+.3f} ms",
             flush=True,
         )
-    out["finder_ns_per_import"] = float(_run_timed([sys.executable, "-c", _FINDER_CODE], h.offline_env())[1])
+    finder = out["finder_ns_per_import"] = float(_run([sys.executable, "-c", _FINDER_CODE], h.offline_env()))
     count_env = h.offline_env(LLAMAFACTORY_DIDS_DISABLE="1")  # count only: do not patch
-    out["modules_imported_by_tuner"] = int(
-        _run_timed([sys.executable, "-c", _COUNT_CODE], count_env)[1].split()[-1]
+    count = out["modules_imported_by_tuner"] = int(
+        _run([sys.executable, "-c", _COUNT_CODE], count_env).split()[-1]
     )
-    if out["finder_ns_per_import"] >= 0:
-        out["finder_ms_for_tuner_import"] = (
-            out["finder_ns_per_import"] * out["modules_imported_by_tuner"] / 1e6
-        )
-        print(
-            f"[startup] meta-path finder: {out['finder_ns_per_import']:.0f} ns per later import; "
-            f"`import llamafactory.train.tuner` imports {out['modules_imported_by_tuner']} modules "
-            f"-> {out['finder_ms_for_tuner_import']:.2f} ms",
-            flush=True,
-        )
+    if finder >= 0:
+        out["finder_ms_for_tuner_import"] = finder * count / 1e6
+        print(f"[startup] meta-path finder: {finder:.0f} ns per later import x {count} modules of the tuner")
     return out
 
 
@@ -314,7 +267,7 @@ def report(training: dict[str, Any] | None, startup: dict[str, Any] | None) -> l
     out: list[Figure] = []
 
     def detail(name: str, text: str, *values: float) -> None:
-        out.append(Figure(name, None, text=text.format(*values), detail=True))
+        out.append(h.detail(name, text.format(*values)))
 
     if training is not None:
         stock, plugin, noloss = (training["summary"][v] for v in VARIANTS)
@@ -347,12 +300,8 @@ def report(training: dict[str, Any] | None, startup: dict[str, Any] | None) -> l
         steps = (stock["step_ms"], plugin["step_ms"], noloss["step_ms"])
         detail("  median step time: stock / plugin / no domain loss (ms)", "{:.2f} / {:.2f} / {:.2f}", *steps)
         detail("  median step time ratio plugin/stock", "{:.4f}", steps[1] / steps[0])
-        detail(
-            "  process wall time median: stock / plugin (s)",
-            "{:.1f} / {:.1f}",
-            stock["process_wall_s"],
-            plugin["process_wall_s"],
-        )
+        walls = (stock["process_wall_s"], plugin["process_wall_s"])
+        detail("  process wall time median: stock / plugin (s)", "{:.1f} / {:.1f}", *walls)
     for mode, label in (("as_is", "as is"), ("bytecode_cache", "bytecode cache")):
         if startup is not None and mode in startup:
             m, name = startup[mode], f"start-up: site.py on llamafactory_dids.pth ({label})"

@@ -5,34 +5,7 @@
     python benchmarks/repartition.py --kmeans-only --kmeans-n 100000 --kmeans-dim 1024 --kmeans-k 72 1024 --sklearn-max-k 1024
     python benchmarks/repartition.py --json repartition.json
 
-Proxy: a Llama (hidden 256, 4 blocks, ~0.8M parameters in the last block, which is what
-`dids_probe_layers_fraction: 0.1` selects), trained from random initialisation for `--proxy-steps` (600) AdamW
-steps (warm-up then cosine decay) on `--proxy-rows` (400) held-out rows of every kind it later clusters
-(demo code, docstrings, comments and C): it stands for the pretrained proxy a user brings, which cannot be
-downloaded here. Text is real (Python stdlib code, docstrings, comments, C headers), tokenised by the
-product's own input pipeline with the demo template, `cutoff_len` 128. Everything runs on CPU (about 10
-minutes on 2 cores).
-
-A. Throughput (examples/s), same rows, same length-sorted batches of 8:
-   - `factored`: the default path (`FactoredGradientFeatures`, r = 128 per side, sparse JL to 1024);
-   - (a) `exact`: one `autograd.grad` per example + the dense Appendix A projection to 1024 (the
-     reference code's approach), on `--exact-rows` rows;
-   - (b) `fwd+bwd`: a plain batched forward + `loss.backward()` over all parameters of the same proxy.
-   Targets: factored / exact >= 10, factored / fwd+bwd >= 0.5.
-B. Fidelity on `--fidelity-rows` rows against exact per-example gradients: correlation of pairwise
-   cosine similarities (target >= 0.95) for the factored features and for the dense JL projection of
-   the exact gradients (the paper's features); adjusted Rand index of spherical k-means clusters
-   (k = 3, `--seeds` seeds) against the exact gradients' clusters with the same seed, and of the exact
-   gradients' clusters between consecutive seeds (k-means' own instability, for scale).
-C. Planted domains that differ in kind, mixed in one source: Python function sources (demo_code) and C
-   code from the system headers (/usr/include), same instruction wording; ARI of 2-means on the
-   factored features against the truth (target >= 0.8), for each of `--proxy-seeds` proxies trained the
-   same way (the figure is their mean; the minimum is printed), with each proxy's fit on the rows (loss vs
-   unigram entropy, what `repartition` reports) and the same rows through exact gradients and mean hidden
-   states; the ARI of code vs docstrings vs comments from B.
-D. k-means time on `--kmeans-n` x `--kmeans-dim` synthetic features (a planted mixture on the sphere)
-   into each `--kmeans-k`: faiss (spherical) and scikit-learn KMeans (n_init=1, up to `--sklearn-max-k`),
-   through `algorithms.clustering.spherical_kmeans` with sampling disabled (fit on all rows).
+Method: benchmarks/README.md, repartition.py.
 """
 
 from __future__ import annotations
@@ -465,97 +438,72 @@ def kmeans_seconds(args: Any) -> dict[str, float]:
 def report(got: dict) -> list[Figure]:
     """Every figure of parts A-D; the detail rows are printed here only, the others by `run_all.py` too."""
     out: list[Figure] = []
-
-    def detail(name: str, text: str) -> None:
-        out.append(Figure(name, None, text=text, detail=True))
-
     if "throughput" in got:
         a, b, c = got["throughput"], got["fidelity"], got["planted"]
-        detail(
-            f"A. factored features, examples/s (mean {a['mean_tokens']:.0f} tokens per row)",
-            f"{a['factored_ex_per_s']:.2f}",
-        )
-        detail("   (a) exact + dense projection, examples/s", f"{a['exact_ex_per_s']:.2f}")
-        detail("   (b) plain batched fwd+bwd, examples/s", f"{a['fwd_bwd_ex_per_s']:.2f}")
-        out.append(
+        aris = (b["ari_factored_vs_exact"], b["ari_dense_jl_vs_exact"], b["ari_exact_vs_exact_other_seed"])
+        out += [
+            h.detail(
+                f"A. factored features, examples/s (mean {a['mean_tokens']:.0f} tokens per row)",
+                f"{a['factored_ex_per_s']:.2f}",
+            ),
+            h.detail("   (a) exact + dense projection, examples/s", f"{a['exact_ex_per_s']:.2f}"),
+            h.detail("   (b) plain batched fwd+bwd, examples/s", f"{a['fwd_bwd_ex_per_s']:.2f}"),
             Figure(
                 "repartition: factored / per-example + dense projection",
                 a["factored_over_exact"],
-                unit="x",
-                target=10,
-                comparator=">=",
-            )
-        )
-        out.append(
+                "x",
+                10,
+                ">=",
+            ),
             Figure(
-                "repartition: factored / plain forward+backward",
-                a["factored_over_fwd_bwd"],
-                unit="x",
-                target=0.5,
-                comparator=">=",
-            )
-        )
-        detail(
-            f"B. fidelity on {b['rows']} rows vs exact gradients ({b['dims']} dims): cosine corr, dense JL",
-            f"{b['cosine_corr_dense_jl']:.3f}",
-        )
-        out.append(
+                "repartition: factored / plain forward+backward", a["factored_over_fwd_bwd"], "x", 0.5, ">="
+            ),
+            h.detail(
+                f"B. fidelity on {b['rows']} rows vs exact gradients ({b['dims']} dims): cosine corr, dense JL",
+                f"{b['cosine_corr_dense_jl']:.3f}",
+            ),
             Figure(
                 "repartition: cosine correlation with exact gradients (factored)",
                 b["cosine_corr_factored"],
-                target=0.95,
-                comparator=">=",
-            )
-        )
-        aris = (b["ari_factored_vs_exact"], b["ari_dense_jl_vs_exact"], b["ari_exact_vs_exact_other_seed"])
-        detail(
-            "   ARI of 3-means vs exact's clusters: factored / dense JL / exact with another seed",
-            " / ".join(f"{x:.3f}" for x in aris),
-        )
-        detail(
-            "   ARI vs the demo domains (code/docs/comments)",
-            ", ".join(f"{k} {v:.3f}" for k, v in b["ari_vs_source"].items()),
-        )
-        out.append(
+                "",
+                0.95,
+                ">=",
+            ),
+            h.detail(
+                "   ARI of 3-means vs exact's clusters: factored / dense JL / exact with another seed",
+                " / ".join(f"{x:.3f}" for x in aris),
+            ),
+            h.detail(
+                "   ARI vs the demo domains (code/docs/comments)",
+                ", ".join(f"{k} {v:.3f}" for k, v in b["ari_vs_source"].items()),
+            ),
             Figure(
-                "repartition: ARI vs exact clusters, factored - dense JL",
-                aris[0] - aris[1],
-                target=0.0,
-                comparator=">=",
-            )
-        )
+                "repartition: ARI vs exact clusters, factored - dense JL", aris[0] - aris[1], "", 0.0, ">="
+            ),
+        ]
         for seed, v in c.get("by_proxy_seed", {}).items():
             text = f"{v['ari']:.3f} / {v['ari_exact']:.3f} / {v['ari_semantic']:.3f}; fit {v['fit_loss']:.3f} vs {v['unigram_entropy']:.3f}"
-            detail(
-                f"C. Python vs C, proxy seed {seed}: ARI factored / exact / hidden state; fit (loss vs unigram)",
-                text,
-            )
+            name = f"C. Python vs C, proxy seed {seed}: ARI factored / exact / hidden state; fit (loss vs unigram)"
+            out.append(h.detail(name, text))
         if "python_vs_c_ari" in c:
-            rows, means = (
-                c["python_vs_c_rows"],
-                (c["python_vs_c_ari_min"], c["python_vs_c_ari_exact"], c["python_vs_c_ari_semantic"]),
+            rows = c["python_vs_c_rows"]
+            means = (c["python_vs_c_ari_min"], c["python_vs_c_ari_exact"], c["python_vs_c_ari_semantic"])
+            name = (
+                f"   Python vs C ({rows[0]} + {rows[1]} rows): min factored / mean exact / mean hidden state"
             )
-            detail(
-                f"   Python vs C ({rows[0]} + {rows[1]} rows): min factored / mean exact / mean hidden state",
-                " / ".join(f"{x:.3f}" for x in means),
-            )
-            out.append(
-                Figure(
-                    "repartition: planted Python vs C, ARI (mean over proxies)",
-                    c["python_vs_c_ari"],
-                    target=0.8,
-                    comparator=">=",
-                )
-            )
-        detail("   code vs docstrings vs comments, ARI (factored)", f"{c['code_docs_comments_ari']:.3f}")
-    for key, seconds in got.get("kmeans", {}).items():
+            out.append(h.detail(name, " / ".join(f"{x:.3f}" for x in means)))
+            name = "repartition: planted Python vs C, ARI (mean over proxies)"
+            out.append(Figure(name, c["python_vs_c_ari"], "", 0.8, ">="))
         out.append(
-            Figure(
-                f"repartition: k-means {key.replace('_s', '')} on {got.get('kmeans_shape', '')}",
-                seconds,
-                unit="s",
+            h.detail(
+                "   code vs docstrings vs comments, ARI (factored)", f"{c['code_docs_comments_ari']:.3f}"
             )
         )
+    shape = got.get("kmeans_shape", "")
+    out += [
+        Figure(f"repartition: k-means {k.replace('_s', '')} on {shape}", s, "s")
+        for k, s in got.get("kmeans", {}).items()
+    ]
     return out
 
 

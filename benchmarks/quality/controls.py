@@ -1,21 +1,7 @@
 """Controls of the DIDS rule on the quality benchmark's data: null target, planted boilerplate, added
-irrelevant sources (paper section 5.5.2, Figure 2b).
-
-Role: a companion of `benchmarks/quality` (same assets, training settings and held-out scoring); run it
-after, or instead of, the main benchmark:
+irrelevant sources (paper section 5.5.2, Figure 2b); method in benchmarks/README.md, quality/controls.py.
 
     python -m benchmarks.quality.controls --seeds 0 --out quality_controls
-
-- **null**: `dids` observes one target drawn from the training pool itself (`quality_obs_pool`, rows sampled
-  uniformly from all training rows, so its sources come in natural proportions). No source is more useful
-  than the pool: the figures are the total variation between `dids`'s weights and `natural`, and between
-  them and the rule's own start (its floored prior), at the end and at the worst update (target: <= 0.1).
-- **planted**: an extra source of repeated boilerplate (a licence header in a few variants) joins the
-  training set; the usual targets. The figure is its share of the trained samples against its uniform
-  share 1/(k+1) (target: no more).
-- **irrelevant 1x/2x/4x**: the irrelevant sources (`c`, `reference`, `licenses`) are added once or three
-  times more as further domains; `uniform`, `natural` and `dids` train on each. The figure is each
-  strategy's growth of the target mean from 1x to 4x (target: dids grows less than uniform and natural).
 """
 
 from __future__ import annotations

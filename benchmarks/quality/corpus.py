@@ -1,13 +1,5 @@
-"""Real offline text for the quality benchmark: one extractor per kind of content, with provenance.
-
-Role: the raw material of `benchmarks/quality` (corpus -> build -> train -> evaluate). Every row is an
-alpaca record cut from text that already exists on the machine: the Python standard library (function
-sources, maintainers' comment blocks, the language reference in `pydoc_data.topics`), the C headers of
-the Python installation, the license files and metadata headers of installed distributions
-(`*.dist-info`), and the numeric tables scikit-learn ships. Files are visited in sorted order and every
-row records where it came from (`origin`), so a build is reproducible and auditable. No paper
-equation here; the kinds are the "domains" of the paper's section 5.5.2 robustness setting.
-"""
+"""Real offline text for the quality benchmark, one extractor per kind of content, each row with its
+provenance (`origin`); files are visited in sorted order, so a build is reproducible."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Scores of the quality benchmark: held-out task loss of a trained model, and purity of a repartition.
-
-Role: last step of `benchmarks/quality` (corpus -> build -> train -> *evaluate*). The held-out loss of a
-task is the token-weighted mean cross-entropy of the response tokens of its held-out rows, the rows
-built exactly as LLaMA-Factory's supervised preprocessing builds them for training (template, prompt
-masked, `infer_seqlen` truncation at `cutoff_len`):
-    loss(task) = sum over rows, response tokens of -log p(token | prefix) / number of response tokens.
-Purity of a clustering against true labels: (1/n) * sum over clusters of the size of its largest true
-class; the adjusted Rand index comes from scikit-learn.
-"""
+"""Scores of the quality benchmark: held-out task loss of a trained model (token-weighted mean response
+cross-entropy of rows built as LLaMA-Factory's supervised preprocessing builds them), purity and ARI."""
 
 from __future__ import annotations
 

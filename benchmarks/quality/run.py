@@ -1,10 +1,7 @@
 #!/usr/bin/env python
 """Command line of the quality benchmark: `python -m benchmarks.quality [--quick] [--out DIR] ...`, or
-`python benchmarks/quality/run.py ...` (the same), whose `figures(argv)` is what `benchmarks/run_all.py`
-collects (it imports this file by path). Run from the repository root with the environment that has the
-plugin installed. See docs/quality-benchmark.md for the setting and the figures; `bench.run_benchmark`
-does the work.
-"""
+`python benchmarks/quality/run.py ...` (the same; `benchmarks/run_all.py` imports it by path and calls
+`figures(argv)`). The setting and the figures: docs/quality-benchmark.md."""
 
 from __future__ import annotations
 

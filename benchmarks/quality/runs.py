@@ -1,12 +1,5 @@
-"""Training and repartition runs of the quality benchmark, each through the unchanged command line.
-
-Role: third step of `benchmarks/quality` (corpus -> build -> *train* -> evaluate). Every strategy
-registered in `llamafactory_dids.algorithms.registry.STRATEGY_CLASSES` is trained by
-`llamafactory-cli train` in its own process, from the same initial model, with the same budget
-(`dids_budget` samples), seed and hyper-parameters; only the `dids_*` keys a strategy needs are added
-(`strategy_keys`). Domain repartitioning (paper section 4.1) goes through
-`llamafactory-dids repartition CONFIG.yaml` (the project's CLI contract) when that command exists.
-"""
+"""Training and repartition runs of the quality benchmark, each through the unchanged command line
+(`llamafactory-cli train`, `llamafactory-dids repartition`); per-strategy keys in `strategy_keys`."""
 
 from __future__ import annotations
 
@@ -21,9 +14,6 @@ from benchmarks import _harness as h
 from llamafactory_dids.utils import OverrideError, parse_override
 
 from .build import SOURCES, TASKS, QualityAssets, observe_name, train_name
-
-__all__ = ["REFERENCE_RUNS", "ROWS", "RunContext", "Setting", "parse_row", "registered_strategies"]
-__all__ += ["repartition_available", "run_repartition", "run_training", "strategy_keys", "training_config"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +45,18 @@ class RunContext:
 # ------------------------------------------------------------------ per-strategy wiring (edit here)
 
 
-def _static_keys(ctx: RunContext) -> dict[str, Any]:
-    """A hand-set prior: sources that hold some task's kind of content weigh 4x the others."""
-    task_kinds = set(TASKS.values())
-    weights = {train_name(s): (4.0 if task_kinds & set(SOURCES[s]) else 1.0) for s in ctx.sources}
-    total = sum(weights.values())
-    return {"dids_static_weights": {k: v / total for k, v in weights.items()}}
+def _task_source_weights(task_weight: float, other_weight: float) -> Callable[[RunContext], dict[str, Any]]:
+    """A static prior: sources holding some task's kind of content weigh `task_weight`, the others
+    `other_weight` (normalised)."""
+
+    def keys(ctx: RunContext) -> dict[str, Any]:
+        kinds = set(TASKS.values())
+        weights = {
+            train_name(s): task_weight if kinds & set(SOURCES[s]) else other_weight for s in ctx.sources
+        }
+        return {"dids_static_weights": {k: v / sum(weights.values()) for k, v in weights.items()}}
+
+    return keys
 
 
 def _reference_keys(strategy: str) -> Callable[[RunContext], dict[str, Any]]:
@@ -74,24 +70,16 @@ REFERENCE_RUNS: dict[str, str] = {"doremi": "uniform", "velocitune": "uniform"}
 #: strategy -> extra `dids_*` keys it needs beyond the shared ones; options of the baselines
 #: (e.g. `dids_step_size`) stay at their defaults unless added here
 EXTRA_KEYS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
-    "static": _static_keys,
+    "static": _task_source_weights(4.0, 1.0),  # task sources x4
     **{name: _reference_keys(name) for name in REFERENCE_RUNS},
 }
 #: display names for rows whose strategy uses a benchmark-chosen setting
 LABELS: dict[str, str] = {"static": "static (task sources x4)"}
 
 
-def _oracle_keys(ctx: RunContext) -> dict[str, Any]:
-    """A static mixture of only the sources holding some task's content (what a mixer should find)."""
-    task_kinds = set(TASKS.values())
-    weights = {train_name(s): (1.0 if task_kinds & set(SOURCES[s]) else 0.0) for s in ctx.sources}
-    total = sum(weights.values())
-    return {"dids_static_weights": {k: v / total for k, v in weights.items()}}
-
-
 #: rows beyond one per strategy: label -> (strategy, extra keys or a function of the context)
 ROWS: dict[str, tuple[str, dict[str, Any] | Callable[[RunContext], dict[str, Any]]]] = {
-    "oracle": ("static", _oracle_keys),
+    "oracle": ("static", _task_source_weights(1.0, 0.0)),  # only the sources holding task content
     "dids (paper)": ("dids", {"dids_variant": "paper"}),
     "dids (reference)": ("dids", {"dids_variant": "reference"}),
     "dids-LT": ("dids", {"dids_use_trajectory": False}),
@@ -182,18 +170,25 @@ def training_config(
 # ------------------------------------------------------------------------------------ processes
 
 
-def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
-    """One `llamafactory-cli train` run; the record holds timings and the final mixture, or the error."""
-    run = h.launch(h.train_cli(), run_dir, config, h.offline_env(threads), check=False)
+def _launch(
+    cmd: list[str], what: str, config: dict, run_dir: Path, threads: int
+) -> tuple[Any, dict[str, Any]]:
+    """Run `cmd CONFIG.yaml` (`what` names it); the run and its record: output_dir and seconds, or the error."""
+    run = h.launch(cmd, run_dir, config, h.offline_env(threads), check=False)
     record: dict[str, Any] = {"output_dir": str(run.output_dir), "process_seconds": round(run.seconds, 1)}
     if run.returncode != 0:
-        record["error"] = f"llamafactory-cli train exited {run.returncode}; see {run.log}:\n{run.tail(3000)}"
+        record["error"] = f"{what} exited {run.returncode}; see {run.log}:\n{run.tail(3000)}"
+    return run, record
+
+
+def run_training(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
+    """One `llamafactory-cli train` run; the record holds timings and the final mixture, or the error."""
+    run, record = _launch(h.train_cli(), "llamafactory-cli train", config, run_dir, threads)
+    if "error" in record:
         return record
-    results = run.results
-    record["train_runtime"] = float(results["train_runtime"])
-    record["train_loss"] = float(results.get("train_loss", float("nan")))
-    records = run.history()
-    if records:
+    record["train_runtime"] = float(run.results["train_runtime"])
+    record["train_loss"] = float(run.results.get("train_loss", float("nan")))
+    if records := run.history():
         last = records[-1]
         record["final_weights"] = dict(zip(last["domains"], last["weights"], strict=True))
         record["weight_changes_lag1"] = weight_change_autocorrelation([r["weights"] for r in records])
@@ -260,13 +255,9 @@ def repartition_config(
 
 def run_repartition(config: dict[str, Any], run_dir: Path, threads: int) -> dict[str, Any]:
     """Run `llamafactory-dids repartition CONFIG.yaml`; the record has the output_dir or the error."""
-    run = h.launch([*h.dids_cli(), "repartition"], run_dir, config, h.offline_env(threads), check=False)
-    record: dict[str, Any] = {"output_dir": config["output_dir"], "process_seconds": round(run.seconds, 1)}
-    if run.returncode != 0:
-        record["error"] = (
-            f"llamafactory-dids repartition exited {run.returncode}; see {run.log}:\n{run.tail(3000)}"
-        )
-    return record
+    return _launch([*h.dids_cli(), "repartition"], "llamafactory-dids repartition", config, run_dir, threads)[
+        1
+    ]
 
 
 def repartitioned_dataset_dir(ctx: RunContext, repartition_dir: Path, into: Path) -> Path:
