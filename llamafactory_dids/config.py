@@ -239,8 +239,9 @@ class DIDSConfig:
     dids_variant: str = field(
         default="directional",
         metadata={
-            "help": "`dids` only: the update rule. `directional` (default): Fisher inner product of each domain's "
-            "gradient with each task's (eq. 12's cross term); tasks weighted half equally and half by relative progress; "
+            "help": "`dids` only: the update rule. `directional` (default): the cosine of each domain's gradient "
+            "with each task's, centred over domains, in the identity metric; tasks weighted half equally and half "
+            "by relative progress; "
             "evidence accumulated over updates per task and read as signal-to-noise; uniform "
             "prior; 5% uniform floor. `paper`: eq. 12-16 literally (distance, /p, softmax "
             "T = 1, uniform start). `reference`: the authors' code. docs/dids.md lists every departure with "
@@ -250,9 +251,10 @@ class DIDSConfig:
     dids_impact: str | None = field(
         default=None,
         metadata={
-            "help": "`dids` component: `distance` (eq. 12, (max - I) / sum per task), `similarity` (Fisher "
-            "inner product, shifted by its minimum and divided by the sum per task; the `directional` default) or "
-            "`cosine` (Fisher cosine, centred over domains or against `dids_pool_control`). Unset: the variant's."
+            "help": "`dids` component: `distance` (eq. 12, (max - I) / sum per task), `similarity` (inner "
+            "product, shifted by its minimum and divided by the sum per task) or `cosine` (centred over domains "
+            "or against `dids_pool_control`; the `directional` default). Each in `dids_impact_metric`. Unset: the "
+            "variant's."
         },
     )
     dids_pool_control: bool | None = field(
@@ -307,11 +309,13 @@ class DIDSConfig:
             "(0 = this update only; 0.85 = an effective memory of about 6 updates)."
         },
     )
-    dids_impact_metric: str = field(
-        default="fim",
+    dids_impact_metric: str | None = field(
+        default=None,
         metadata={
-            "help": "`dids` only: `fim` (eq. 12) or `inner_product` (the DIDS-FIM ablation: DGA's eq. 6). The "
-            "baselines dga, doge, doremi and velocitune always use the inner product."
+            "help": "`dids` only: the metric of the impact's gradient products, `fim` (diag(F), eq. 12) or "
+            "`inner_product` (the identity: the DIDS-FIM ablation, DGA's eq. 6). Unset: the variant's "
+            "(`directional`: inner_product; `paper`, `reference`: fim). The baselines dga, doge, doremi and "
+            "velocitune always use the inner product."
         },
     )
     dids_use_trajectory: bool = field(
@@ -509,6 +513,15 @@ _BOOL_KEYS = (
     "dids_pool_control",
     "dids_importance_correction",
 )
+
+
+def impact_metric(cfg: Any) -> str:
+    """The probe's metric: `dids_impact_metric`, or for `dids` its variant's (`VARIANT_METRICS`), else `fim`."""
+    if cfg.dids_impact_metric is not None:
+        return cfg.dids_impact_metric
+    if cfg.dids_strategy == "dids":
+        return _dids_rule().VARIANT_METRICS[cfg.dids_variant]
+    return "fim"
 
 
 def _choice_keys() -> dict[str, tuple[str, ...]]:

@@ -262,8 +262,8 @@ def test_host_conflicts(host, match):
             r"`dids_variant: reference` runs the authors' code as it is, so `dids_temperature` cannot be set",
         ),
         (
-            {"dids_strategy": "uniform", "dids_pool_control": True},
-            r"`dids_pool_control: true` compares cosines, but the impact is 'similarity' \(the `directional` "
+            {"dids_strategy": "uniform", "dids_pool_control": True, "dids_variant": "paper"},
+            r"`dids_pool_control: true` compares cosines, but the impact is 'distance' \(the `paper` "
             r"variant\)\. Add `dids_impact: cosine`",
         ),
         (
@@ -376,3 +376,15 @@ def test_every_field_has_help():
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(DIDSConfig))
     assert all(k.startswith("dids_") for k in known_keys())
+
+
+def test_the_impact_metric_is_the_variants_unless_set():
+    """`directional` measures in the identity metric (docs/dids.md, "The impact: the cosine, without the
+    Fisher"), `paper` and `reference` in the Fisher's; an explicit `dids_impact_metric` wins."""
+    dids = {"dids_strategy": "dids", "dids_target_datasets": ["t"], "dids_num_updates": 4}
+    metric = dids_config.impact_metric
+    assert metric(parse_dids_config(dids)) == "inner_product"
+    for variant in ("paper", "reference"):
+        assert metric(parse_dids_config({**dids, "dids_variant": variant})) == "fim"
+    assert metric(parse_dids_config({**dids, "dids_impact_metric": "fim"})) == "fim"
+    assert metric(parse_dids_config({"dids_strategy": "uniform"})) == "fim"  # the probe only observes losses

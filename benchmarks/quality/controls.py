@@ -135,9 +135,9 @@ def run_controls(out_dir: Path, *, seeds: tuple[int, ...], workdir: Path, thread
             natural = [n / sum(sizes_) for n in sizes_]
             # distance from natural and from the rule's own start (its floored prior: uniform by default), so
             # that a prior other than natural is not counted as movement
-            start = null["history"][0]["weights"]
+            rule_start = null["history"][0]["weights"]
             tvs = [_total_variation(r["weights"], natural) for r in null["history"]]
-            moved = [_total_variation(r["weights"], start) for r in null["history"]]
+            moved = [_total_variation(r["weights"], rule_start) for r in null["history"]]
             null["tv_final"], null["tv_max"] = tvs[-1], max(tvs)
             null["tv_prior_final"], null["tv_prior_max"] = moved[-1], max(moved)
         results["null"].append(null)

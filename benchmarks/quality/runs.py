@@ -83,7 +83,9 @@ ROWS: dict[str, tuple[str, dict[str, Any] | Callable[[RunContext], dict[str, Any
     "dids (paper)": ("dids", {"dids_variant": "paper"}),
     "dids (reference)": ("dids", {"dids_variant": "reference"}),
     "dids-LT": ("dids", {"dids_use_trajectory": False}),
+    # without the Fisher: the paper's ablation (the `directional` default already measures so); with it
     "dids-FIM": ("dids", {"dids_impact_metric": "inner_product"}),
+    "dids+FIM": ("dids", {"dids_impact_metric": "fim"}),
 }
 
 

@@ -26,14 +26,15 @@ rows. One pipeline, four stages, each a component the variants set differently:
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
 paper literally), `reference` (the authors' code as documented in docs/dids.md: a Fisher kernel normalised
 with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
-at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the Fisher inner product per task,
-relative task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm 1's start;
-`prior="natural"` for domain sizes), 5% uniform floor; `impact="cosine"` for the Fisher cosine, centred
-over domains or against a pool control). Why the default departs from the paper, with the measurements:
-docs/dids.md.
+at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the gradient cosine per task,
+centred over domains and measured in the identity metric (`VARIANT_METRICS`; `impact="similarity"` for the
+inner product), relative task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm
+1's start; `prior="natural"` for domain sizes), 5% uniform floor). Why the default departs from the paper,
+with the measurements: docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
-`inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form.
+`inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form (the `directional`
+default measures in it already; `fim` puts the Fisher back).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ ALLOCATIONS = ("tilt", "proportional")
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
     "directional": {
-        "impact": "similarity",
+        "impact": "cosine",  # with the identity metric (VARIANT_METRICS): docs/dids.md, "The impact"
         "pool_control": False,
         "task_weighting": "relative",
         "importance_correction": False,
@@ -98,6 +99,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_VARIANT = "directional"
+#: the probe's metric for each variant's impact when `dids_impact_metric` is unset: `fim` is diag(F) (eq. 12),
+#: `inner_product` the identity (the DIDS-FIM ablation's metric; at 8 probe rows the Fisher, estimated from
+#: the same rows, made the cosine rank worse: docs/dids.md, "The impact")
+VARIANT_METRICS = {"directional": "inner_product", "paper": "fim", "reference": "fim"}
 #: the reference code's trajectory: below this many points the potential is 1.0
 REFERENCE_MIN_POINTS = 5
 REFERENCE_NEGATIVE_FLOOR = 1e-7

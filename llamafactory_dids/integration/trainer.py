@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
+from ..config import impact_metric
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from ..run_files import TRACE_DIR
 from ..runtime.domain_gradients import DomainGradientHooks
@@ -63,7 +64,7 @@ class DIDSTrainerMixin:
         # gradient strategies need the probe; with target sets any strategy observes the task losses
         probe = None
         if strategy.signals & PROBE_SIGNALS or target_sets:
-            metric = "inner_product" if "alignment" in strategy.signals else cfg.dids_impact_metric
+            metric = "inner_product" if "alignment" in strategy.signals else impact_metric(cfg)
             gradients = bool(strategy.signals & GRADIENT_SIGNALS)
             probe = self._build_probe(len(names), target_sets, metric, gradients)
         self.dids_mixture = DomainMixture(

@@ -197,11 +197,12 @@ def test_an_easy_irrelevant_domain_gains_no_weight_by_direction():
     uniform_share = 1 / 6
     path, _ = run_rule(lambda t: terms, 8, impact="cosine", pool_control=True)
     assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
-    # the default inner product: a tiny gradient has a tiny first-order impact whatever its direction
+    # the inner product: a tiny gradient has a tiny first-order impact whatever its direction
     similarity = impact_scores(terms, "similarity", pool_control=False)
     assert int(np.argmax(similarity[:, 0])) == 0 and int(np.argmin(similarity[:, 0])) == 5
-    path, _ = run_rule(lambda t: terms, 8)
-    assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
+    for options in ({"impact": "similarity"}, {}):  # and the default, the cosine centred over domains
+        path, _ = run_rule(lambda t: terms, 8, **options)
+        assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
 
 
 def test_evidence_accumulates_and_a_consistent_signal_becomes_decisive():
@@ -261,9 +262,8 @@ def test_noise_alone_stays_inside_the_dead_zone_mostly():
 
 def test_the_cosine_ignores_a_fixed_size_advantage_under_the_null():
     """Fixed domain gradients of different sizes along the pool direction, a pool target with noise: the
-    inner product (`similarity`, the default) reads the larger projections as a first-order advantage and
-    tilts towards them; the Fisher cosine (`dids_impact: cosine`) measures direction only and stays near the
-    prior (docs/dids.md: why the default is nevertheless the inner product)."""
+    inner product (`similarity`) reads the larger projections as a first-order advantage and tilts towards
+    them; the cosine (`dids_impact: cosine`, the default) measures direction only and stays near the prior."""
     domains, _, pool = toy_world()
     finals = {"cosine": [], "similarity": []}
     for seed in range(10):
@@ -296,7 +296,7 @@ def test_weights_do_not_oscillate():
     ("impact", "pool_control"), [("similarity", False), ("cosine", False), ("cosine", True)]
 )
 def test_a_task_no_domain_serves_adds_little_noise(impact, pool_control):
-    """An unserved task: every domain's inner product (default) or cosine with it is the same, or equals the
+    """An unserved task: every domain's inner product or cosine (default) with it is the same, or equals the
     domain's cosine with the pool (pool control), up to noise. A flat column never passes the dead zone and
     changes nothing; a noisy one passes it only by chance (its z-scores are unit-scale whatever the noise
     level), so over 12 noise draws the served domain keeps the lead and its weight moves by little."""
@@ -376,8 +376,9 @@ def test_priors_and_initial_weights():
         assert strategy.last_terms["components"]["prior"] == prior
     assert not s.impact_control
     assert DIDSStrategy(["a", "b"], [3, 1], impact="cosine", pool_control=True).impact_control
+    assert DIDSStrategy(["a", "b"], [3, 1], pool_control=True).impact_control  # the default is the cosine
     with pytest.raises(ValueError, match="dids_pool_control compares cosines"):
-        DIDSStrategy(["a", "b"], [3, 1], pool_control=True)  # the default impact is the inner product
+        DIDSStrategy(["a", "b"], [3, 1], impact="similarity", pool_control=True)
     paper = DIDSStrategy(["a", "b"], [30, 10], variant="paper")
     np.testing.assert_allclose(paper.initial_weights(), [0.5, 0.5])
     assert not paper.impact_control
@@ -440,7 +441,7 @@ def test_config_reads_the_rule_tables():
     from llamafactory_dids import config
 
     assert config.DIDS_VARIANTS == tuple(VARIANTS) and config.NORMALISERS is NORMALISERS
-    assert config.VARIANT_IMPACTS == {"directional": "similarity", "paper": "distance"}
+    assert config.VARIANT_IMPACTS == {"directional": "cosine", "paper": "distance"}
     # every component a `reference` run takes from the authors' code, beta excepted, is refused as a key
     assert set(config.REFERENCE_FIXED_KEYS) == {
         f"dids_{c}" for c in ("impact", "pool_control", "task_weighting", "importance_correction")
@@ -532,7 +533,7 @@ def test_proportional_allocation_shares_a_task_among_the_domains_that_serve_it()
     terms = terms_from_gradients(domains, task[None, :])
     finals = {}
     for allocation in ALLOCATIONS:
-        path, _ = run_rule(lambda t: terms, 8, allocation=allocation)
+        path, _ = run_rule(lambda t: terms, 8, allocation=allocation, impact="similarity")
         finals[allocation] = path[-1]
     tilt, prop = finals["tilt"], finals["proportional"]
     assert tilt[3] > 0.8 and tilt[:3].max() < 0.1  # winner takes (nearly) all
