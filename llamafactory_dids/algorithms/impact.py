@@ -51,18 +51,27 @@ class ImpactAccumulator:
         self.cross = torch.zeros(num_domains, num_tasks, dtype=torch.float64)  # sum F g_S g_D
         self.domain_sq = torch.zeros(num_domains, dtype=torch.float64)  # sum F g_D^2
 
-    def add_task_block(self, task_grads: torch.Tensor, fisher: torch.Tensor) -> None:
-        """task_grads: [m, n] one parameter block of every task's mean gradient; fisher: [n]."""
+    def _weighted(self, grads: torch.Tensor, fisher: torch.Tensor | None) -> torch.Tensor:
+        """M g in float64: diag(F) g for `fim` (which needs `fisher`), g itself for `inner_product`."""
+        g = grads.double()
+        if self.metric != "fim":
+            return g
+        if fisher is None:
+            raise ValueError("the `fim` metric needs the Fisher of every block.")
+        return g * fisher.double()
+
+    def add_task_block(self, task_grads: torch.Tensor, fisher: torch.Tensor | None) -> None:
+        """task_grads: [m, n] one parameter block of every task's mean gradient; fisher: [n] (None with
+        `inner_product`)."""
         t = task_grads.double()
-        weighted = t * fisher.double() if self.metric == "fim" else t
-        self.task_sq += (weighted * t).sum(dim=1).cpu()
+        self.task_sq += (self._weighted(t, fisher) * t).sum(dim=1).cpu()
 
     def add_domain_block(
-        self, domain: int, domain_grad: torch.Tensor, task_grads: torch.Tensor, fisher: torch.Tensor
+        self, domain: int, domain_grad: torch.Tensor, task_grads: torch.Tensor, fisher: torch.Tensor | None
     ) -> None:
-        """domain_grad: [n]; task_grads: [m, n]; fisher: [n] (the same block)."""
+        """domain_grad: [n]; task_grads: [m, n]; fisher: [n] (the same block; None with `inner_product`)."""
         g = domain_grad.double()
-        weighted = g * fisher.double() if self.metric == "fim" else g
+        weighted = self._weighted(g, fisher)
         self.cross[domain] += (task_grads.double() @ weighted).cpu()
         self.domain_sq[domain] += (weighted * g).sum().cpu()
 

@@ -371,21 +371,26 @@ class GradientProbe:
 
     def _task_side(
         self, update_index: int, shards: CoordinateShards | None, *, control: bool
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Per probed tensor, the [columns, ...] task mean gradients (the pool control last, with `control`)
-        and the mean Fisher (collective; run in eval mode)."""
+        and the mean Fisher, or None per tensor in the identity metric, which never reads it (collective;
+        run in eval mode)."""
         rank, world = rank_and_world()
+        fim = self.metric == "fim"
         # task gradients and Fisher: every rank takes a share of every task's rows
         task_means, fisher, fisher_count = [], None, 0
         for rows in self.task_rows:
             rows = self.task_probe_rows(rows, update_index)
-            sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=True, filler=rows)
+            sums, squares, count, num_rows = self._grad_sums(rows[rank::world], squares=fim, filler=rows)
             task_means.append(self._reduced_mean(sums, num_rows, shards))
-            fisher = squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
-            # `batch`: one term per micro-batch; hook estimators: summed per example
-            fisher_count += count if self.fisher_estimator == "batch" else num_rows
+            if fim:
+                fisher = (
+                    squares if fisher is None else [f.add_(q) for f, q in zip(fisher, squares, strict=True)]
+                )
+                # `batch`: one term per micro-batch; hook estimators: summed per example
+                fisher_count += count if self.fisher_estimator == "batch" else num_rows
             del sums, squares
-        fisher_blocks = self._reduced_mean(fisher, fisher_count, shards)
+        fisher_blocks = self._reduced_mean(fisher, fisher_count, shards) if fim else [None] * len(self.shapes)
         if control:  # the pool control: a task-like column, not part of the Fisher
             rows = self.train_rows(self.control_rows(update_index))
             sums, _, _, num_rows = self._grad_sums(rows[rank::world], squares=False, filler=rows)
@@ -446,7 +451,7 @@ class GradientProbe:
         return self.train_gradients is not None and self.train_gradients.sketch is not None
 
     def _task_sketches(
-        self, task_blocks: list[torch.Tensor], fisher_blocks: list[torch.Tensor]
+        self, task_blocks: list[torch.Tensor], fisher_blocks: list[torch.Tensor | None]
     ) -> tuple[list[torch.Tensor], list[float]]:
         """Each layer's sketch of every task's M g_S ([columns, r]; M = diag(F) or I), and
         the weight of each layer's |sketch|^2 in |g_D|_M^2 (its mean Fisher, or 1)."""

@@ -35,6 +35,14 @@ def test_inner_product_metric_is_dga():
     for d in range(5):
         acc.add_domain_block(d, torch.tensor(domains[d]), torch.tensor(tasks), torch.tensor(fisher))
     np.testing.assert_allclose(acc.distances(), domains @ tasks.T, rtol=1e-10)
+    # the identity metric never reads the Fisher, so the probe passes none; `fim` refuses to go without it
+    plain = ImpactAccumulator(5, 3, metric="inner_product")
+    plain.add_task_block(torch.tensor(tasks), None)
+    for d in range(5):
+        plain.add_domain_block(d, torch.tensor(domains[d]), torch.tensor(tasks), None)
+    np.testing.assert_array_equal(plain.distances(), acc.distances())
+    with pytest.raises(ValueError, match="needs the Fisher"):
+        ImpactAccumulator(5, 3).add_task_block(torch.tensor(tasks), None)
 
 
 def test_quadratic_form_approximates_the_kl_of_small_updates():

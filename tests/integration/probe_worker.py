@@ -22,6 +22,7 @@ def main(out: str) -> None:
     for name, settings in (
         ("sharded", {"sharded": True}),
         ("replicated", {"sharded": False}),
+        ("sharded_identity", {"sharded": True, "metric": "inner_product"}),  # no Fisher is reduced
         (
             "sharded_projected_per_token",
             {"sharded": True, "projection_dim": 4096, "fisher_estimator": "per_token"},

@@ -182,6 +182,11 @@ def test_impact_terms_give_cosines_and_the_pool_control_exactly():
     assert len(probe.control_rows(2)) == 3 and probe.control_rows(2) == probe.control_rows(2)
     without = probe.impact_terms(2)
     assert without.control_cross is None and np.allclose(without.cross, terms.cross)
+    # the identity metric (the default's): plain products of the same gradients, no Fisher estimated
+    plain = make_probe(model, train, pools, tasks, probe_samples=3, metric="inner_product").impact_terms(2)
+    np.testing.assert_allclose(plain.cross, g_d @ g_s.T, rtol=1e-4)
+    np.testing.assert_allclose(plain.task_sq, (g_s * g_s).sum(-1), rtol=1e-4)
+    np.testing.assert_allclose(plain.domain_sq, (g_d * g_d).sum(-1), rtol=1e-4)
 
 
 def test_task_probe_rows_rotate_through_the_observation_set():
@@ -314,6 +319,8 @@ def test_sharded_probe_on_two_ranks_matches_one_process(tmp_path):
         np.testing.assert_allclose(got[name]["losses"], expected_losses, rtol=1e-5, err_msg=name)
     projected = probe_case(projection_dim=4096, fisher_estimator="per_token").impact(1)
     np.testing.assert_allclose(got["sharded_projected_per_token"]["impact"], projected, rtol=1e-4)
+    identity = probe_case(metric="inner_product").impact(1)
+    np.testing.assert_allclose(got["sharded_identity"]["impact"], identity, rtol=1e-4)
 
 
 def test_per_example_hook_fisher_is_the_exact_fisher_from_batched_passes():
