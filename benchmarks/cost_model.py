@@ -106,7 +106,10 @@ def build_parser() -> Any:
     )
     p.add_argument("--length", type=int, default=256, help="tokens per row (default 256)")
     p.add_argument("--reps", type=int, default=7, help="timed repetitions (default 7)")
-    p.add_argument("--target-samples", type=int, default=200, help="dids_target_samples (default 200)")
+    from llamafactory_dids.algorithms.dids import VARIANT_TARGET_SAMPLES
+
+    rows = VARIANT_TARGET_SAMPLES["directional"]
+    p.add_argument("--target-samples", type=int, default=rows, help=f"dids_target_samples (default {rows})")
     p.add_argument("--probe-samples", type=int, default=16, help="dids_probe_samples (default 16)")
     return p
 

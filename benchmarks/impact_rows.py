@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""How often each impact form ranks the matched source first, against the number of probe rows.
+"""How often each impact form ranks the matched source first, against the number of probe rows; how
+noisy the task losses' trajectory and the task weights are, against the number of observation rows.
 
     python benchmarks/impact_rows.py --workdir quality_results/work     # after `python -m benchmarks.quality`
     python benchmarks/impact_rows.py --rows 2,4,8,16,32 --repeats 12 --json impact_rows.json
+    python benchmarks/impact_rows.py --workdir WORK --only loss-rows   # WORK of a `--model DIR` run too
 
 Method: benchmarks/README.md, impact_rows.py.
 """
@@ -146,12 +148,94 @@ def _hook_timing(model: Any, exact: Any, sketch: Any, batches: list[Any], domain
     return {mode: h.median(values) for mode, values in seconds.items()}
 
 
+def measure_loss_rows(workdir: Path, row_counts: list[int], repeats: int, updates: int) -> dict[str, Any]:
+    """The noise of the task weights and of l_c at n observation rows (module docstring, benchmarks/README.md).
+
+    The seed-0 `uniform` config is retrained once with a checkpoint every budget / (batch x `updates`) steps
+    (the update interval); every task's observation and held-out rows are scored at the start and at each
+    checkpoint; n rows per task drawn with replacement (fixed for the whole run, as the plugin's are) give
+    the loss histories, from which the rule's own functions give l_c, l_p and the `relative` weights at
+    every update, compared with those of all the rows."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from llamafactory_dids.algorithms.dids import task_weights, trajectory_terms
+    from llamafactory_dids.algorithms.features import row_losses
+
+    config = yaml.safe_load((workdir / "seed0" / "uniform" / "config.yaml").read_text(encoding="utf-8"))
+    run_dir = workdir / "seed0" / "uniform_checkpoints"
+    interval = config["dids_budget"] // (config["per_device_train_batch_size"] * updates)
+    if len(list((run_dir / "output").glob("checkpoint-*"))) < updates:
+        options = {"save_strategy": "steps", "save_steps": interval, "save_only_model": True}
+        h.launch(
+            h.train_cli(),
+            run_dir,
+            {**config, **options, "output_dir": str(run_dir / "output")},
+            h.offline_env(),
+        )
+    states = [config["model_name_or_path"]] + [
+        str(run_dir / "output" / f"checkpoint-{interval * (t + 1)}") for t in range(updates)
+    ]
+    tokenizer, pad = h.tokenizer(config["model_name_or_path"])  # the tiny model's directory holds its own
+    data = workdir / "assets" / "data"
+    tasks = ("python", "comments", "tables")
+    rows = [
+        h.encode_file(data / f"quality_obs_{t}.json", tokenizer, config["cutoff_len"])
+        + h.encode_file(data / f"quality_heldout_{t}.json", tokenizer, config["cutoff_len"])
+        for t in tasks
+    ]
+    sums = np.zeros((len(states), len(tasks), len(rows[0])))  # [state, task, row] loss sums and tokens
+    tokens = np.zeros_like(sums)
+    for s, state in enumerate(states):
+        model = h.load_model(state)
+        for j, task_rows in enumerate(rows):
+            for i in range(0, len(task_rows), 8):
+                batch = h.collate(task_rows[i : i + 8], pad)
+                with torch.no_grad():
+                    logits = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
+                loss, count = row_losses(logits, batch["labels"])
+                sums[s, j, i : i + 8], tokens[s, j, i : i + 8] = loss.double().numpy(), count.numpy()
+
+    def weights(chosen: list[Any]) -> tuple[Any, Any]:
+        history = np.array(
+            [
+                [sums[s, j, c].sum() / tokens[s, j, c].sum() for j, c in enumerate(chosen)]
+                for s in range(len(states))
+            ]
+        )
+        out = [trajectory_terms(history[: t + 1], use_trajectory=True) for t in range(1, len(states))]
+        w = [task_weights(l_c, l_p, history[t + 1], "relative") for t, (l_c, l_p, _) in enumerate(out)]
+        return np.array(w), np.array([l_c for l_c, _, _ in out])
+
+    all_w, all_lc = weights([np.arange(len(r)) for r in rows])
+    result = {"rows": row_counts, "repeats": repeats, "pool": len(rows[0]), "interval": interval}
+    result["weights"], result["l_c"] = all_w.tolist(), all_lc.tolist()
+    result["weight_error"], result["l_c_noise"] = {}, {}
+    rng = np.random.default_rng(0)
+    for n in row_counts:
+        draws = [weights([rng.integers(0, len(r), n) for r in rows]) for _ in range(repeats)]
+        w_err = np.array([w - all_w for w, _ in draws])
+        lc_err = np.array([lc - all_lc for _, lc in draws])
+        result["weight_error"][n] = float(np.sqrt((w_err**2).mean()) * len(tasks))  # in units of 1/m
+        result["l_c_noise"][n] = float(np.sqrt((lc_err**2).mean()) / np.sqrt((all_lc**2).mean()))
+    return result
+
+
 def build_parser() -> Any:
     p = h.parser(__doc__, quick="rows 2,8,32, 3 repeats", workdir=Path("quality_results/work"))  # read only
     p.add_argument("--rows", default="2,4,8,16,32")
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--sketch-dims", default="256,1024,4096", help="buckets per layer of the domain sketch")
     p.add_argument("--sketch-steps", type=int, default=40, help="micro-batches of 8 rows the hooks see")
+    p.add_argument("--loss-rows", default="4,8,16,32,64,200", help="observation rows per task to try")
+    p.add_argument("--loss-repeats", type=int, default=300)
+    p.add_argument(
+        "--updates", type=int, default=10, help="mixture updates of the run (quality: 10; --model: 8)"
+    )
+    p.add_argument("--only", choices=("rank", "sketch", "loss-rows"), nargs="+", default=None)
     return p
 
 
@@ -159,19 +243,32 @@ def run(args: Any) -> tuple[list[Figure], dict[str, Any]]:
     import torch
 
     torch.set_num_threads(args.threads)
-    result = measure(args.workdir, [int(n) for n in args.rows.split(",")], args.repeats)
-    result["sketch"] = measure_sketch(
-        args.workdir, [int(n) for n in args.sketch_dims.split(",")], args.sketch_steps
+    only, ints = (
+        set(args.only or ("rank", "sketch", "loss-rows")),
+        lambda text: [int(n) for n in text.split(",")],
     )
+    result = measure(args.workdir, ints(args.rows), args.repeats) if "rank" in only else {}
+    if "sketch" in only:
+        result["sketch"] = measure_sketch(args.workdir, ints(args.sketch_dims), args.sketch_steps)
+    if "loss-rows" in only:
+        result["loss_rows"] = measure_loss_rows(
+            args.workdir, ints(args.loss_rows), args.loss_repeats, args.updates
+        )
     return report(result), result
 
 
 def report(result: dict[str, Any]) -> list[Figure]:
     figures = [
         Figure(f"rank accuracy, {form}, {n} rows", value)
-        for form, by_rows in result["accuracy"].items()
+        for form, by_rows in result.get("accuracy", {}).items()
         for n, value in by_rows.items()
     ]
+    for n, value in result.get("loss_rows", {}).get("weight_error", {}).items():
+        noise = result["loss_rows"]["l_c_noise"][n]
+        text = f"{value:.3f} (l_c: noise / signal {noise:.3f})"
+        figures.append(Figure(f"task weights at {n} observation rows: RMS error x m", value, text=text))
+    if "sketch" not in result:
+        return figures
     sketch, step = result["sketch"], result["sketch"]["step_seconds"]
     smaller = [s for s in sketch["sketches"] if s["bytes"] < sketch["exact_bytes"]]
     for s in sketch["sketches"]:

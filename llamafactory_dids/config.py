@@ -187,9 +187,14 @@ class DIDSConfig:
             "end into `dids_final.json`), which is how `llamafactory-dids compare` measures every strategy."
         },
     )
-    dids_target_samples: int = field(
-        default=200,
-        metadata={"help": "Observation samples per task whose loss forms the trajectory (paper: 200)."},
+    dids_target_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Observation samples per task whose loss forms the trajectory, a fixed seeded subset. "
+            "Unset: for dids its variant's (`VARIANT_TARGET_SAMPLES`: 16 for directional, chosen by the "
+            "measured noise of l_c and of the task weights, docs/dids.md; the paper's 200 for paper and "
+            "reference), 200 for every other strategy. The final evaluation reads every loaded row."
+        },
     )
     dids_probe_samples: int = field(
         default=16,
@@ -513,6 +518,16 @@ _BOOL_KEYS = (
     "dids_pool_control",
     "dids_importance_correction",
 )
+
+
+def target_samples(cfg: Any) -> int:
+    """Observation rows per task: `dids_target_samples`, or for `dids` its variant's (`VARIANT_TARGET_SAMPLES`),
+    else the paper's 200."""
+    if cfg.dids_target_samples is not None:
+        return cfg.dids_target_samples
+    if cfg.dids_strategy == "dids":
+        return _dids_rule().VARIANT_TARGET_SAMPLES[cfg.dids_variant]
+    return _dids_rule().PAPER_TARGET_SAMPLES
 
 
 def impact_metric(cfg: Any) -> str:

@@ -388,3 +388,17 @@ def test_the_impact_metric_is_the_variants_unless_set():
         assert metric(parse_dids_config({**dids, "dids_variant": variant})) == "fim"
     assert metric(parse_dids_config({**dids, "dids_impact_metric": "fim"})) == "fim"
     assert metric(parse_dids_config({"dids_strategy": "uniform"})) == "fim"  # the probe only observes losses
+
+
+def test_the_observation_rows_are_the_variants_unless_set():
+    """`directional` reads 16 rows per task for its losses (docs/dids.md, "The observation rows"), `paper`,
+    `reference` and every other strategy the paper's 200; an explicit `dids_target_samples` wins."""
+    dids = {"dids_strategy": "dids", "dids_target_datasets": ["t"], "dids_num_updates": 4}
+    rows = dids_config.target_samples
+    assert rows(parse_dids_config(dids)) == 16
+    for variant in ("paper", "reference"):
+        assert rows(parse_dids_config({**dids, "dids_variant": variant})) == 200
+    assert rows(parse_dids_config({**dids, "dids_target_samples": 40})) == 40
+    assert rows(parse_dids_config({"dids_strategy": "uniform"})) == 200
+    with pytest.raises(ValueError, match="dids_target_samples"):
+        parse_dids_config({**dids, "dids_target_samples": 0})

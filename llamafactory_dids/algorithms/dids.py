@@ -103,6 +103,12 @@ DEFAULT_VARIANT = "directional"
 #: `inner_product` the identity (the DIDS-FIM ablation's metric; at 8 probe rows the Fisher, estimated from
 #: the same rows, made the cosine rank worse: docs/dids.md, "The impact")
 VARIANT_METRICS = {"directional": "inner_product", "paper": "fim", "reference": "fim"}
+#: observation rows per task whose losses give l_c, l_p and the task weights (`dids_target_samples` unset):
+#: the paper's 200, or for `directional` 16, where on fixed rows the task weights err by under 0.07 of an
+#: equal share and l_c by under 15% of its size (RMS; a tiny model from scratch and pretrained SmolLM2:
+#: docs/dids.md, "The observation rows of the task losses")
+PAPER_TARGET_SAMPLES = 200
+VARIANT_TARGET_SAMPLES = {"directional": 16, "paper": PAPER_TARGET_SAMPLES, "reference": PAPER_TARGET_SAMPLES}
 #: the reference code's trajectory: below this many points the potential is 1.0
 REFERENCE_MIN_POINTS = 5
 REFERENCE_NEGATIVE_FLOOR = 1e-7

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..algorithms.dids import PAPER_TARGET_SAMPLES
+from ..config import target_samples
 from ..data.domains import (
     DOMAIN_ID_COLUMN,
     DOMAIN_LABEL_COLUMN,
@@ -155,11 +157,25 @@ def load_target_sets(
             raise ValueError(
                 f"Target dataset {name!r} has no usable rows after preprocessing (check cutoff_len)."
             )
-        keep = min(cfg.dids_target_samples, len(processed))
-        rng = np.random.default_rng([int(cfg.dids_seed or 0), 3])
-        sets[name] = processed.select(np.sort(rng.permutation(len(processed))[:keep]).tolist())
-        logger.info("[dids] target %r: %d observation rows (of %d)", name, keep, len(processed))
+        rows = observation_rows(len(processed), target_samples(cfg), int(cfg.dids_seed or 0))
+        sets[name] = processed.select(rows)
+        logger.info(
+            "[dids] target %r: %d observation rows for its losses, %d for its gradients (of %d)",
+            name,
+            min(target_samples(cfg), len(rows)),
+            len(rows),
+            len(processed),
+        )
     return sets
+
+
+def observation_rows(count: int, loss_rows: int, seed: int) -> list[int]:
+    """Indices of a task's observation rows, of `count`: a seeded random subset of max(`loss_rows`, the
+    paper's 200), the `loss_rows` that give the task losses first, each part in file order. The probe's
+    gradient windows rotate through all of them. The same seed gives nested subsets: the loss rows of a
+    smaller `loss_rows` are among those of a larger one."""
+    order = np.random.default_rng([seed, 3]).permutation(count)[: max(loss_rows, PAPER_TARGET_SAMPLES)]
+    return np.concatenate([np.sort(order[:loss_rows]), np.sort(order[loss_rows:])]).tolist()
 
 
 def _encode_eval(dataset: Any, vocabulary: list[str]) -> Any:

@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..algorithms.registry import STRATEGY_CLASSES, build_strategy
 from ..algorithms.strategies import GRADIENT_SIGNALS, PROBE_SIGNALS
-from ..config import impact_metric
+from ..config import impact_metric, target_samples
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN, DomainCollator
 from ..run_files import TRACE_DIR
 from ..runtime.domain_gradients import DomainGradientHooks
@@ -141,6 +141,7 @@ class DIDSTrainerMixin:
             gradients=gradients,
             domain_gradients=cfg.dids_domain_gradients,
             domain_sketch_dim=cfg.dids_domain_sketch_dim,
+            loss_samples=target_samples(cfg),
         )
 
     # ------------------------------------------------------------------------------ host overrides

@@ -285,11 +285,13 @@ class DomainMixture:
         return record
 
     def final_evaluation(self, step: int) -> dict[str, Any] | None:
-        """Task losses of the final model into `output_dir/dids_final.json` (collective; None without targets)."""
+        """Task losses of the final model into `output_dir/dids_final.json` (collective; None without targets),
+        on every loaded observation row: the same seeded rows whatever a strategy's `dids_target_samples`
+        (`integration.loader.observation_rows`), so `compare` reads like with like."""
         if self.probe is None:
             return None
         self.sync()
-        losses = self.probe.task_losses().tolist()
+        losses = self.probe.task_losses(every_row=True).tolist()
         average = self.strategy.average
         record = {
             "schema": FINAL_VERSION,

@@ -117,12 +117,16 @@ class GradientProbe:
         gradients: bool = True,
         domain_gradients: str = "probe",
         domain_sketch_dim: int = 0,
+        loss_samples: int | None = None,
     ):
         self.model = model
         self.collate = collate
         self.train_rows = train_rows
         self.domain_pools = [np.asarray(p) for p in domain_pools]
         self.task_rows = list(task_rows)
+        # the task losses read each task's first `loss_samples` rows (all with None); the gradient windows
+        # rotate through all of them
+        self.loss_samples = loss_samples
         self.device = device
         self.probe_samples = probe_samples
         self.fisher_batch_size = fisher_batch_size
@@ -223,12 +227,14 @@ class GradientProbe:
         return _Mode()
 
     # -------------------------------------------------------------------------------- task losses
-    def task_losses(self) -> np.ndarray:
-        """[m] token-weighted mean loss of every task on its observation samples (collective)."""
+    def task_losses(self, *, every_row: bool = False) -> np.ndarray:
+        """[m] token-weighted mean loss of every task on its first `loss_samples` observation rows, or with
+        `every_row` on all of them (the final evaluation: the same rows for every strategy) (collective)."""
         rank, world = rank_and_world()
         sums = torch.zeros(2 * len(self.task_rows), dtype=torch.float64, device=self.device)
         with self._eval_mode(), torch.no_grad():
             for j, rows in enumerate(self.task_rows):
+                rows = rows if every_row else rows[: self.loss_samples]
                 for batch, real in self._micro_batches(rows[rank::world], self.eval_batch_size, rows):
                     loss = self.model(**batch).loss
                     if real:

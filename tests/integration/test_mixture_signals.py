@@ -20,8 +20,9 @@ class FakeProbe:
         self.loss_calls = 0
         self.impact_calls = []
 
-    def task_losses(self):
+    def task_losses(self, every_row=False):
         self.loss_calls += 1
+        self.every_row = every_row  # of the latest call
         return np.array([3.0 - 0.5 * self.loss_calls])
 
     def impact(self, update_index):
@@ -52,6 +53,7 @@ def test_static_strategy_observes_task_losses_and_writes_the_final_ones(tmp_path
     final = mixture.final_evaluation(7)
     written = json.loads((tmp_path / "dids_final.json").read_text())
     assert written == final and written["task_losses"] == [1.5] and written["step"] == 7
+    assert mixture.probe.every_row  # the final losses: every loaded row, whatever dids_target_samples
     assert written["weights"] == [0.5, 0.5] and written["average_weights"] is None
     mixture.truncate_history(None)  # a new run in the same output_dir: the old final file goes
     assert not (tmp_path / "dids_final.json").exists()

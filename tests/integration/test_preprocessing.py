@@ -105,3 +105,20 @@ def test_missing_domain_column_is_a_clear_error(demo_assets, tmp_path):
         ValueError, match=r"`dids_domain_column: topic` is not a column of dataset 'demo_code'"
     ):
         load(demo_assets, tmp_path, dids_strategy="uniform", dids_domain_column="topic")
+
+
+def test_observation_rows_put_the_loss_rows_first_and_nest_across_row_counts():
+    """The task losses read a seeded subset of `dids_target_samples` rows; the gradient windows read at least
+    the paper's 200; a smaller loss subset lies inside a larger one (same seed), and with 200 loss rows the
+    selection is the earlier one: the seeded 200 in file order."""
+    import numpy as np
+
+    from llamafactory_dids.integration.loader import observation_rows
+
+    small, paper = observation_rows(500, 16, seed=7), observation_rows(500, 200, seed=7)
+    assert len(small) == len(paper) == 200 and len(set(small)) == 200
+    assert small[:16] == sorted(small[:16]) and small[16:] == sorted(small[16:])
+    assert set(small) == set(paper) and set(small[:16]) <= set(observation_rows(500, 40, seed=7)[:40])
+    assert paper == sorted(np.random.default_rng([7, 3]).permutation(500)[:200].tolist())
+    assert sorted(observation_rows(30, 16, seed=7)) == list(range(30))  # fewer rows than asked: all of them
+    assert len(observation_rows(500, 300, seed=7)) == 300

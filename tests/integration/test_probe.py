@@ -133,6 +133,32 @@ def test_probe_matches_brute_force():
     np.testing.assert_allclose(probe.task_losses(), expected_losses, rtol=1e-5)
 
 
+def test_the_task_losses_read_the_first_loss_samples_rows_and_the_windows_all_of_them():
+    """`loss_samples` (`dids_target_samples`) bounds the rows of the task losses only: the gradient windows
+    still rotate through every observation row."""
+    model = tiny_llama().eval()
+    train = make_rows(12, seed=1)
+    tasks = [make_rows(7, seed=2), make_rows(5, seed=3)]
+    probe = make_probe(model, train, [np.arange(6), np.arange(6, 12)], tasks, probe_samples=3, loss_samples=4)
+
+    def token_mean(rows):
+        with torch.no_grad():
+            batch = collate(rows)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shifted = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1), shifted.flatten(), ignore_index=-100, reduction="sum"
+            )
+            return loss.item() / (shifted != -100).sum().item()
+
+    np.testing.assert_allclose(probe.task_losses(), [token_mean(rows[:4]) for rows in tasks], rtol=1e-5)
+    # the final evaluation reads every row, whatever `loss_samples`
+    every = [token_mean(rows) for rows in tasks]
+    np.testing.assert_allclose(probe.task_losses(every_row=True), every, rtol=1e-5)
+    windows = [probe.task_probe_rows(tasks[0], u) for u in (1, 2, 3)]
+    assert [tasks[0].index(r) for w in windows for r in w] == [0, 1, 2, 3, 4, 5, 6, 0, 1]
+
+
 def test_impact_terms_give_cosines_and_the_pool_control_exactly():
     """Every impact form from one probe call, at update 2 (the second window of task rows), against
     per-example gradients; the pool control is the mean gradient of the seeded rows `control_rows` names."""
