@@ -21,7 +21,7 @@ from _harness import Figure
 SOURCES = ("python", "c", "reference", "licenses", "mixed")
 MATCHED = {"python": 0, "comments": 4}  # task -> index of the source holding its content
 FORMS = ("distance", "fim_inner", "cosine", "cosine (F=1)")
-QUICK = {"rows": "2,8,32", "repeats": 3, "sketch_dims": "1024"}
+QUICK = {"rows": "2,8,32", "repeats": 3, "sketch_dims": "1024", "loss_rows": "8,16,64", "loss_repeats": 30}
 
 
 def _setup(workdir: Path) -> tuple[Any, Any, list, list, list[int], Any]:
@@ -185,7 +185,8 @@ def measure_loss_rows(workdir: Path, row_counts: list[int], repeats: int, update
         + h.encode_file(data / f"quality_heldout_{t}.json", tokenizer, config["cutoff_len"])
         for t in tasks
     ]
-    sums = np.zeros((len(states), len(tasks), len(rows[0])))  # [state, task, row] loss sums and tokens
+    # [state, task, row] loss sums and tokens (a task's rows past its own count are never drawn)
+    sums = np.zeros((len(states), len(tasks), max(len(r) for r in rows)))
     tokens = np.zeros_like(sums)
     for s, state in enumerate(states):
         model = h.load_model(state)
@@ -211,7 +212,7 @@ def measure_loss_rows(workdir: Path, row_counts: list[int], repeats: int, update
         return np.array(w), np.array([l_c for l_c, _, _ in out])
 
     all_w, all_lc = weights([np.arange(len(r)) for r in rows])
-    result = {"rows": row_counts, "repeats": repeats, "pool": len(rows[0]), "interval": interval}
+    result = {"rows": row_counts, "repeats": repeats, "pool": [len(r) for r in rows], "interval": interval}
     result["weights"], result["l_c"] = all_w.tolist(), all_lc.tolist()
     result["weight_error"], result["l_c_noise"] = {}, {}
     rng = np.random.default_rng(0)
@@ -225,7 +226,11 @@ def measure_loss_rows(workdir: Path, row_counts: list[int], repeats: int, update
 
 
 def build_parser() -> Any:
-    p = h.parser(__doc__, quick="rows 2,8,32, 3 repeats", workdir=Path("quality_results/work"))  # read only
+    p = h.parser(
+        __doc__,
+        quick="rows 2,8,32, 3 repeats; loss rows 8,16,64, 30 draws",
+        workdir=Path("quality_results/work"),
+    )
     p.add_argument("--rows", default="2,4,8,16,32")
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--sketch-dims", default="256,1024,4096", help="buckets per layer of the domain sketch")
