@@ -145,7 +145,7 @@ def load_target_sets(
     """Each downstream task's observation rows: processed like training data, a seeded fixed subset."""
     from llamafactory.data import loader
 
-    sets = {}
+    sets, loss_rows = {}, target_samples(cfg)
     for name in cfg.dids_target_datasets:
         raw = loader._get_merged_dataset([name], model_args, data_args, training_args, stage)
         processed = loader._get_preprocessed_dataset(
@@ -157,12 +157,12 @@ def load_target_sets(
             raise ValueError(
                 f"Target dataset {name!r} has no usable rows after preprocessing (check cutoff_len)."
             )
-        rows = observation_rows(len(processed), target_samples(cfg), int(cfg.dids_seed or 0))
+        rows = observation_rows(len(processed), loss_rows, int(cfg.dids_seed or 0))
         sets[name] = processed.select(rows)
         logger.info(
             "[dids] target %r: %d observation rows for its losses, %d for its gradients (of %d)",
             name,
-            min(target_samples(cfg), len(rows)),
+            min(loss_rows, len(rows)),
             len(rows),
             len(processed),
         )
