@@ -20,7 +20,7 @@ from _harness import Figure
 
 SOURCES = ("python", "c", "reference", "licenses", "mixed")
 MATCHED = {"python": 0, "comments": 4}  # task -> index of the source holding its content
-FORMS = ("distance", "fim_inner", "cosine", "cosine (F=1)")
+FORMS = ("distance", "fim_inner", "cosine", "cosine (F=1)", "pool cosine (F=1)")
 QUICK = {"rows": "2,8,32", "repeats": 3, "sketch_dims": "1024", "loss_rows": "8,16,64", "loss_repeats": 30}
 
 
@@ -60,11 +60,15 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
             for metric in ("fim", "inner_product"):
                 options = {"probe_samples": n, "metric": metric, "layers_fraction": 0.5, "seed": repeat}
                 probe = h.probe(model, collate, train, pools, task_rows, **options)
-                terms = probe.impact_terms(1)
+                terms = probe.impact_terms(1, gram=metric == "inner_product")
+                sizes = np.array([len(p) for p in pools], dtype=float)
                 scores = (
                     {"distance": -terms.distance(), "fim_inner": terms.inner(), "cosine": terms.cosine()}
                     if metric == "fim"
-                    else {"cosine (F=1)": terms.cosine()}
+                    else {
+                        "cosine (F=1)": terms.cosine(),
+                        "pool cosine (F=1)": terms.without_pool(sizes / sizes.sum()).cosine(),
+                    }
                 )
                 for form, values in scores.items():
                     for j, matched in enumerate(MATCHED.values()):

@@ -9,7 +9,9 @@ rows. One pipeline, four stages, each a component the variants set differently:
                                          (the Fisher inner product <g_D, g_S>_F, eq. 12's cross term, shifted
                                          by its minimum and divided by the sum per task), cosine (Fisher
                                          cosine minus the domain's cosine with the pool control, or centred
-                                         over domains)
+                                         over domains), pool_cosine (the cosine of the parts of g_D and g_S
+                                         orthogonal to the pool gradient sum_i (n_i / N) g_Di, centred over
+                                         domains)
     w        task weights [m]            `task_weighting`: absolute (l_c + l_p in nats, eq. 16) or relative
                                          (half equal, half each task's share of the positive relative
                                          improvement (l_c + l_p) / L_t)
@@ -26,9 +28,10 @@ rows. One pipeline, four stages, each a component the variants set differently:
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
 paper literally), `reference` (the authors' code as documented in docs/dids.md: a Fisher kernel normalised
 with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in round 0, negatives floored
-at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the gradient cosine per task,
-centred over domains and measured in the identity metric (`VARIANT_METRICS`; `impact="similarity"` for the
-inner product), relative task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm
+at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the gradient cosine per task
+orthogonal to the pool gradient, centred over domains and measured in the identity metric
+(`VARIANT_METRICS`; `impact="cosine"` for the plain cosine, `"similarity"` for the inner product), relative
+task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm
 1's start; `prior="natural"` for domain sizes), 5% uniform floor). Why the default departs from the paper,
 with the measurements: docs/dids.md.
 
@@ -49,7 +52,7 @@ from .impact import ImpactTerms, normalise_impacts
 from .strategies import MixingStrategy
 from .trajectory import current_improvement, potential_improvement
 
-IMPACT_FORMS = ("distance", "similarity", "cosine")
+IMPACT_FORMS = ("distance", "similarity", "cosine", "pool_cosine")
 NORMALISERS = ("softmax", "clamp", "evidence")
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
@@ -59,7 +62,8 @@ ALLOCATIONS = ("tilt", "proportional")
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
     "directional": {
-        "impact": "cosine",  # with the identity metric (VARIANT_METRICS): docs/dids.md, "The impact"
+        # from the pool gradient, in the identity metric (VARIANT_METRICS): docs/dids.md, "The impact"
+        "impact": "pool_cosine",
         "pool_control": False,
         "task_weighting": "relative",
         "importance_correction": False,
@@ -147,8 +151,13 @@ def clamp_normalise(x: np.ndarray, floor: float = 0.0) -> np.ndarray:
     return z / total if total > 0 else np.full_like(z, 1.0 / z.size)
 
 
-def impact_scores(terms: ImpactTerms, form: str, *, pool_control: bool) -> np.ndarray:
-    """[k, m] impact scores Î of one form (see the module docstring); larger = more useful to the task."""
+def impact_scores(
+    terms: ImpactTerms, form: str, *, pool_control: bool, pool: np.ndarray | None = None
+) -> np.ndarray:
+    """[k, m] impact scores Î of one form (see the module docstring); larger = more useful to the task.
+
+    `pool`: [k] the training pool's domain proportions, which weigh the pool gradient of `pool_cosine`
+    (None: equal)."""
     if form == "distance":
         return normalise_impacts(terms.distance(), kind="distance")
     if form == "similarity":
@@ -162,6 +171,11 @@ def impact_scores(terms: ImpactTerms, form: str, *, pool_control: bool) -> np.nd
         control = terms.control_cosine() if pool_control else None
         if control is not None:  # better for the task than for the training pool in general
             return cos - control[:, None]
+        return cos - cos.mean(axis=0, keepdims=True)
+    if form == "pool_cosine":
+        k = terms.shape[0]
+        weights = np.full(k, 1.0 / k) if pool is None else np.asarray(pool, dtype=np.float64) / np.sum(pool)
+        cos = terms.without_pool(weights).cosine()
         return cos - cos.mean(axis=0, keepdims=True)
     raise ValueError(f"impact form must be one of {IMPACT_FORMS}, got {form!r}.")
 
@@ -398,6 +412,7 @@ def dids_update(
     combination: str | None = None,
     allocation: str | None = None,
     prior: np.ndarray | None = None,
+    pool: np.ndarray | None = None,
     beta: float | None = None,
     smoothing: float | None = None,
     temperature: float | None = None,
@@ -415,6 +430,7 @@ def dids_update(
         variant: `directional`, `paper` or `reference`; the component keyword arguments left None take the
             variant's value (`reference` takes its own for all of them but `beta`).
         prior: [k] base measure of softmax/evidence; None: uniform.
+        pool: [k] the training pool's domain proportions (`pool_cosine`'s pool gradient); None: uniform.
         evidence: the accumulator of the `evidence` normaliser (state carried across updates).
     """
     # over 60 lines: the signature names every component (20 lines) and the history record lists 13 terms
@@ -438,7 +454,7 @@ def dids_update(
         raise ValueError(f"task_loss_history must be [t, {m}], got {hist.shape}.")
     base = np.full(k, 1.0 / k) if prior is None else np.asarray(prior, dtype=np.float64) / np.sum(prior)
 
-    scores = impact_scores(terms, spec["impact"], pool_control=spec["pool_control"])
+    scores = impact_scores(terms, spec["impact"], pool_control=spec["pool_control"], pool=pool)
     reference = variant == "reference"
     l_c, l_p, fit_ok, w = _trajectory_and_weights(hist, spec, reference, use_trajectory, horizon)
     extra: dict[str, Any] = {}
@@ -555,6 +571,8 @@ class DIDSStrategy(MixingStrategy):
             )
         # the probe adds the pool-control gradient only when the cosine impact will read it
         self.impact_control = bool(self.resolved["pool_control"]) and self.resolved["impact"] == "cosine"
+        # ... and keeps the domains' Gram matrix only when `pool_cosine` will read it
+        self.impact_gram = self.resolved["impact"] == "pool_cosine"
         self.evidence = Evidence(self.num_domains, decay=evidence_decay)
 
     @property
@@ -580,6 +598,7 @@ class DIDSStrategy(MixingStrategy):
             variant=self.variant,
             **{key: value for key, value in self.components.items()},
             prior=self.prior,
+            pool=self.domain_sizes if self.domain_sizes.sum() > 0 else None,
             use_trajectory=self.use_trajectory,
             evidence=self.evidence,
         )

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 from ..utils import rank_and_world
 
+#: `ImpactTerms.without_pool`: a part orthogonal to the pool gradient below this share of the gradient's
+#: squared norm is rounding (the gradient lies along the pool's), not a direction
+POOL_RESIDUAL = 1e-9
+
 
 class ImpactAccumulator:
     """Accumulate the scalar terms of eq. 12 for k domains x m tasks, block by block.
@@ -40,9 +44,11 @@ class ImpactAccumulator:
     each domain `add_domain_block` for every block; `distances()` returns the [k, m] matrix.
     """
 
-    def __init__(self, num_domains: int, num_tasks: int, *, metric: str = "fim"):
+    def __init__(self, num_domains: int, num_tasks: int, *, metric: str = "fim", gram: str | None = None):
         if metric not in ("fim", "inner_product"):
             raise ValueError(f"metric must be 'fim' or 'inner_product', got {metric!r}.")
+        if gram not in (None, "local", "whole"):
+            raise ValueError(f"gram must be None, 'local' or 'whole', got {gram!r}.")
         import torch  # here, not at import: validating a config reads this module's tables without torch
 
         self.metric = metric
@@ -50,6 +56,12 @@ class ImpactAccumulator:
         self.task_sq = torch.zeros(num_tasks, dtype=torch.float64)  # sum F g_S^2
         self.cross = torch.zeros(num_domains, num_tasks, dtype=torch.float64)  # sum F g_S g_D
         self.domain_sq = torch.zeros(num_domains, dtype=torch.float64)  # sum F g_D^2
+        # the domains' Gram matrix <g_Di, g_Dk>_M (`pool_cosine`): from each domain's M^{1/2} g_D, kept whole
+        # or sketched; "local": every rank holds its own coordinates of every domain (partial Grams are
+        # summed), "whole": a domain's vector is whole on the rank that adds it (the vectors are summed)
+        self.gram_mode = gram
+        self.gram_vectors: dict[int, torch.Tensor] = {}
+        self.domain_gram: torch.Tensor | None = None
 
     def _weighted(self, grads: torch.Tensor, fisher: torch.Tensor | None) -> torch.Tensor:
         """M g in float64: diag(F) g for `fim` (which needs `fisher`), g itself for `inner_product`."""
@@ -89,25 +101,39 @@ class ImpactAccumulator:
             self.cross[domain] += (h.double() @ s).cpu()
             self.domain_sq[domain] += (w * (s * s).sum()).cpu()
 
+    def add_gram_vector(self, domain: int, vector: torch.Tensor) -> None:
+        """Domain `domain`'s M^{1/2} g_D as one flat vector (or its sketch; the same map for every domain)."""
+        self.gram_vectors[domain] = vector.detach().double().flatten().cpu()
+
+    def _gram(self) -> torch.Tensor:
+        """[k, k] <g_Di, g_Dk>_M from the vectors (collective); its diagonal is the exact |g_D|_M^2."""
+        import torch
+
+        width = max((v.numel() for v in self.gram_vectors.values()), default=0)
+        width = int(_all_reduce_max(width))
+        vectors = torch.zeros(self.k, width, dtype=torch.float64)
+        for d, v in self.gram_vectors.items():
+            vectors[d, : v.numel()] = v
+        if self.gram_mode == "local":
+            gram = _all_reduce_sum(vectors @ vectors.T)
+        else:
+            vectors = _all_reduce_sum(vectors)
+            gram = vectors @ vectors.T
+        self.gram_vectors = {}
+        gram.diagonal().copy_(self.domain_sq)
+        return gram
+
     def all_reduce(self) -> None:
         """Sum the partial terms over ranks (each rank added its shards or its domains)."""
         import torch
-        import torch.distributed as dist
 
         if rank_and_world()[1] > 1:
-            packed = torch.cat([self.task_sq, self.cross.flatten(), self.domain_sq])
-            backend = dist.get_backend()
-            device = (
-                torch.device("cuda", torch.cuda.current_device())
-                if backend == "nccl"
-                else torch.device("cpu")
-            )
-            packed = packed.to(device)
-            dist.all_reduce(packed)
-            packed = packed.cpu()
+            packed = _all_reduce_sum(torch.cat([self.task_sq, self.cross.flatten(), self.domain_sq]))
             self.task_sq = packed[: self.m]
             self.cross = packed[self.m : self.m + self.k * self.m].view(self.k, self.m)
             self.domain_sq = packed[self.m + self.k * self.m :]
+        if self.gram_mode is not None:  # after the sums: the Gram's diagonal is the summed |g_D|^2
+            self.domain_gram = self._gram()
 
     def distances(self) -> np.ndarray:
         """[k, m]: eq. 12 distances for `fim`; for `inner_product`, the similarities g_D . g_S."""
@@ -128,7 +154,40 @@ class ImpactAccumulator:
             control_sq=float(task_sq[m]) if m < self.m else None,
             control_cross=cross[:, m].copy() if m < self.m else None,
             metric=self.metric,
+            domain_gram=None if self.domain_gram is None else self.domain_gram.numpy().copy(),
         )
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over ranks (on the backend's device: CUDA for NCCL), back on the CPU."""
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        device = _collective_device()
+        out = x.to(device)
+        dist.all_reduce(out)
+        return out.cpu()
+    return x
+
+
+def _all_reduce_max(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    if rank_and_world()[1] > 1:
+        out = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return int(out.item())
+    return value
+
+
+def _collective_device() -> torch.device:
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 @dataclass
@@ -149,6 +208,8 @@ class ImpactTerms:
         metric: "fim" (M = diag(F)) or "inner_product" (M = I, the DIDS-FIM ablation).
         domain_rows: [k] rows behind each domain's gradient (probed rows, or the rows trained since the
             last update with `dids_domain_gradients: train`), or None where unknown.
+        domain_gram: [k, k] <g_Di, g_Dk>_M (off the diagonal exact or from a sketch), or None where the
+            probe did not keep it (only `pool_cosine` reads it).
     """
 
     task_sq: np.ndarray
@@ -158,6 +219,7 @@ class ImpactTerms:
     control_cross: np.ndarray | None = None
     metric: str = "fim"
     domain_rows: np.ndarray | None = None
+    domain_gram: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -176,6 +238,34 @@ class ImpactTerms:
         """[k, m] <g_D, g_S>_M / (|g_D|_M |g_S|_M) in [-1, 1]; 0 where a gradient is zero."""
         return _cosine(self.cross, self.domain_sq[:, None], self.task_sq[None, :])
 
+    def without_pool(self, pool: np.ndarray) -> ImpactTerms:
+        """The terms of every gradient's part orthogonal (in the metric) to the pool gradient
+        g_P = sum_i pool_i g_Di (`pool`: [k] weights summing to 1): g_perp = g - (<g, g_P> / |g_P|^2) g_P, so
+        <g_D_perp, g_S_perp> = <g_D, g_S> - <g_D, g_P> <g_S, g_P> / |g_P|^2 (needs `domain_gram`). A domain
+        whose gradient lies along the pool's keeps no part (its cosine is 0 whatever its size)."""
+        if self.domain_gram is None:
+            raise ValueError(
+                "pool-orthogonal terms need the domains' Gram matrix (`domain_gram`), which is None."
+            )
+        pi = np.asarray(pool, dtype=np.float64)
+        gram = np.asarray(self.domain_gram, dtype=np.float64)
+        domain_pool = gram @ pi  # [k] <g_Di, g_P>
+        task_pool = pi @ self.cross  # [m] <g_P, g_S>
+        pool_sq = float(pi @ domain_pool)  # |g_P|^2
+        inverse = 1.0 / pool_sq if pool_sq > 0 else 0.0
+        domain_sq = np.diagonal(gram) - domain_pool**2 * inverse
+        task_sq = self.task_sq - task_pool**2 * inverse
+        # what is left of a gradient along the pool's is rounding: no direction (its cosine is 0)
+        domain_sq = np.where(domain_sq > POOL_RESIDUAL * np.diagonal(gram), domain_sq, 0.0)
+        task_sq = np.where(task_sq > POOL_RESIDUAL * self.task_sq, task_sq, 0.0)
+        return ImpactTerms(
+            task_sq=task_sq,
+            cross=self.cross - np.outer(domain_pool, task_pool) * inverse,
+            domain_sq=domain_sq,
+            metric=self.metric,
+            domain_rows=self.domain_rows,
+        )
+
     def control_cosine(self) -> np.ndarray | None:
         """[k] cosine of every domain with the pool control, or None without a control."""
         if self.control_cross is None or self.control_sq is None:
@@ -192,6 +282,7 @@ class ImpactTerms:
             "control_sq": self.control_sq,
             "control_cross": None if self.control_cross is None else self.control_cross.tolist(),
             "domain_rows": None if self.domain_rows is None else self.domain_rows.tolist(),
+            "domain_gram": None if self.domain_gram is None else self.domain_gram.tolist(),
         }
 
     @classmethod
@@ -215,6 +306,9 @@ class ImpactTerms:
             domain_rows=None
             if data.get("domain_rows") is None
             else np.asarray(data["domain_rows"], dtype=np.float64),
+            domain_gram=None
+            if data.get("domain_gram") is None
+            else np.asarray(data["domain_gram"], dtype=np.float64),
         )
 
 

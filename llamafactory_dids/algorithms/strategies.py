@@ -116,6 +116,8 @@ class MixingStrategy:
     needs_reference: ClassVar[bool] = False
     #: with the `impact` signal: also probe the pool control (a gradient over rows of the whole pool)
     impact_control: bool = False
+    #: with the `impact` signal: also keep the domains' Gram matrix (`ImpactTerms.domain_gram`)
+    impact_gram: bool = False
 
     def __init__(self, domain_names: Sequence[str], domain_sizes: Sequence[int], **options: Any):
         if len(domain_names) != len(domain_sizes):

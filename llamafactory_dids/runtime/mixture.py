@@ -185,7 +185,7 @@ class DomainMixture:
             "domain_train_loss": self._train_loss_since_update,
             "step": lambda: step,
             "impact": lambda: self.probe.impact_terms(
-                self.num_updates + 1, control=self.strategy.impact_control
+                self.num_updates + 1, control=self.strategy.impact_control, gram=self.strategy.impact_gram
             ),
             "alignment": self._alignment,
             "task_loss_history": self._measure_task_losses,

@@ -57,6 +57,41 @@ from .sharding import CoordinateShards, all_reduce, is_partitioned, max_over_ran
 logger = logging.getLogger(__name__)
 
 
+#: `pool_cosine` keeps the domains' gradients whole for their Gram matrix up to this size (float64, per rank)
+GRAM_EXACT_BYTES = 1 << 30
+#: ... and above it their sparse JL sketches into this many buckets (a fresh draw each update)
+GRAM_SKETCH_DIM = 1 << 14
+#: the sketch's buckets and signs (12 bytes per probed parameter) are drawn once per update up to this size
+GRAM_HASH_CACHE_BYTES = 1 << 30
+
+
+class _GramSketch:
+    """`GRAM_SKETCH_DIM`-bucket sparse JL sketches of the domain gradients of one update: every domain is
+    hashed with the same buckets, drawn once per update and kept while they fit `GRAM_HASH_CACHE_BYTES`
+    (else drawn again per domain, as `SparseJLProjection.project` does)."""
+
+    def __init__(self, sizes: Sequence[int], seed: int):
+        self.sizes = list(sizes)
+        self.jl = SparseJLProjection(GRAM_SKETCH_DIM, seed)
+        self.cache = sum(self.sizes) * 12 <= GRAM_HASH_CACHE_BYTES
+        self.hashes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def project(self, blocks: list[torch.Tensor], shards: CoordinateShards | None) -> torch.Tensor:
+        spans = shards.spans if shards is not None else [(0, n) for n in self.sizes]
+        out = torch.zeros(GRAM_SKETCH_DIM, dtype=torch.float64, device=blocks[0].device)
+        for b, (x, (start, full)) in enumerate(zip(blocks, spans, strict=True)):
+            hashed = self.hashes.get(b)
+            if hashed is None:
+                buckets, signs = self.jl.block_hash(b, full, x.device)
+                hashed = (buckets.to(torch.int32), signs.to(torch.float32))
+                if self.cache:
+                    self.hashes[b] = hashed
+            buckets, signs = hashed
+            stop = start + x.numel()
+            out.index_add_(0, buckets[start:stop], (x.float() * signs[start:stop]).double())
+        return out
+
+
 def select_probe_parameters(
     model: torch.nn.Module, *, layers_fraction: float = 0.1, include_lm_head: bool = False
 ) -> list[tuple[str, torch.nn.Parameter]]:
@@ -346,15 +381,17 @@ class GradientProbe:
         """[k, m] eq. 12 distances (or inner products) on the current parameters (collective)."""
         return self._accumulate(update_index, control=False).distances()
 
-    def impact_terms(self, update_index: int, *, control: bool = False) -> ImpactTerms:
+    def impact_terms(self, update_index: int, *, control: bool = False, gram: bool = False) -> ImpactTerms:
         """The eq. 12 scalar terms on the current parameters (collective), optionally with a pool control.
 
         With `control`, one more gradient is probed: the mean over `probe_samples` rows drawn from the
         whole training pool (every row equally likely, i.e. domains in natural proportions; seeded by the
         update), kept as an extra column that does not enter the Fisher. Its cost is one more task-sized
-        gradient, 1 / (k + m) more backward rows.
+        gradient, 1 / (k + m) more backward rows. With `gram`, the terms also hold the domains' Gram matrix
+        <g_Di, g_Dk>_M (`pool_cosine`), from the same domain gradients: exact while k x (probed parameters)
+        fits `GRAM_EXACT_BYTES`, else from their `GRAM_SKETCH_DIM`-bucket sparse JL sketches.
         """
-        terms = self._accumulate(update_index, control=control).terms(len(self.task_rows))
+        terms = self._accumulate(update_index, control=control, gram=gram).terms(len(self.task_rows))
         terms.domain_rows = self.last_domain_rows.copy()
         return terms
 
@@ -408,7 +445,20 @@ class GradientProbe:
         ]
         return task_blocks, fisher_blocks
 
-    def _accumulate(self, update_index: int, *, control: bool) -> ImpactAccumulator:
+    def _gram_vector(
+        self,
+        blocks: list[torch.Tensor],
+        scales: list[torch.Tensor] | None,
+        shards: CoordinateShards | None,
+        sketch: _GramSketch | None,
+    ) -> torch.Tensor:
+        """One domain's M^{1/2} g_D as a flat vector (`scales`: M^{1/2} per block), or its sketch."""
+        blocks = self._scaled(blocks, scales)
+        if sketch is None:
+            return torch.cat([b.flatten() for b in blocks])
+        return sketch.project([b.flatten() for b in blocks], shards)
+
+    def _accumulate(self, update_index: int, *, control: bool, gram: bool = False) -> ImpactAccumulator:
         rank, world = rank_and_world()
         k = len(self.domain_pools)
         sizes = [math.prod(shape) for shape in self.shapes]
@@ -416,11 +466,17 @@ class GradientProbe:
         with self._eval_mode():
             task_blocks, fisher_blocks = self._task_side(update_index, shards, control=control)
             columns = len(self.task_rows) + int(control)  # the tasks, then the pool control
-            acc = ImpactAccumulator(k, columns, metric=self.metric)
             # Terms are summed over ranks at the end. Sharded without projection: each rank adds its own
             # coordinates of every term. Otherwise task terms are whole on every rank (rank 0 adds them), and
             # domain terms whole on the rank that owns the domain (sharded + projection: rank 0).
             every_rank = shards is not None and self.projection is None
+            # the Gram's vectors: exact coordinates (a rank's own under sharding), or one shared sketch
+            width = -(-sum(sizes) // world) if every_rank else sum(sizes)
+            gram_sketch = None
+            if gram and self.projection is None and not self._sketched and k * width * 8 > GRAM_EXACT_BYTES:
+                gram_sketch = _GramSketch(sizes, self.seed * 7919 + update_index)
+            gram_mode = ("local" if every_rank and gram_sketch is None else "whole") if gram else None
+            acc = ImpactAccumulator(k, columns, metric=self.metric, gram=gram_mode)
             adds_task_terms = every_rank or rank == 0
             adds_domain_terms = every_rank or shards is None or rank == 0
             scales = None
@@ -438,15 +494,22 @@ class GradientProbe:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
             sketched = self._task_sketches(task_blocks, fisher_blocks) if self._sketched else None
+            root_fisher = [f.sqrt() for f in fisher_blocks] if gram and self.metric == "fim" else None
             for d, domain_blocks, mine in self._domain_means(update_index, shards):
                 if sketched is not None:  # train-side sketches (never sharded): no collective here
                     if mine:
                         acc.add_sketched_domain(d, domain_blocks, *sketched)
+                        if gram:  # |sketch|^2 weighs w in |g_D|_M^2, so the vector is sqrt(w) x sketch
+                            roots = [torch.tensor(w).sqrt() for w in sketched[1]]
+                            acc.add_gram_vector(d, self._gram_vector(domain_blocks, roots, None, None))
                     continue
                 if self.projection is not None:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
                 if not (adds_domain_terms if shards is not None else mine):
                     continue
+                if gram:  # the projected vector is in the metric already
+                    roots = None if self.projection is not None else root_fisher
+                    acc.add_gram_vector(d, self._gram_vector(domain_blocks, roots, shards, gram_sketch))
                 for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()

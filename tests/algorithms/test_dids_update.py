@@ -44,6 +44,7 @@ def terms_from_gradients(
         control_sq=None if pool is None else float(pool @ pool),
         control_cross=None if pool is None else domains @ pool,
         metric="inner_product",
+        domain_gram=domains @ domains.T,
     )
 
 
@@ -205,6 +206,71 @@ def test_an_easy_irrelevant_domain_gains_no_weight_by_direction():
         assert path[-1][5] <= uniform_share and path[-1][0] == path[-1].max()
 
 
+def test_pool_orthogonal_terms_are_those_of_the_parts_orthogonal_to_the_pool_gradient():
+    rng = np.random.default_rng(3)
+    domains, tasks = rng.normal(size=(4, 20)), rng.normal(size=(2, 20))
+    pool = np.array([0.1, 0.4, 0.2, 0.3])
+    g_p = pool @ domains
+
+    def perp(g):
+        return g - np.outer(g @ g_p, g_p) / (g_p @ g_p)
+
+    got = terms_from_gradients(domains, tasks).without_pool(pool)
+    np.testing.assert_allclose(got.cross, perp(domains) @ perp(tasks).T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.task_sq, (perp(tasks) ** 2).sum(1), rtol=1e-10)
+    np.testing.assert_allclose(got.domain_sq, (perp(domains) ** 2).sum(1), rtol=1e-10)
+    # a domain along the pool gradient keeps no direction: its cosine is 0, not rounding's +-1
+    along = np.vstack([domains, 0.01 * g_p])
+    weights = np.array([0.1, 0.4, 0.2, 0.3, 0.0])
+    assert terms_from_gradients(along, tasks).without_pool(weights).cosine()[4].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="Gram"):
+        ImpactTerms(task_sq=np.ones(2), cross=np.ones((4, 2)), domain_sq=np.ones(4)).without_pool(pool)
+
+
+def test_pool_cosine_ignores_a_direction_every_row_shares():
+    """Early in training every gradient is mostly one shared direction. A domain that carries more of it
+    than the others leads every task's column under the plain cosine (its direction is closest to what each
+    task shares with the pool); measured from the pool gradient (`pool_cosine`), each task's column ranks
+    the domain that holds its own content first."""
+    right = {"cosine": 0, "pool_cosine": 0}
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        common, own = rng.normal(size=64), rng.normal(size=(5, 64))
+        domains = np.array([3.0, 3.0, 6.0, 3.0, 3.0])[:, None] * common + own
+        tasks = np.stack([3.0 * common + 0.3 * own[0], 3.0 * common + 0.3 * own[1]])
+        terms = terms_from_gradients(domains, tasks)
+        for form in right:
+            scores = impact_scores(terms, form, pool_control=False)
+            right[form] += int(np.argmax(scores[:, 0]) == 0 and np.argmax(scores[:, 1]) == 1)
+    assert right["pool_cosine"] == 20
+    assert right["cosine"] <= 2
+
+
+def test_pool_cosine_stays_at_the_prior_under_the_null():
+    """A target drawn from the training pool (its gradient: the pool's, sizes-weighted, plus noise) gives
+    pool-centred scores of mean zero: the weights stay within total variation 0.1 of the start in every
+    seed. The plain cosine, centred over domains only, reads the domains' different shares of the common
+    direction as a signal and moves."""
+    domains, _, _ = toy_world()
+    sizes = np.array([100, 300, 100, 300, 200])
+    finals: dict[str, list[float]] = {"pool_cosine": [], "cosine": []}
+    for impact, out in finals.items():
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            strategy = DIDSStrategy([f"d{i}" for i in range(5)], sizes.tolist(), impact=impact)
+            w = start = strategy.initial_weights()
+            history = [[5.0]]
+            for t in range(10):
+                history.append([5.0 * 0.9 ** (t + 1)])
+                noisy = domains + 0.3 * rng.normal(size=domains.shape)
+                target = (sizes @ noisy / sizes.sum() + rng.normal(size=domains.shape[1]))[None, :]
+                terms = terms_from_gradients(noisy, target)
+                w = strategy.update(w, {"impact": terms, "task_loss_history": np.array(history)})
+            out.append(0.5 * np.abs(w - start).sum())
+    assert max(finals["pool_cosine"]) < 0.1
+    assert np.median(finals["cosine"]) > 0.1
+
+
 def test_evidence_accumulates_and_a_consistent_signal_becomes_decisive():
     domains, tasks, pool = toy_world()
     terms = terms_from_gradients(domains, tasks, pool)
@@ -352,12 +418,8 @@ def test_floor_and_simplex_invariants_hold_for_every_variant_and_normaliser():
             history = [[5.0, 4.0, 3.0]]
             for _ in range(6):
                 history.append(list(np.array(history[-1]) - rng.exponential(0.2, 3)))
-                terms = ImpactTerms(
-                    task_sq=rng.exponential(size=3),
-                    cross=rng.normal(size=(6, 3)),
-                    domain_sq=rng.exponential(size=6) + 5,
-                    control_sq=1.0,
-                    control_cross=rng.normal(size=6),
+                terms = terms_from_gradients(
+                    rng.normal(size=(6, 12)), rng.normal(size=(3, 12)), rng.normal(size=12)
                 )
                 w = strategy.update(w, {"impact": terms, "task_loss_history": np.array(history)})
                 assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0)
@@ -374,15 +436,16 @@ def test_priors_and_initial_weights():
     for prior in ("natural", "uniform"):  # the history records the prior the update used
         _, strategy = run_rule(lambda t: terms_from_gradients(domains, tasks, pool), 1, prior=prior)
         assert strategy.last_terms["components"]["prior"] == prior
-    assert not s.impact_control
+    assert not s.impact_control and s.impact_gram  # the default (`pool_cosine`) reads the domains' Gram
     assert DIDSStrategy(["a", "b"], [3, 1], impact="cosine", pool_control=True).impact_control
-    assert DIDSStrategy(["a", "b"], [3, 1], pool_control=True).impact_control  # the default is the cosine
-    with pytest.raises(ValueError, match="dids_pool_control compares cosines"):
-        DIDSStrategy(["a", "b"], [3, 1], impact="similarity", pool_control=True)
+    for impact in ("similarity", None):  # the default measures from the pool gradient already
+        with pytest.raises(ValueError, match="dids_pool_control compares cosines"):
+            DIDSStrategy(["a", "b"], [3, 1], impact=impact, pool_control=True)
     paper = DIDSStrategy(["a", "b"], [30, 10], variant="paper")
     np.testing.assert_allclose(paper.initial_weights(), [0.5, 0.5])
-    assert not paper.impact_control
+    assert not paper.impact_control and not paper.impact_gram
     assert not DIDSStrategy(["a", "b"], [1, 1], impact="distance").impact_control
+    assert not DIDSStrategy(["a", "b"], [1, 1], impact="cosine").impact_gram
 
 
 def test_evidence_state_round_trips_and_resume_continues_identically():
@@ -441,7 +504,7 @@ def test_config_reads_the_rule_tables():
     from llamafactory_dids import config
 
     assert config.DIDS_VARIANTS == tuple(VARIANTS) and config.NORMALISERS is NORMALISERS
-    assert config.VARIANT_IMPACTS == {"directional": "cosine", "paper": "distance"}
+    assert config.VARIANT_IMPACTS == {"directional": "pool_cosine", "paper": "distance"}
     # every component a `reference` run takes from the authors' code, beta excepted, is refused as a key
     assert set(config.REFERENCE_FIXED_KEYS) == {
         f"dids_{c}" for c in ("impact", "pool_control", "task_weighting", "importance_correction")

@@ -29,7 +29,16 @@ def main(out: str) -> None:
         ),
     ):
         probe = probe_case(**settings)
-        results[name] = {"impact": probe.impact(1).tolist(), "losses": probe.task_losses().tolist()}
+        results[name] = {
+            "impact": probe.impact(1).tolist(),
+            "losses": probe.task_losses().tolist(),
+            "gram": probe.impact_terms(1, gram=True).domain_gram.tolist(),
+        }
+    import llamafactory_dids.runtime.probe as probe_module
+
+    probe_module.GRAM_EXACT_BYTES = 0  # the Gram from sketches: each rank sketches its shards, summed
+    sketched = probe_case(sharded=True, metric="inner_product").impact_terms(1, gram=True).domain_gram
+    results["sharded_gram_sketch"] = {"gram": sketched.tolist()}
     if dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results))
     dist.destroy_process_group()

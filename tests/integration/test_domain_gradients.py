@@ -210,7 +210,7 @@ def test_sketched_sums_are_the_sketch_of_the_exact_sums_and_feed_the_cross_terms
     exact_sums = [s.clone() for s in exact.sums]
     exact_terms = probe.impact_terms(1)  # consumes (and resets) the exact sums
     probe.train_gradients = sketched
-    got = probe.impact_terms(1)
+    got = probe.impact_terms(1, gram=True)
     # reference: per layer, <S g_D, S (F g_S)> with the task gradients and Fisher the exact probe used
     model.eval()
     params = [p for _, p in probe.params]
@@ -220,12 +220,16 @@ def test_sketched_sums_are_the_sketch_of_the_exact_sums_and_feed_the_cross_terms
     sizes = [int(np.prod(shape)) for shape in probe.shapes]
     edges = np.cumsum([0, *sizes])
     counts = np.bincount([r["domain_ids"] for r in train], minlength=3)
-    reference = np.zeros((3, 2))
+    reference, gram = np.zeros((3, 2)), np.zeros((3, 3))
     for i in range(len(sizes)):
         h_task = jl.project_block(i, torch.from_numpy(weighted[:, edges[i] : edges[i + 1]])).numpy()
         h_domain = jl.project_block(i, exact_sums[i].flatten(1).double()).numpy() / counts[:, None]
         reference += h_domain @ h_task.T
+        # the domains' Gram in the metric: each layer's sketches weighted by its mean Fisher
+        gram += fisher[edges[i] : edges[i + 1]].mean() * h_domain @ h_domain.T
     np.testing.assert_allclose(got.cross, reference, rtol=1e-3, atol=1e-9 * np.abs(reference).max())
+    np.testing.assert_allclose(got.domain_gram, gram, rtol=1e-3)
+    np.testing.assert_allclose(np.diagonal(got.domain_gram), got.domain_sq, rtol=1e-12)
     np.testing.assert_allclose(got.task_sq, exact_terms.task_sq, rtol=1e-6)
 
 

@@ -208,11 +208,30 @@ def test_impact_terms_give_cosines_and_the_pool_control_exactly():
     assert len(probe.control_rows(2)) == 3 and probe.control_rows(2) == probe.control_rows(2)
     without = probe.impact_terms(2)
     assert without.control_cross is None and np.allclose(without.cross, terms.cross)
+    assert without.domain_gram is None  # kept only when asked for (`pool_cosine`)
+    gram = probe.impact_terms(2, gram=True).domain_gram
+    np.testing.assert_allclose(gram, fim(g_d[:, None], g_d[None]), rtol=1e-4)
     # the identity metric (the default's): plain products of the same gradients, no Fisher estimated
     plain = make_probe(model, train, pools, tasks, probe_samples=3, metric="inner_product").impact_terms(2)
     np.testing.assert_allclose(plain.cross, g_d @ g_s.T, rtol=1e-4)
     np.testing.assert_allclose(plain.task_sq, (g_s * g_s).sum(-1), rtol=1e-4)
     np.testing.assert_allclose(plain.domain_sq, (g_d * g_d).sum(-1), rtol=1e-4)
+    plain_probe = make_probe(model, train, pools, tasks, probe_samples=3, metric="inner_product")
+    np.testing.assert_allclose(plain_probe.impact_terms(2, gram=True).domain_gram, g_d @ g_d.T, rtol=1e-4)
+
+
+def test_the_domain_gram_from_sketches_tracks_the_exact_one(monkeypatch):
+    """Above `GRAM_EXACT_BYTES` the Gram's off-diagonal comes from sparse JL sketches of the domain gradients
+    (error about |g_i| |g_k| / sqrt(buckets)); the diagonal stays the exact |g_D|^2."""
+    import llamafactory_dids.runtime.probe as probe_module
+
+    exact = probe_case(metric="inner_product").impact_terms(1, gram=True).domain_gram
+    monkeypatch.setattr(probe_module, "GRAM_EXACT_BYTES", 0)
+    sketched = probe_case(metric="inner_product").impact_terms(1, gram=True).domain_gram
+    norms = np.sqrt(np.diagonal(exact))
+    np.testing.assert_allclose(np.diagonal(sketched), np.diagonal(exact), rtol=1e-10)
+    assert np.abs(sketched - exact).max() <= 0.05 * norms.max() ** 2
+    assert not np.allclose(sketched, exact, rtol=1e-6)  # the sketch did run
 
 
 def test_task_probe_rows_rotate_through_the_observation_set():
@@ -347,6 +366,24 @@ def test_sharded_probe_on_two_ranks_matches_one_process(tmp_path):
     np.testing.assert_allclose(got["sharded_projected_per_token"]["impact"], projected, rtol=1e-4)
     identity = probe_case(metric="inner_product").impact(1)
     np.testing.assert_allclose(got["sharded_identity"]["impact"], identity, rtol=1e-4)
+    # the domains' Gram matrix (`pool_cosine`): partial Grams of the shards, or whole vectors summed
+    for name, settings in (
+        ("sharded", {}),
+        ("replicated", {}),
+        ("sharded_identity", {"metric": "inner_product"}),
+        ("sharded_projected_per_token", {"projection_dim": 4096, "fisher_estimator": "per_token"}),
+    ):
+        gram = probe_case(**settings).impact_terms(1, gram=True).domain_gram
+        np.testing.assert_allclose(got[name]["gram"], gram, rtol=1e-4, err_msg=name)
+    import llamafactory_dids.runtime.probe as probe_module
+
+    exact_bytes = probe_module.GRAM_EXACT_BYTES
+    probe_module.GRAM_EXACT_BYTES = 0
+    try:
+        sketched = probe_case(metric="inner_product").impact_terms(1, gram=True).domain_gram
+    finally:
+        probe_module.GRAM_EXACT_BYTES = exact_bytes
+    np.testing.assert_allclose(got["sharded_gram_sketch"]["gram"], sketched, rtol=1e-4)
 
 
 def test_per_example_hook_fisher_is_the_exact_fisher_from_batched_passes():
