@@ -258,9 +258,9 @@ class DIDSConfig:
         metadata={
             "help": "`dids` component: `distance` (eq. 12, (max - I) / sum per task), `similarity` (inner "
             "product, shifted by its minimum and divided by the sum per task), `cosine` (centred over domains "
-            "or against `dids_pool_control`) or `pool_cosine` (the cosine of the domain's and the task's "
-            "gradients after subtracting the pool gradient, the size-weighted mean of the domain gradients). "
-            "Each in `dids_impact_metric`. Unset: the variant's."
+            "or against `dids_pool_control`) or `pool_cosine` (the `directional` default: the cosine of the "
+            "parts of the domain's and the task's gradients orthogonal to the pool gradient, the size-weighted "
+            "mean of the domain gradients). Each in `dids_impact_metric`. Unset: the variant's."
         },
     )
     dids_pool_control: bool | None = field(
