@@ -9,7 +9,8 @@ empirical Fisher F:
 
 Every term is a coordinate-wise sum, so `ImpactAccumulator` adds them parameter block by parameter block
 (a sharded model adds its local shards and all-reduces the scalars) and streams domains one at a time:
-it never holds more than the task gradients, F and one domain gradient. `inner_product` gives the
+it never holds more than the task gradients, F and one domain gradient (and, for the domains' Gram matrix
+that `pool_cosine` reads, each domain's vector given to `add_gram_vector`). `inner_product` gives the
 DIDS-FIM ablation (paper Table 2: DGA's eq. 6 similarity, no Fisher). `ImpactAccumulator.terms()` hands the
 three scalar families (|g_S|^2, <g_D, g_S>, |g_D|^2 under the metric) to the strategy as `ImpactTerms`,
 from which the distance, the inner product (the `directional` rule's default) and the Fisher cosine follow.

@@ -10,8 +10,9 @@ the training process. At an update every rank runs, in lockstep and after the op
    mean gradients g_S and F = mean of squared micro-batch gradients, all-reduced;
 3. domain gradients, streamed: each rank takes every world_size-th domain, draws `probe_samples` rows of
    it (seeded by update and domain), and adds the eq. 12 terms block by block to an `ImpactAccumulator`;
-   the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory;
-   with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
+   the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory,
+   plus, when the impact reads the domains' Gram matrix (`pool_cosine`), every domain's gradient (whole up
+   to `GRAM_EXACT_BYTES`, else a `GRAM_SKETCH_DIM`-bucket sketch of each); with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
    F^{1/2} g, and each domain gradient is projected the same way. With `domain_gradients="train"` the
    domain side is not probed: `runtime.domain_gradients` has summed, during the training backward, every
    trained row's gradient by domain since the last update, and step 3 takes those means (probing only a
