@@ -431,9 +431,9 @@ def report(payload: dict[str, Any]) -> list[Figure]:
     from llamafactory_dids.runtime.probe import GRAM_EXACT_BYTES, GRAM_SKETCH_DIM
 
     for r in memory:  # the default impact (`pool_cosine`) also keeps every domain's gradient for its Gram
-        gram_mb = min(2 * r["all_domain_gradients_mb"], GRAM_EXACT_BYTES / 2**20)
-        sketched = r["k"] * GRAM_SKETCH_DIM * 8 / 2**20
-        text = f"+{gram_mb:.1f} MB (k x probed parameters x 8 bytes up to 1 GiB, else k x sketch: {sketched:.1f} MB)"
+        exact_mb, sketched_mb = 2 * r["all_domain_gradients_mb"], r["k"] * GRAM_SKETCH_DIM * 8 / 2**20
+        gram_mb = exact_mb if exact_mb <= GRAM_EXACT_BYTES / 2**20 else sketched_mb  # the probe's own rule
+        text = f"+{gram_mb:.1f} MB (k x probed parameters x 8 bytes up to 1 GiB, else k x sketch: {sketched_mb:.1f} MB)"
         out.append(h.detail(f"  the default's Gram vectors on top, k={r['k']} (from the shapes)", text))
     return out
 
