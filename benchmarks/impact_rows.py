@@ -51,6 +51,7 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
 
     model, collate, train, pools, _, task_rows_of = _setup(workdir)
     tasks = {task: task_rows_of(task) for task in MATCHED}
+    pool_weights = np.array([len(p) for p in pools], dtype=float) / len(train)
     hits = {form: {n: 0 for n in row_counts} for form in FORMS}
     total = {n: 0 for n in row_counts}
     for n in row_counts:
@@ -61,13 +62,12 @@ def measure(workdir: Path, row_counts: list[int], repeats: int) -> dict[str, Any
                 options = {"probe_samples": n, "metric": metric, "layers_fraction": 0.5, "seed": repeat}
                 probe = h.probe(model, collate, train, pools, task_rows, **options)
                 terms = probe.impact_terms(1, gram=metric == "inner_product")
-                sizes = np.array([len(p) for p in pools], dtype=float)
                 scores = (
                     {"distance": -terms.distance(), "fim_inner": terms.inner(), "cosine": terms.cosine()}
                     if metric == "fim"
                     else {
                         "cosine (F=1)": terms.cosine(),
-                        "pool cosine (F=1)": terms.without_pool(sizes / sizes.sum()).cosine(),
+                        "pool cosine (F=1)": terms.without_pool(pool_weights).cosine(),
                     }
                 )
                 for form, values in scores.items():

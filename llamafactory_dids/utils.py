@@ -26,6 +26,21 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def max_over_ranks(value: int, device: Any = None) -> int:
+    """The largest `value` of any rank (collective; `value` itself outside a process group of more than one
+    rank). `device`: where the collective runs (None: CUDA under NCCL, else the CPU)."""
+    if rank_and_world()[1] == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    out = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return int(out.item())
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8"

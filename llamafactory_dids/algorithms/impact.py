@@ -31,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from ..utils import rank_and_world
+from ..utils import max_over_ranks, rank_and_world
 
 #: `ImpactTerms.without_pool`: a part orthogonal to the pool gradient below this share of the gradient's
 #: squared norm is rounding (the gradient lies along the pool's), not a direction
@@ -111,7 +111,7 @@ class ImpactAccumulator:
         import torch
 
         width = max((v.numel() for v in self.gram_vectors.values()), default=0)
-        width = int(_all_reduce_max(width))
+        width = max_over_ranks(width)
         vectors = torch.zeros(self.k, width, dtype=torch.float64)
         for d, v in self.gram_vectors.items():
             vectors[d, : v.numel()] = v
@@ -169,17 +169,6 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(out)
         return out.cpu()
     return x
-
-
-def _all_reduce_max(value: int) -> int:
-    import torch
-    import torch.distributed as dist
-
-    if rank_and_world()[1] > 1:
-        out = torch.tensor([value], dtype=torch.int64, device=_collective_device())
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        return int(out.item())
-    return value
 
 
 def _collective_device() -> torch.device:
@@ -329,11 +318,15 @@ class SparseJLProjection:
     1/2 |P F^{1/2} g_S - P F^{1/2} g_D|^2.
     """
 
-    def __init__(self, dim: int, seed: int):
+    def __init__(self, dim: int, seed: int, *, cache_bytes: int = 0):
         if dim <= 0:
             raise ValueError(f"projection dim must be positive, got {dim}.")
         self.dim = dim
         self.seed = seed
+        # blocks' buckets and signs kept as int32 + float32 (8 bytes per coordinate) up to `cache_bytes`
+        self.cache_bytes = cache_bytes
+        self._kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kept_bytes = 0
 
     def _hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -344,8 +337,19 @@ class SparseJLProjection:
         return buckets.to(device), signs.to(device)
 
     def block_hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(buckets [n], signs [n] float64) of parameter block `block` (keep them to project it repeatedly)."""
-        return self._hash(block, n, device)
+        """(buckets [n], signs [n] of +-1) of parameter block `block`: drawn once and kept while all kept
+        blocks fit `cache_bytes` (int32 buckets, float32 signs), else drawn again at every call."""
+        import torch
+
+        kept = self._kept.get(block)
+        if kept is not None and kept[0].numel() == n:
+            return kept[0].to(device), kept[1].to(device)
+        buckets, signs = self._hash(block, n, device)
+        if kept is None and self._kept_bytes + 8 * n <= self.cache_bytes:
+            self._kept[block] = (buckets.to(torch.int32), signs.to(torch.float32))
+            self._kept_bytes += 8 * n
+            return self._kept[block]
+        return buckets, signs
 
     def project_block(
         self, block: int, x: torch.Tensor, hashed: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -354,7 +358,7 @@ class SparseJLProjection:
         a list of blocks is the sum of these); `hashed`: its `block_hash`, if kept."""
         import torch
 
-        buckets, signs = hashed if hashed is not None else self._hash(block, x.shape[-1], x.device)
+        buckets, signs = hashed if hashed is not None else self.block_hash(block, x.shape[-1], x.device)
         out = torch.zeros(*x.shape[:-1], self.dim, dtype=torch.float64, device=x.device)
         return out.index_add_(out.dim() - 1, buckets, x.double() * signs)
 
@@ -373,7 +377,7 @@ class SparseJLProjection:
         out = torch.zeros(*lead, self.dim, dtype=torch.float64, device=blocks[0].device)
         for b, x in enumerate(blocks):
             start, full = (0, x.shape[-1]) if spans is None else spans[b]
-            buckets, signs = self._hash(b, full, x.device)
+            buckets, signs = self.block_hash(b, full, x.device)
             stop = start + x.shape[-1]
             out.index_add_(out.dim() - 1, buckets[start:stop], x.double() * signs[start:stop])
         return out

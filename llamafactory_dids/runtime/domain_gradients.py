@@ -115,10 +115,10 @@ class DomainGradientHooks:
                 "set `dids_domain_sketch_dim` (e.g. 4096: a sketch per layer and domain), lower "
                 "`dids_probe_layers_fraction`, or use `dids_domain_gradients: probe`."
             )
-        self.sketch = SparseJLProjection(sketch_dim, seed) if sketch_dim > 0 else None
+        self.sketch = (
+            SparseJLProjection(sketch_dim, seed, cache_bytes=HASH_CACHE_BYTES) if sketch_dim > 0 else None
+        )
         self.shapes = [tuple(shape) for shape in shapes]
-        self._hashes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cache_hashes = 8 * sum(math.prod(shape) for shape in shapes) <= HASH_CACHE_BYTES
         block_shapes = [tuple(shape) if self.sketch is None else (sketch_dim,) for shape in shapes]
         self.sums = [
             torch.zeros(num_domains, *shape, dtype=torch.float32, device=device) for shape in block_shapes
@@ -179,7 +179,9 @@ class DomainGradientHooks:
         delta = grad.detach().float().reshape(rows, -1, grad.shape[-1]) * weight.float()[:, None, None]
         x = x.float().reshape(rows, -1, x.shape[-1])
         supervised = batch.tokens > 0
-        hashed = self._block_hash(i) if self.sketch is not None else None
+        hashed = (
+            None if self.sketch is None else self.sketch.block_hash(i, math.prod(self.shapes[i]), self.device)
+        )
         for d in torch.unique(batch.domains[supervised]).tolist():
             mine = batch.domains == d
             if self.sketch is None:
@@ -187,16 +189,6 @@ class DomainGradientHooks:
             else:
                 product = delta[mine].flatten(0, 1).T @ x[mine].flatten(0, 1)
                 self.sums[i][d] += self.sketch.project_block(i, product.flatten(), hashed).float()
-
-    def _block_hash(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer i's buckets and signs: kept when all layers' fit `HASH_CACHE_BYTES`, else drawn again."""
-        if i in self._hashes:
-            return self._hashes[i]
-        hashed = self.sketch.block_hash(i, math.prod(self.shapes[i]), self.device)
-        if self._cache_hashes:
-            self._hashes[i] = (hashed[0].to(torch.int32), hashed[1].to(torch.float32))
-            return self._hashes[i]
-        return hashed
 
     # --------------------------------------------------------------------------------- update side
     def domain_sums(self, d: int) -> list[torch.Tensor]:

@@ -19,8 +19,8 @@ the training process. At an update every rank runs, in lockstep and after the op
    domain that had no trained row).
 
 Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded* (the collective
-pieces, `all_reduce`, `max_over_ranks` and `CoordinateShards`, are in `runtime.sharding`): every forward
-gathers parameters collectively, so all ranks run the same number of passes (padding with discarded
+pieces are `all_reduce` and `CoordinateShards` in `runtime.sharding`, `max_over_ranks` in `utils`): every
+forward gathers parameters collectively, so all ranks run the same number of passes (padding with discarded
 passes), every domain is probed by all ranks together (each on its share of the domain's rows), and each
 micro-batch-summed gradient is reduce-scattered so that a rank keeps only its slice of the coordinates
 (chunk `rank` of every probed tensor). Eq. 12 is a sum over coordinates, so each rank adds the terms of
@@ -51,9 +51,9 @@ from ..algorithms.features import full_shape, last_block_matrices, row_losses, t
 from ..algorithms.fisher import FISHER_ESTIMATORS, fisher_term
 from ..algorithms.impact import ImpactAccumulator, ImpactTerms, SparseJLProjection
 from ..data.domains import DOMAIN_ID_COLUMN, ROW_ID_COLUMN
-from ..utils import IGNORE_INDEX, rank_and_world
+from ..utils import IGNORE_INDEX, max_over_ranks, rank_and_world
 from .domain_gradients import DOMAIN_GRADIENT_SOURCES, DomainGradientHooks
-from .sharding import CoordinateShards, all_reduce, is_partitioned, max_over_ranks
+from .sharding import CoordinateShards, all_reduce, is_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -62,35 +62,21 @@ logger = logging.getLogger(__name__)
 GRAM_EXACT_BYTES = 1 << 30
 #: ... and above it their sparse JL sketches into this many buckets (a fresh draw each update)
 GRAM_SKETCH_DIM = 1 << 14
-#: the sketch's buckets and signs (12 bytes per probed parameter) are drawn once per update up to this size
+#: the sketch's buckets and signs (8 bytes per probed parameter) are drawn once per update up to this size
 GRAM_HASH_CACHE_BYTES = 1 << 30
 
 
 class _GramSketch:
     """`GRAM_SKETCH_DIM`-bucket sparse JL sketches of the domain gradients of one update: every domain is
     hashed with the same buckets, drawn once per update and kept while they fit `GRAM_HASH_CACHE_BYTES`
-    (else drawn again per domain, as `SparseJLProjection.project` does)."""
+    (else drawn again per domain)."""
 
     def __init__(self, sizes: Sequence[int], seed: int):
         self.sizes = list(sizes)
-        self.jl = SparseJLProjection(GRAM_SKETCH_DIM, seed)
-        self.cache = sum(self.sizes) * 12 <= GRAM_HASH_CACHE_BYTES
-        self.hashes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.jl = SparseJLProjection(GRAM_SKETCH_DIM, seed, cache_bytes=GRAM_HASH_CACHE_BYTES)
 
     def project(self, blocks: list[torch.Tensor], shards: CoordinateShards | None) -> torch.Tensor:
-        spans = shards.spans if shards is not None else [(0, n) for n in self.sizes]
-        out = torch.zeros(GRAM_SKETCH_DIM, dtype=torch.float64, device=blocks[0].device)
-        for b, (x, (start, full)) in enumerate(zip(blocks, spans, strict=True)):
-            hashed = self.hashes.get(b)
-            if hashed is None:
-                buckets, signs = self.jl.block_hash(b, full, x.device)
-                hashed = (buckets.to(torch.int32), signs.to(torch.float32))
-                if self.cache:
-                    self.hashes[b] = hashed
-            buckets, signs = hashed
-            stop = start + x.numel()
-            out.index_add_(0, buckets[start:stop], (x.float() * signs[start:stop]).double())
-        return out
+        return self.jl.project(blocks, shards.spans if shards is not None else None)
 
 
 def select_probe_parameters(
@@ -495,7 +481,12 @@ class GradientProbe:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
             sketched = self._task_sketches(task_blocks, fisher_blocks) if self._sketched else None
-            root_fisher = [f.sqrt() for f in fisher_blocks] if gram and self.metric == "fim" else None
+            # the Gram's metric for whole vectors (a projected vector carries it already)
+            root_fisher = (
+                [f.sqrt() for f in fisher_blocks]
+                if gram and self.metric == "fim" and self.projection is None
+                else None
+            )
             for d, domain_blocks, mine in self._domain_means(update_index, shards):
                 if sketched is not None:  # train-side sketches (never sharded): no collective here
                     if mine:
@@ -508,9 +499,8 @@ class GradientProbe:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
                 if not (adds_domain_terms if shards is not None else mine):
                     continue
-                if gram:  # the projected vector is in the metric already
-                    roots = None if self.projection is not None else root_fisher
-                    acc.add_gram_vector(d, self._gram_vector(domain_blocks, roots, shards, gram_sketch))
+                if gram:
+                    acc.add_gram_vector(d, self._gram_vector(domain_blocks, root_fisher, shards, gram_sketch))
                 for domain_block, (task_block, fisher_block) in zip(domain_blocks, task_terms, strict=True):
                     acc.add_domain_block(d, domain_block, task_block, fisher_block)
         acc.all_reduce()

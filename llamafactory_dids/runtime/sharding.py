@@ -2,7 +2,7 @@
 
 Role: the distributed layer of `runtime.probe`. Replicated (DDP or one process), a rank's partial sums are
 all-reduced (`all_reduce`). Under ZeRO-3 (parameters partitioned across ranks, `is_partitioned`) every
-forward gathers parameters collectively, so all ranks run the same number of passes (`max_over_ranks`
+forward gathers parameters collectively, so all ranks run the same number of passes (`utils.max_over_ranks`
 gives the count to pad to), and each micro-batch-summed gradient is reduce-scattered so that a rank keeps
 only its slice of the coordinates, chunk `rank` of every probed tensor (`CoordinateShards`). Outside a
 process group every function is the identity on one rank.
@@ -23,15 +23,6 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     if rank_and_world()[1] > 1:
         dist.all_reduce(tensor)
     return tensor
-
-
-def max_over_ranks(count: int, device: torch.device) -> int:
-    """The largest `count` of any rank (collective): ranks in lockstep pad their passes up to it."""
-    if rank_and_world()[1] == 1:
-        return count
-    total = torch.tensor([count], dtype=torch.float64, device=device)
-    dist.all_reduce(total, op=dist.ReduceOp.MAX)
-    return int(total.item())
 
 
 def is_partitioned(param: torch.Tensor) -> bool:

@@ -107,3 +107,25 @@ def test_sparse_jl_projection_preserves_the_impact_ranking():
     assert not torch.equal(
         SparseJLProjection(4096, seed=6).project([torch.tensor(tasks)]), proj.project([torch.tensor(tasks)])
     )
+
+
+def test_projection_hash_cache_keeps_blocks_within_its_budget_and_projects_identically():
+    """Kept buckets and signs (int32 + float32, 8 bytes a coordinate) give the projection drawn afresh,
+    whole and by shard spans; blocks past `cache_bytes` are drawn again instead of kept."""
+    from llamafactory_dids.algorithms.impact import SparseJLProjection
+
+    rng = np.random.default_rng(4)
+    sizes = [300, 500, 200]
+    blocks = [torch.tensor(rng.normal(size=(2, n))) for n in sizes]
+    fresh = SparseJLProjection(64, seed=9)
+    kept = SparseJLProjection(64, seed=9, cache_bytes=8 * (300 + 500))
+    for _ in range(2):  # the second call reads the kept hashes
+        assert torch.equal(kept.project(blocks), fresh.project(blocks))
+    assert sorted(kept._kept) == [0, 1] and kept._kept_bytes == 8 * 800
+    assert kept._kept[0][0].dtype == torch.int32 and kept._kept[0][1].dtype == torch.float32
+    # a shard (coordinates 100..250 of block 1) uses the same columns as the whole block
+    spans = [(0, 300), (100, 500), (0, 200)]
+    shard = [blocks[0], blocks[1][:, 100:250], blocks[2]]
+    assert torch.equal(kept.project(shard, spans), fresh.project(shard, spans))
+    for b, x in enumerate(blocks):
+        assert torch.equal(kept.project_block(b, x), fresh.project_block(b, x))
