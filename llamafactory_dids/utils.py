@@ -26,17 +26,25 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> Any:
+    """The device a collective of the current process group runs on: CUDA under NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def max_over_ranks(value: int, device: Any = None) -> int:
     """The largest `value` of any rank (collective; `value` itself outside a process group of more than one
-    rank). `device`: where the collective runs (None: CUDA under NCCL, else the CPU)."""
+    rank). `device`: where the collective runs (None: `collective_device()`)."""
     if rank_and_world()[1] == 1:
         return value
     import torch
     import torch.distributed as dist
 
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    out = torch.tensor([value], dtype=torch.int64, device=device)
+    out = torch.tensor([value], dtype=torch.int64, device=collective_device() if device is None else device)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return int(out.item())
 

@@ -31,7 +31,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from ..utils import max_over_ranks, rank_and_world
+from ..utils import collective_device, max_over_ranks, rank_and_world
 
 #: `ImpactTerms.without_pool`: a part orthogonal to the pool gradient below this share of the gradient's
 #: squared norm is rounding (the gradient lies along the pool's), not a direction
@@ -164,20 +164,11 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 
     if rank_and_world()[1] > 1:
-        device = _collective_device()
+        device = collective_device()
         out = x.to(device)
         dist.all_reduce(out)
         return out.cpu()
     return x
-
-
-def _collective_device() -> torch.device:
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 @dataclass

@@ -60,23 +60,12 @@ logger = logging.getLogger(__name__)
 
 #: `pool_cosine` keeps the domains' gradients whole for their Gram matrix up to this size (float64, per rank)
 GRAM_EXACT_BYTES = 1 << 30
-#: ... and above it their sparse JL sketches into this many buckets (a fresh draw each update)
+#: ... and above it their sparse JL sketches into this many buckets (a fresh draw each update, shared by
+#: every domain of the update)
 GRAM_SKETCH_DIM = 1 << 14
-#: the sketch's buckets and signs (8 bytes per probed parameter) are drawn once per update up to this size
+#: the sketch's buckets and signs (8 bytes per probed parameter) are drawn once per update up to this size,
+#: else again for each domain
 GRAM_HASH_CACHE_BYTES = 1 << 30
-
-
-class _GramSketch:
-    """`GRAM_SKETCH_DIM`-bucket sparse JL sketches of the domain gradients of one update: every domain is
-    hashed with the same buckets, drawn once per update and kept while they fit `GRAM_HASH_CACHE_BYTES`
-    (else drawn again per domain)."""
-
-    def __init__(self, sizes: Sequence[int], seed: int):
-        self.sizes = list(sizes)
-        self.jl = SparseJLProjection(GRAM_SKETCH_DIM, seed, cache_bytes=GRAM_HASH_CACHE_BYTES)
-
-    def project(self, blocks: list[torch.Tensor], shards: CoordinateShards | None) -> torch.Tensor:
-        return self.jl.project(blocks, shards.spans if shards is not None else None)
 
 
 def select_probe_parameters(
@@ -437,13 +426,13 @@ class GradientProbe:
         blocks: list[torch.Tensor],
         scales: list[torch.Tensor] | None,
         shards: CoordinateShards | None,
-        sketch: _GramSketch | None,
+        sketch: SparseJLProjection | None,
     ) -> torch.Tensor:
         """One domain's M^{1/2} g_D as a flat vector (`scales`: M^{1/2} per block), or its sketch."""
         blocks = self._scaled(blocks, scales)
         if sketch is None:
             return torch.cat([b.flatten() for b in blocks])
-        return sketch.project([b.flatten() for b in blocks], shards)
+        return sketch.project([b.flatten() for b in blocks], shards.spans if shards is not None else None)
 
     def _accumulate(self, update_index: int, *, control: bool, gram: bool = False) -> ImpactAccumulator:
         rank, world = rank_and_world()
@@ -461,7 +450,9 @@ class GradientProbe:
             width = -(-sum(sizes) // world) if every_rank else sum(sizes)
             gram_sketch = None
             if gram and self.projection is None and not self._sketched and k * width * 8 > GRAM_EXACT_BYTES:
-                gram_sketch = _GramSketch(sizes, self.seed * 7919 + update_index)
+                gram_sketch = SparseJLProjection(
+                    GRAM_SKETCH_DIM, self.seed * 7919 + update_index, cache_bytes=GRAM_HASH_CACHE_BYTES
+                )
             gram_mode = ("local" if every_rank and gram_sketch is None else "whole") if gram else None
             acc = ImpactAccumulator(k, columns, metric=self.metric, gram=gram_mode)
             adds_task_terms = every_rank or rank == 0
