@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from .impact import alignment_shares
 from .mirror import MirrorDescentStrategy
 
 
@@ -68,9 +67,7 @@ class DoReMiStrategy(MirrorDescentStrategy):
         **options: Any,
     ):
         super().__init__(domain_names, domain_sizes, step_size=step_size, smoothing=smoothing, **options)
-        self.reference_losses = np.asarray(reference_losses, dtype=np.float64)
-        if self.reference_losses.ndim != 1 or not np.isfinite(self.reference_losses).all():
-            raise ValueError(f"reference_losses must be finite [m], got {reference_losses!r}.")
+        self.reference_losses = self.task_vector(reference_losses, "reference_losses")
 
     def update(self, weights: np.ndarray, signals: Mapping[str, Any]) -> np.ndarray:
         alignment = np.asarray(signals["alignment"], dtype=np.float64)
@@ -81,15 +78,10 @@ class DoReMiStrategy(MirrorDescentStrategy):
                 f"{self.reference_losses.size} reference losses."
             )
         excess = excess_losses(current, self.reference_losses)
-        shares = alignment_shares(alignment)
-        domain_excess = shares @ excess
-        new = self.step(domain_excess)
+        terms = self.step_by_tasks(alignment, excess)
         self.last_terms = {
-            "alignment": alignment.tolist(),
-            "alignment_shares": shares.tolist(),
+            **terms,
             "reference_losses": self.reference_losses.tolist(),
             "excess_loss": excess.tolist(),
-            "scores": domain_excess.tolist(),
-            "average_weights": self.average.tolist(),
         }
-        return new
+        return self.alpha.copy()

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .impact import alignment_shares
 from .strategies import MixingStrategy
 
 
@@ -56,7 +57,8 @@ def smooth(weights: np.ndarray, smoothing: float) -> np.ndarray:
 class MirrorDescentStrategy(MixingStrategy):
     """Base of the baselines: an iterate alpha on the simplex (starts uniform) and its running average.
 
-    Subclasses compute per-domain scores in `update` and call `step`. `average` is the offline output of
+    Subclasses compute per-domain scores in `update` and call `step`; those with a per-task signal (DoReMi's
+    excess loss, Velocitune's velocity) call `step_by_tasks`, which credits it to the domains first. `average` is the offline output of
     DoReMi/DoGE (the mean of alpha_1..alpha_T), reported in `history.jsonl` terms and `dids_final.json`.
     """
 
@@ -97,6 +99,28 @@ class MirrorDescentStrategy(MixingStrategy):
         if scores is None:
             return {}
         return {f"dids/score/{n}": round(float(v), 6) for n, v in zip(self.domain_names, scores, strict=True)}
+
+    @staticmethod
+    def task_vector(values: Sequence[float], name: str) -> np.ndarray:
+        """`values` as a finite float64 [m] vector (one per task); ValueError naming `name` otherwise."""
+        out = np.asarray(values, dtype=np.float64)
+        if out.ndim != 1 or not np.isfinite(out).all():
+            raise ValueError(f"{name} must be finite [m], got {values!r}.")
+        return out
+
+    def step_by_tasks(self, alignment: np.ndarray, per_task: np.ndarray) -> dict[str, Any]:
+        """Credit a per-task signal [m] to the domains by their alignment shares (`impact.alignment_shares`:
+        each task's signal goes to the domains whose step lowers its loss), take the step, and return the
+        terms every such baseline logs (`alignment`, `alignment_shares`, `scores`, `average_weights`)."""
+        shares = alignment_shares(alignment)
+        scores = shares @ per_task
+        self.step(scores)
+        return {
+            "alignment": np.asarray(alignment).tolist(),
+            "alignment_shares": shares.tolist(),
+            "scores": scores.tolist(),
+            "average_weights": self.average.tolist(),
+        }
 
     def step(self, scores: np.ndarray) -> np.ndarray:
         """alpha <- smooth(exponentiated_step(alpha, scores)); updates the running average; returns alpha."""

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from .impact import alignment_shares
 from .mirror import MirrorDescentStrategy
 
 MIN_POINTS_FOR_SCALING_FIT = 3
@@ -119,9 +118,7 @@ class VelocituneStrategy(MirrorDescentStrategy):
         **options: Any,
     ):
         super().__init__(domain_names, domain_sizes, step_size=step_size, smoothing=smoothing, **options)
-        self.target_losses = np.asarray(target_losses, dtype=np.float64)
-        if self.target_losses.ndim != 1 or not np.isfinite(self.target_losses).all():
-            raise ValueError(f"target_losses must be finite [m], got {target_losses!r}.")
+        self.target_losses = self.task_vector(target_losses, "target_losses")
 
     def update(self, weights: np.ndarray, signals: Mapping[str, Any]) -> np.ndarray:
         alignment = np.asarray(signals["alignment"], dtype=np.float64)
@@ -131,16 +128,11 @@ class VelocituneStrategy(MirrorDescentStrategy):
                 f"task_loss_history must be [t, {self.target_losses.size}], got {history.shape}."
             )
         velocity = learning_velocity(history[-1], history[0], self.target_losses)
-        shares = alignment_shares(alignment)
-        domain_velocity = shares @ velocity
-        new = self.step(domain_velocity)
+        terms = self.step_by_tasks(alignment, velocity)
         self.last_terms = {
-            "alignment": alignment.tolist(),
-            "alignment_shares": shares.tolist(),
+            **terms,
             "initial_losses": history[0].tolist(),
             "target_losses": self.target_losses.tolist(),
             "velocity": velocity.tolist(),
-            "scores": domain_velocity.tolist(),
-            "average_weights": self.average.tolist(),
         }
-        return new
+        return self.alpha.copy()
