@@ -58,8 +58,9 @@ class MirrorDescentStrategy(MixingStrategy):
     """Base of the baselines: an iterate alpha on the simplex (starts uniform) and its running average.
 
     Subclasses compute per-domain scores in `update` and call `step`; those with a per-task signal (DoReMi's
-    excess loss, Velocitune's velocity) call `step_by_tasks`, which credits it to the domains first. `average` is the offline output of
-    DoReMi/DoGE (the mean of alpha_1..alpha_T), reported in `history.jsonl` terms and `dids_final.json`.
+    excess loss, Velocitune's velocity) call `step_by_tasks`, which credits it to the domains first.
+    `average` is the offline output of DoReMi/DoGE (the mean of alpha_1..alpha_T), reported in
+    `history.jsonl` terms and `dids_final.json`.
     """
 
     dynamic = True
