@@ -12,11 +12,12 @@ the training process. At an update every rank runs, in lockstep and after the op
    it (seeded by update and domain), and adds the eq. 12 terms block by block to an `ImpactAccumulator`;
    the scalars are all-reduced. At most the m task gradients, F and one domain gradient are in memory,
    plus, when the impact reads the domains' Gram matrix (`pool_cosine`), every domain's gradient (whole up
-   to `GRAM_EXACT_BYTES`, else a `GRAM_SKETCH_DIM`-bucket sketch of each); with `projection_dim` the task gradients are kept only as their [m, dim] sparse JL projection of
-   F^{1/2} g, and each domain gradient is projected the same way. With `domain_gradients="train"` the
-   domain side is not probed: `runtime.domain_gradients` has summed, during the training backward, every
-   trained row's gradient by domain since the last update, and step 3 takes those means (probing only a
-   domain that had no trained row).
+   to `GRAM_EXACT_BYTES`, else a `GRAM_SKETCH_DIM`-bucket sketch of each); with `projection_dim` the task
+   gradients are kept only as their [m, dim] sparse JL projection of F^{1/2} g, and each domain gradient
+   is projected the same way. With `domain_gradients="train"` the domain side is not probed:
+   `runtime.domain_gradients` has summed, during the training backward, every trained row's gradient by
+   domain since the last update, and step 3 takes those means (probing only a domain that had no trained
+   row).
 
 Under DeepSpeed ZeRO-3 (parameters partitioned across ranks) the probe runs *sharded* (the collective
 pieces are `all_reduce` and `CoordinateShards` in `runtime.sharding`, `max_over_ranks` in `utils`): every
@@ -472,6 +473,8 @@ class GradientProbe:
                 for task_block, fisher_block in task_terms:
                     acc.add_task_block(task_block, fisher_block)
             sketched = self._task_sketches(task_blocks, fisher_blocks) if self._sketched else None
+            # |sketch|^2 weighs w in |g_D|_M^2, so a train-side Gram vector is sqrt(w) x sketch
+            sketch_roots = [torch.tensor(w).sqrt() for w in sketched[1]] if gram and sketched else None
             # the Gram's metric for whole vectors (a projected vector carries it already)
             root_fisher = (
                 [f.sqrt() for f in fisher_blocks]
@@ -482,9 +485,8 @@ class GradientProbe:
                 if sketched is not None:  # train-side sketches (never sharded): no collective here
                     if mine:
                         acc.add_sketched_domain(d, domain_blocks, *sketched)
-                        if gram:  # |sketch|^2 weighs w in |g_D|_M^2, so the vector is sqrt(w) x sketch
-                            roots = [torch.tensor(w).sqrt() for w in sketched[1]]
-                            acc.add_gram_vector(d, self._gram_vector(domain_blocks, roots, None, None))
+                        if gram:
+                            acc.add_gram_vector(d, self._gram_vector(domain_blocks, sketch_roots, None, None))
                     continue
                 if self.projection is not None:
                     domain_blocks = [self._project(self._scaled(domain_blocks, scales), shards)]
