@@ -296,9 +296,10 @@ class DIDSConfig:
         default=None,
         metadata={
             "help": "`dids` component, with `dids_normaliser: evidence`: how a task with significant evidence "
-            "spends its budget. `tilt`: prior x exp(z' / T) (the largest z' takes nearly all); `proportional`: "
-            "prior x the positive z of every domain (all the domains its evidence favours share). Unset: the "
-            "variant's."
+            "spends its budget. `grouped` (the default rule's): prior x exp(z' / T), where the domains past "
+            "the dead zone that the evidence cannot tell from the best take the best's z'; `tilt`: each domain "
+            "its own z' (the largest takes nearly all); `proportional`: prior x the positive z of every "
+            "domain (all the domains its evidence favours share). Unset: the variant's."
         },
     )
     dids_prior: str | None = field(

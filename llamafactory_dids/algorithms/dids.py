@@ -21,8 +21,10 @@ rows. One pipeline, four stages, each a component the variants set differently:
              noise column passes with chance `EVIDENCE_FALSE_POSITIVE` giving z', nothing before the
              second update; `combination` live: s = sum over tasks with significant evidence of w_j z'_j /
              their total weight, then prior * exp(s / T); weighted: the same over every task; split: each
-             task's own prior * exp(z'_j / T) mixed by w; `allocation` proportional: a live task's mixture
-             is prior * max(z_j, 0) instead of the exponential tilt)
+             task's own prior * exp(z'_j / T) mixed by w; `allocation` grouped: in each column the domains
+             past the dead zone that the evidence cannot tell from the best share its z' (`group_ties`);
+             tilt: each keeps its own; proportional: a live task's mixture is prior * max(z_j, 0) instead
+             of the exponential tilt)
     p_t      = beta p_{t-1} + (1 - beta) p̂, then (1 - smoothing) p_t + smoothing / k (a floor)
 
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
@@ -31,9 +33,9 @@ with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in 
 at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the gradient cosine per task
 orthogonal to the pool gradient, centred over domains and measured in the identity metric
 (`VARIANT_METRICS`; `impact="cosine"` for the plain cosine, `"similarity"` for the inner product), relative
-task weights, no /p, evidence normaliser (T = 1/3) with a uniform prior (Algorithm
-1's start; `prior="natural"` for domain sizes), 5% uniform floor). Why the default departs from the paper,
-with the measurements: docs/dids.md.
+task weights, no /p, evidence normaliser (T = 1/3, the domains of a column that the evidence cannot tell
+apart tilted alike) with a uniform prior (Algorithm 1's start; `prior="natural"` for domain sizes), 5%
+uniform floor). Why the default departs from the paper, with the measurements: docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
 `inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form (the `directional`
@@ -42,6 +44,7 @@ default measures in it already; `fim` puts the Fisher back).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
@@ -57,7 +60,7 @@ NORMALISERS = ("softmax", "clamp", "evidence")
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
 COMBINATIONS = ("live", "weighted", "split")
-ALLOCATIONS = ("tilt", "proportional")
+ALLOCATIONS = ("grouped", "tilt", "proportional")
 
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -69,7 +72,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "importance_correction": False,
         "normaliser": "evidence",
         "combination": "live",
-        "allocation": "tilt",
+        # docs/dids.md, "How a task spends its budget": one of several clusters of a source took it all
+        "allocation": "grouped",
         "prior": "uniform",  # docs/dids.md, "The prior": natural lost to uniform where evidence came late
         "beta": 0.1,
         "smoothing": 0.05,
@@ -132,6 +136,27 @@ def evidence_dead_zone(num_domains: int, false_positive: float = EVIDENCE_FALSE_
     them passing stays alpha (2.05 for k = 5, 1.83 for k = 3, 2.99 for the paper's 72 domains).
     """
     return NormalDist().inv_cdf(1.0 - false_positive / (2.0 * max(int(num_domains), 1)))
+
+
+def group_ties(z: np.ndarray, shrunk: np.ndarray, dead_zone: float) -> np.ndarray:
+    """z' [k, m] where, per column, every domain past the dead zone (z' > 0) that the evidence cannot tell
+    from the column's best takes the best's z' (`grouped` allocation).
+
+    The z of one column share one standard error, so two domains' difference has sqrt(2) of it: domain i is
+    behind the best b when (z_b - z_i) / sqrt(2) passes the same dead zone. The tilt prior * exp(z' / T) then
+    gives every domain of the group the same odds instead of nearly all to whichever the noise put first
+    (four clusters of one source, each a quarter of its rows). Columns with fewer than two domains past the
+    dead zone, and negative z', are returned unchanged.
+    """
+    grouped = np.array(shrunk, dtype=np.float64, copy=True)
+    z = np.asarray(z, dtype=np.float64)
+    for j in range(grouped.shape[1]):
+        passed = grouped[:, j] > 0
+        if passed.sum() < 2:
+            continue
+        ties = passed & (z[:, j] >= z[passed, j].max() - math.sqrt(2.0) * dead_zone)
+        grouped[ties, j] = grouped[passed, j].max()
+    return grouped
 
 
 def softmax(x: np.ndarray, temperature: float = 1.0, prior: np.ndarray | None = None) -> np.ndarray:
@@ -363,6 +388,9 @@ def _evidence_utility(
             raise ValueError(f"{key} must be one of {allowed}, got {spec[key]!r}.")
     extra = evidence.add(scores, base)  # per task: noise columns stay inside the dead zone
     shrunk = np.asarray(extra["z_shrunk"])  # [k, m]
+    if spec["allocation"] == "grouped":
+        shrunk = group_ties(np.asarray(extra["z"]), shrunk, evidence.dead_zone)
+        extra["z_grouped"] = shrunk.tolist()
     live = np.abs(shrunk).max(axis=0) > 0
     extra["live_tasks"] = live.tolist()
     weight = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)

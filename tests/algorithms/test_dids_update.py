@@ -14,6 +14,7 @@ from llamafactory_dids.algorithms.dids import (
     ALLOCATIONS,
     COMBINATIONS,
     EVIDENCE_FALSE_POSITIVE,
+    EVIDENCE_Z_CAP,
     NORMALISERS,
     VARIANTS,
     DIDSStrategy,
@@ -21,6 +22,7 @@ from llamafactory_dids.algorithms.dids import (
     clamp_normalise,
     dids_update,
     evidence_dead_zone,
+    group_ties,
     impact_scores,
     softmax,
     task_weights,
@@ -518,9 +520,28 @@ def test_config_reads_the_rule_tables():
     }
 
 
+def _naive_group(z, z_shrunk, dead_zone):
+    """Reference for `group_ties`: in each column with two or more z' > 0, those whose z is within
+    sqrt(2) dead zones of the best passed domain's take the largest z'."""
+    k, m = z.shape
+    out = np.array(z_shrunk, dtype=np.float64)
+    for j in range(m):
+        passed = [i for i in range(k) if z_shrunk[i, j] > 0]
+        if len(passed) < 2:
+            continue
+        best_z = max(z[i, j] for i in passed)
+        best = max(z_shrunk[i, j] for i in passed)
+        for i in passed:
+            if (best_z - z[i, j]) / np.sqrt(2.0) <= dead_zone:
+                out[i, j] = best
+    return out
+
+
 def _naive_p_hat(z, z_shrunk, w, base, temperature, combination, allocation="tilt"):
     """Reference for the evidence normaliser's p̂ from z and z' [k, m], written with loops."""
     k, m = z.shape
+    if allocation == "grouped":
+        z_shrunk = _naive_group(z, z_shrunk, evidence_dead_zone(k))
 
     def tilt(u):
         e = [base[i] * np.exp(u[i] / temperature) for i in range(k)]
@@ -579,9 +600,11 @@ def test_task_combinations_match_a_naive_reference(combination, allocation):
     if combination == "split" or (allocation == "proportional" and combination == "weighted"):
         share = w / w.sum()
         assert record["p_hat"][0] <= share[0] + share[1] * prior[0] + 1e-12
-        if allocation == "tilt":
+        if allocation != "proportional":
             assert record["p_hat"][0] > share[0] * 0.9  # the live task spends its share on its domain
-    if combination == "live" and allocation == "tilt":  # the silent task drops out: the live one decides
+    if (
+        combination == "live" and allocation != "proportional"
+    ):  # the silent task drops out: the live one decides
         assert record["p_hat"][0] > 0.95
 
 
@@ -595,9 +618,42 @@ def test_proportional_allocation_shares_a_task_among_the_domains_that_serve_it()
     domains = strength[:, None] * task + 0.6 * rng.normal(size=(8, n))
     terms = terms_from_gradients(domains, task[None, :])
     finals = {}
-    for allocation in ALLOCATIONS:
+    for allocation in ("tilt", "proportional"):
         path, _ = run_rule(lambda t: terms, 8, allocation=allocation, impact="similarity")
         finals[allocation] = path[-1]
     tilt, prop = finals["tilt"], finals["proportional"]
     assert tilt[3] > 0.8 and tilt[:3].max() < 0.1  # winner takes (nearly) all
     assert prop[:4].min() > 2 * prop[4:].max() and prop[:4].sum() > 0.8 and prop[3] < 0.5
+
+
+def test_group_ties_matches_a_hand_computed_case():
+    """Column 0: three domains past the dead zone (2); z 4 is within 2 sqrt(2) of the best's 5, 2.1 is not:
+    the first two take the best's z' 3, the third keeps 0.1. Column 1 has one: unchanged, negatives too."""
+    z = np.array([[5.0, 1.0], [4.0, 3.0], [1.5, -3.0], [2.1, 0.5]])
+    shrunk = np.sign(z) * np.clip(np.abs(z) - 2.0, 0.0, EVIDENCE_Z_CAP)
+    grouped = group_ties(z, shrunk, 2.0)
+    np.testing.assert_allclose(grouped, [[3.0, 0.0], [3.0, 1.0], [0.0, -1.0], [0.1, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(grouped, _naive_group(z, shrunk, 2.0), atol=1e-12)
+    np.testing.assert_array_equal(shrunk[:, 1], grouped[:, 1])
+
+
+def test_grouped_allocation_tilts_the_clusters_of_one_source_alike():
+    """Four domains serve the task equally (a source cut in four), each probed with fresh noise: `tilt`
+    gives most of their budget to whichever the noise puts first, `grouped` shares it among those past the
+    dead zone, and the four together get no less."""
+    largest = {"tilt": [], "grouped": []}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        task = rng.normal(size=96)
+        strength = np.array([1.0, 1.0, 1.0, 1.0, 0, 0, 0, 0])
+        noisy = [
+            terms_from_gradients(strength[:, None] * task + 1.5 * rng.normal(size=(8, 96)), task[None, :])
+            for _ in range(10)
+        ]
+        finals = {a: run_rule(lambda t, seq=noisy: seq[t], 10, allocation=a)[0][-1] for a in largest}
+        for allocation, final in finals.items():
+            largest[allocation].append(final[:4].max() / final[:4].sum())
+        assert finals["grouped"][:4].sum() >= finals["tilt"][:4].sum() - 0.02
+        assert largest["grouped"][-1] <= largest["tilt"][-1]
+    # an even share is 0.25 of the four
+    assert np.mean(largest["tilt"]) > 0.45 and np.mean(largest["grouped"]) < 0.32
