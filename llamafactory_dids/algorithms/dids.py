@@ -144,9 +144,9 @@ def group_ties(z: np.ndarray, shrunk: np.ndarray, dead_zone: float) -> np.ndarra
 
     The z of one column share one standard error, so two domains' difference has sqrt(2) of it: domain i is
     behind the best b when (z_b - z_i) / sqrt(2) passes the same dead zone. The tilt prior * exp(z' / T) then
-    gives every domain of the group the same odds instead of nearly all to whichever the noise put first
-    (four clusters of one source, each a quarter of its rows). Columns with fewer than two domains past the
-    dead zone, and negative z', are returned unchanged.
+    multiplies every domain of the group by the same factor instead of giving nearly all to whichever the
+    noise put first (four clusters of one source, each a quarter of its rows). Columns with fewer than two
+    domains past the dead zone, and negative z', are returned unchanged.
     """
     grouped = np.array(shrunk, dtype=np.float64, copy=True)
     z = np.asarray(z, dtype=np.float64)
