@@ -286,10 +286,12 @@ class DIDSConfig:
         default=None,
         metadata={
             "help": "`dids` component, with `dids_normaliser: evidence`: how the tasks' evidence makes one "
-            "mixture. `live`: the task-weighted mean of the significant columns (tasks without evidence drop "
-            "out); `weighted`: the task-weighted mean over every task (no evidence counts as zero); `split`: "
-            "each task spends its weight's share of the budget by its own evidence (the prior where it has "
-            "none). Unset: the variant's."
+            "mixture. `live_split` (the default rule's): each task with significant evidence spends its share "
+            "of the budget (its weight over the live tasks' total) by its own evidence; `live`: the "
+            "task-weighted mean of the significant columns, one tilt (tasks without evidence drop out); "
+            "`weighted`: the task-weighted mean over every task (no evidence counts as zero); `split`: each "
+            "task spends its weight's share of the budget by its own evidence (the prior where it has none). "
+            "Unset: the variant's."
         },
     )
     dids_evidence_allocation: str | None = field(

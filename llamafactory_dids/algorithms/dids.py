@@ -19,9 +19,10 @@ rows. One pipeline, four stages, each a component the variants set differently:
     p̂        `normaliser`: softmax(s / T) (Algorithm 1), clamp(s, 0) / sum (reference code), or evidence
              (Î accumulated over updates per task, divided by its standard error, a dead zone that a
              noise column passes with chance `EVIDENCE_FALSE_POSITIVE` giving z', nothing before the
-             second update; `combination` live: s = sum over tasks with significant evidence of w_j z'_j /
-             their total weight, then prior * exp(s / T); weighted: the same over every task; split: each
-             task's own prior * exp(z'_j / T) mixed by w; `allocation` grouped: in each column the domains
+             second update; `combination` live_split: each task with significant evidence spends its
+             share w_j / (their total weight) of the budget as prior * exp(z'_j / T), the others hand theirs
+             to it; live: s = sum over those tasks of w_j z'_j / their total weight, then prior * exp(s / T);
+             weighted: the same over every task; split: each task's own prior * exp(z'_j / T) mixed by w; `allocation` grouped: in each column the domains
              past the dead zone that the evidence cannot tell from the best share its z' (`group_ties`);
              tilt: each keeps its own; proportional: a live task's mixture is prior * max(z_j, 0) instead
              of the exponential tilt)
@@ -33,9 +34,10 @@ with max-minus, mean over tasks, potential 1.0 below 5 points, impacts alone in 
 at 1e-7 and divided by the sum, beta 0.2), `directional` (the default: the gradient cosine per task
 orthogonal to the pool gradient, centred over domains and measured in the identity metric
 (`VARIANT_METRICS`; `impact="cosine"` for the plain cosine, `"similarity"` for the inner product), relative
-task weights, no /p, evidence normaliser (T = 1/3, the domains of a column that the evidence cannot tell
-apart tilted alike) with a uniform prior (Algorithm 1's start; `prior="natural"` for domain sizes), 5%
-uniform floor). Why the default departs from the paper, with the measurements: docs/dids.md.
+task weights, no /p, evidence normaliser (T = 1/3, each live task spending its share, the domains of a
+column that the evidence cannot tell apart tilted alike) with a uniform prior (Algorithm 1's start;
+`prior="natural"` for domain sizes), 5% uniform floor). Why the default departs from the paper, with the
+measurements: docs/dids.md.
 
 Ablations (paper Table 2): `use_trajectory=False` drops l_p (DIDS-LT) in every variant; the probe's metric
 `inner_product` (DIDS-FIM) replaces diag(F) by the identity in every impact form (the `directional`
@@ -59,7 +61,7 @@ IMPACT_FORMS = ("distance", "similarity", "cosine", "pool_cosine")
 NORMALISERS = ("softmax", "clamp", "evidence")
 TASK_WEIGHTINGS = ("absolute", "relative")
 PRIORS = ("uniform", "natural")
-COMBINATIONS = ("live", "weighted", "split")
+COMBINATIONS = ("live_split", "live", "weighted", "split")
 ALLOCATIONS = ("grouped", "tilt", "proportional")
 
 #: every component of each variant; explicit `dids_*` keys override them (not for `reference`)
@@ -71,7 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "task_weighting": "relative",
         "importance_correction": False,
         "normaliser": "evidence",
-        "combination": "live",
+        # docs/dids.md, "How a task spends its budget": a domain serving one of two live tasks was diluted
+        "combination": "live_split",
         # docs/dids.md, "How a task spends its budget": one of several clusters of a source took it all
         "allocation": "grouped",
         "prior": "uniform",  # docs/dids.md, "The prior": natural lost to uniform where evidence came late
@@ -403,11 +406,16 @@ def _evidence_utility(
             mass = base * np.clip(z[:, j], 0.0, None)
             if mass.sum() > 0:
                 per_task[:, j] = mass / mass.sum()
-        if spec["combination"] == "live":  # tasks without evidence give their share to the live ones
+        if spec["combination"] in ("live", "live_split"):  # tasks without evidence give theirs to live ones
             weight = np.where(live, w, 0.0) / w[live].sum() if live.any() and w[live].sum() > 0 else weight
         return _utility_of(per_task @ weight, base, spec["temperature"]), extra
-    if spec["combination"] == "split":
-        # each task spends its weight's share of the budget by its own evidence (the prior where it has none)
+    if spec["combination"] in ("split", "live_split"):
+        # each task spends its weight's share of the budget by its own evidence; `split`: a task without
+        # evidence spends it on the prior, `live_split`: it hands it to the live tasks (the prior if none)
+        if spec["combination"] == "live_split":
+            if not live.any() or w[live].sum() <= 0:
+                return np.zeros(k), extra
+            weight = np.where(live, w, 0.0) / w[live].sum()
         per_task = np.stack([softmax(shrunk[:, j], spec["temperature"], base) for j in range(m)], axis=1)
         return _utility_of(per_task @ weight, base, spec["temperature"]), extra
     if spec["combination"] == "weighted":  # a task without evidence pulls towards the prior by its weight

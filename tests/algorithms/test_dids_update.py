@@ -553,13 +553,17 @@ def _naive_p_hat(z, z_shrunk, w, base, temperature, combination, allocation="til
 
     live = [j for j in range(m) if any(z_shrunk[i, j] != 0 for i in range(k))]
     if allocation == "proportional":
-        tasks = live if combination == "live" else list(range(m))
+        tasks = live if combination in ("live", "live_split") else list(range(m))
         if not tasks:
             return base.copy()
         total = sum(w[j] for j in tasks)
         return sum(w[j] / total * (proportional(j) if j in live else base) for j in tasks)
     if combination == "split":
         return sum(w[j] / w.sum() * tilt(z_shrunk[:, j]) for j in range(m))
+    if combination == "live_split":
+        if not live:
+            return base.copy()
+        return sum(w[j] / sum(w[i] for i in live) * tilt(z_shrunk[:, j]) for j in live)
     tasks = live if combination == "live" else list(range(m))
     if not tasks:
         return base.copy()
@@ -602,10 +606,8 @@ def test_task_combinations_match_a_naive_reference(combination, allocation):
         assert record["p_hat"][0] <= share[0] + share[1] * prior[0] + 1e-12
         if allocation != "proportional":
             assert record["p_hat"][0] > share[0] * 0.9  # the live task spends its share on its domain
-    if (
-        combination == "live" and allocation != "proportional"
-    ):  # the silent task drops out: the live one decides
-        assert record["p_hat"][0] > 0.95
+    if combination in ("live", "live_split") and allocation != "proportional":
+        assert record["p_hat"][0] > 0.95  # the silent task drops out: the live one decides
 
 
 def test_proportional_allocation_shares_a_task_among_the_domains_that_serve_it():
@@ -657,3 +659,32 @@ def test_grouped_allocation_tilts_the_clusters_of_one_source_alike():
         assert largest["grouped"][-1] <= largest["tilt"][-1]
     # an even share is 0.25 of the four
     assert np.mean(largest["tilt"]) > 0.45 and np.mean(largest["grouped"]) < 0.32
+
+
+def test_live_split_gives_each_live_task_its_share_of_the_budget():
+    """Two tasks, each the direction of its own domain among twelve, both live at the cap: `live_split` spends
+    each task's share of the budget on its domain (the loop reference; each domain at its task's share),
+    where `live`'s one tilt of the weighted z' gives the heavier task's domain most (the task weights act in
+    the exponent)."""
+    rng = np.random.default_rng(0)
+    n = 128
+    own = rng.normal(size=(12, n))
+    tasks = own[:2] + 0.3 * rng.normal(size=(2, n))
+    draws = [terms_from_gradients(own + 1.2 * rng.normal(size=own.shape), tasks) for _ in range(8)]
+    finals = {}
+    for combination in ("live_split", "live"):
+        strategy = DIDSStrategy([f"d{i}" for i in range(12)], [100] * 12, combination=combination)
+        p, history = strategy.initial_weights(), [[5.0, 4.0]]
+        for t in range(8):
+            history.append([5.0 * 0.9 ** (t + 1), 4.0 * 0.95 ** (t + 1)])
+            p = strategy.update(p, {"impact": draws[t], "task_loss_history": np.array(history)})
+        record = strategy.last_terms
+        assert record["live_tasks"] == [True, True]
+        z, w = np.asarray(record["z"]), np.asarray(record["task_weights"])
+        base = np.full(12, 1.0 / 12)
+        expected = _naive_p_hat(z, np.asarray(record["z_shrunk"]), w, base, 1.0 / 3.0, combination, "grouped")
+        np.testing.assert_allclose(record["p_hat"], expected, rtol=1e-9, atol=1e-12)
+        finals[combination] = (np.asarray(record["p_hat"]), w / w.sum())
+    p_hat, share = finals["live_split"]
+    np.testing.assert_allclose(p_hat[:2], share, atol=0.02)
+    assert finals["live"][0][1] < 0.5 * share[1] and p_hat[2:].sum() < finals["live"][0][2:].sum()
