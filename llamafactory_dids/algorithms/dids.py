@@ -22,10 +22,10 @@ rows. One pipeline, four stages, each a component the variants set differently:
              second update; `combination` live_split: each task with significant evidence spends its
              share w_j / (their total weight) of the budget as prior * exp(z'_j / T), the others hand theirs
              to it; live: s = sum over those tasks of w_j z'_j / their total weight, then prior * exp(s / T);
-             weighted: the same over every task; split: each task's own prior * exp(z'_j / T) mixed by w; `allocation` grouped: in each column the domains
-             past the dead zone that the evidence cannot tell from the best share its z' (`group_ties`);
-             tilt: each keeps its own; proportional: a live task's mixture is prior * max(z_j, 0) instead
-             of the exponential tilt)
+             weighted: the same over every task; split: each task's own prior * exp(z'_j / T) mixed by w;
+             `allocation` grouped: in each column the domains past the dead zone that the evidence cannot
+             tell from the best share its z' (`group_ties`); tilt: each keeps its own; proportional: a live
+             task's mixture is prior * max(z_j, 0) instead of the exponential tilt)
     p_t      = beta p_{t-1} + (1 - beta) p̂, then (1 - smoothing) p_t + smoothing / k (a floor)
 
 Variants (`dids_variant`): `paper` (eq. 12 distance, absolute weights, /p, softmax T = 1, beta 0.1: the
@@ -262,8 +262,8 @@ class Evidence:
     noise (a task no domain serves, or too few probe rows) keeps |z| near 1, inside the dead zone (all k of
     its z-scores together pass it with chance alpha per update), and adds nothing. The first update has no
     noise estimate of its own (its z are the scores standardised by their own spread), so it moves
-    nothing. The caller combines the live columns (some z'_ij != 0) with the task weights:
-    u_i = sum_j w_j z'_ij / sum_{j live} w_j.
+    nothing. The caller combines the live columns (some z'_ij != 0) with the task weights (`combination`;
+    the default `live_split`: each live column spends w_j / sum_{j live} w_j of the budget).
     """
 
     def __init__(self, num_domains: int, *, decay: float, dead_zone: float | None = None):
