@@ -397,6 +397,10 @@ def _evidence_utility(
     live = np.abs(shrunk).max(axis=0) > 0
     extra["live_tasks"] = live.tolist()
     weight = w / w.sum() if w.sum() > 0 else np.full(m, 1.0 / m)
+    # `live` and `live_split`: tasks without significant evidence hand their weight to the live ones
+    live_total = w[live].sum()
+    any_live = bool(live.any()) and live_total > 0
+    live_weight = np.where(live, w, 0.0) / live_total if any_live else weight
     if spec["allocation"] == "proportional":
         # a live task's mixture: the prior times its domains' positive z (every domain its evidence puts
         # above the prior's average shares, in proportion to the evidence); the prior where it has none
@@ -406,23 +410,22 @@ def _evidence_utility(
             mass = base * np.clip(z[:, j], 0.0, None)
             if mass.sum() > 0:
                 per_task[:, j] = mass / mass.sum()
-        if spec["combination"] in ("live", "live_split"):  # tasks without evidence give theirs to live ones
-            weight = np.where(live, w, 0.0) / w[live].sum() if live.any() and w[live].sum() > 0 else weight
+        if spec["combination"] in ("live", "live_split"):
+            weight = live_weight
         return _utility_of(per_task @ weight, base, spec["temperature"]), extra
     if spec["combination"] in ("split", "live_split"):
         # each task spends its weight's share of the budget by its own evidence; `split`: a task without
         # evidence spends it on the prior, `live_split`: it hands it to the live tasks (the prior if none)
         if spec["combination"] == "live_split":
-            if not live.any() or w[live].sum() <= 0:
+            if not any_live:
                 return np.zeros(k), extra
-            weight = np.where(live, w, 0.0) / w[live].sum()
+            weight = live_weight
         per_task = np.stack([softmax(shrunk[:, j], spec["temperature"], base) for j in range(m)], axis=1)
         return _utility_of(per_task @ weight, base, spec["temperature"]), extra
     if spec["combination"] == "weighted":  # a task without evidence pulls towards the prior by its weight
         return shrunk @ weight, extra
-    # `live`: tasks without significant evidence drop out of the weighting instead of diluting the others
-    total = w[live].sum()
-    return (shrunk @ w / total if live.any() and total > 0 else np.zeros(k)), extra
+    # `live`: one tilt of the live columns' weighted mean (the others drop out instead of diluting it)
+    return (shrunk @ w / live_total if any_live else np.zeros(k)), extra
 
 
 def _normalise(utility: np.ndarray, spec: Mapping[str, Any], base: np.ndarray, reference: bool) -> np.ndarray:
