@@ -76,10 +76,35 @@ def measure_rows(model: Any, length: int, reps: int) -> dict[str, float]:
             elapsed, _ = h.timed(fn)
             if rep:
                 seconds[name].append(elapsed / rows)
-    return {name: h.median(values) for name, values in seconds.items()} | {
-        "probed_parameters": float(sum(p.numel() for _, p in params)),
-        "parameters": float(sum(p.numel() for p in model.parameters())),
-    }
+    return (
+        {name: h.median(values) for name, values in seconds.items()}
+        | hash_seconds(params, reps)
+        | {
+            "probed_parameters": float(sum(p.numel() for _, p in params)),
+            "parameters": float(sum(p.numel() for p in model.parameters())),
+        }
+    )
+
+
+def hash_seconds(params: list[Any], reps: int) -> dict[str, float]:
+    """Median seconds to sketch one [out, in] product of the largest probed matrix into 4096 buckets, summed in
+    float32 (what the training hooks do) and in float64 (what they did before), interleaved."""
+    import torch
+
+    from llamafactory_dids.algorithms.impact import SparseJLProjection
+
+    product = torch.randn(max((p for _, p in params), key=lambda p: p.numel()).shape).flatten()
+    sketch = SparseJLProjection(4096, 0, cache_bytes=8 * product.numel())
+    hashed = sketch.block_hash(0, product.numel(), product.device)
+    seconds = h.interleaved(
+        {
+            f"sketch one product, {name}": (lambda d=dtype: sketch.project_block(0, product, hashed, dtype=d))
+            for name, dtype in (("float32", torch.float32), ("float64", torch.float64))
+        },
+        5 * reps,
+        warmup=1,
+    )
+    return {name: h.median(values) for name, values in seconds.items()}
 
 
 def cost_model(per_row: dict[str, float], target_samples: int, probe_samples: int) -> dict[str, float]:
@@ -140,6 +165,12 @@ def report(payload: dict[str, Any]) -> list[Figure]:
             "train step, sketched hooks",
         )
     ]
+    figures.append(
+        Figure(
+            "sketching a product in float32 / float64",
+            per_row["sketch one product, float32"] / per_row["sketch one product, float64"],
+        )
+    )
     for kind in ("exact", "sketched"):
         ratio = per_row[f"train step, {kind} hooks"] / per_row["train step"]
         figures.append(

@@ -343,15 +343,23 @@ class SparseJLProjection:
         return buckets, signs
 
     def project_block(
-        self, block: int, x: torch.Tensor, hashed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        block: int,
+        x: torch.Tensor,
+        hashed: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """[..., n] -> [..., dim] float64: the projection of parameter block `block` alone (the projection of
-        a list of blocks is the sum of these); `hashed`: its `block_hash`, if kept."""
+        """[..., n] -> [..., dim]: the projection of parameter block `block` alone (the projection of a list
+        of blocks is the sum of these); `hashed`: its `block_hash`, if kept. Summed in float64 unless `dtype`
+        says otherwise (the training hooks sum in float32: each bucket adds about n / dim values, and the
+        float64 copy of x costs more than the product it hashes)."""
         import torch
 
+        dtype = torch.float64 if dtype is None else dtype
         buckets, signs = hashed if hashed is not None else self.block_hash(block, x.shape[-1], x.device)
-        out = torch.zeros(*x.shape[:-1], self.dim, dtype=torch.float64, device=x.device)
-        return out.index_add_(out.dim() - 1, buckets, x.double() * signs)
+        out = torch.zeros(*x.shape[:-1], self.dim, dtype=dtype, device=x.device)
+        return out.index_add_(out.dim() - 1, buckets, x.to(dtype) * signs.to(dtype))
 
     def project(self, blocks: list[torch.Tensor], spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """Project per-block vectors; returns [..., dim] float64.

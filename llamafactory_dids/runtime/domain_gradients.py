@@ -188,7 +188,9 @@ class DomainGradientHooks:
                 self.sums[i][d].addmm_(delta[mine].flatten(0, 1).T, x[mine].flatten(0, 1))
             else:
                 product = delta[mine].flatten(0, 1).T @ x[mine].flatten(0, 1)
-                self.sums[i][d] += self.sketch.project_block(i, product.flatten(), hashed).float()
+                self.sums[i][d] += self.sketch.project_block(
+                    i, product.flatten(), hashed, dtype=torch.float32
+                )
 
     # --------------------------------------------------------------------------------- update side
     def domain_sums(self, d: int) -> list[torch.Tensor]:

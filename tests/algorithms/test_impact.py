@@ -129,3 +129,7 @@ def test_projection_hash_cache_keeps_blocks_within_its_budget_and_projects_ident
     assert torch.equal(kept.project(shard, spans), fresh.project(shard, spans))
     for b, x in enumerate(blocks):
         assert torch.equal(kept.project_block(b, x), fresh.project_block(b, x))
+        # the training hooks' float32 sums: the same buckets and signs, float32 rounding only
+        single = kept.project_block(b, x.float(), dtype=torch.float32)
+        assert single.dtype == torch.float32
+        torch.testing.assert_close(single.double(), fresh.project_block(b, x), rtol=1e-5, atol=1e-5)
