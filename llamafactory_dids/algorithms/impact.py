@@ -324,12 +324,13 @@ class SparseJLProjection:
 
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
         buckets = torch.randint(0, self.dim, (n,), generator=g)
-        signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64).mul_(2).sub_(1)
+        # +-1 is exact in float32: a float64 x promotes in the product, a float32 one is not upcast
+        signs = torch.randint(0, 2, (n,), generator=g).to(torch.float32).mul_(2).sub_(1)
         return buckets.to(device), signs.to(device)
 
     def block_hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(buckets [n], signs [n] of +-1) of parameter block `block`: drawn once and kept while all kept
-        blocks fit `cache_bytes` (int32 buckets, float32 signs), else drawn again at every call."""
+        blocks fit `cache_bytes` (int32 buckets, float32 signs: float32 either way), else drawn again at every call."""
         import torch
 
         kept = self._kept.get(block)
@@ -337,7 +338,7 @@ class SparseJLProjection:
             return kept[0].to(device), kept[1].to(device)
         buckets, signs = self._hash(block, n, device)
         if kept is None and self._kept_bytes + 8 * n <= self.cache_bytes:
-            self._kept[block] = (buckets.to(torch.int32), signs.to(torch.float32))
+            self._kept[block] = (buckets.to(torch.int32), signs)
             self._kept_bytes += 8 * n
             return self._kept[block]
         return buckets, signs
@@ -359,7 +360,7 @@ class SparseJLProjection:
         dtype = torch.float64 if dtype is None else dtype
         buckets, signs = hashed if hashed is not None else self.block_hash(block, x.shape[-1], x.device)
         out = torch.zeros(*x.shape[:-1], self.dim, dtype=dtype, device=x.device)
-        return out.index_add_(out.dim() - 1, buckets, x.to(dtype) * signs.to(dtype))
+        return out.index_add_(out.dim() - 1, buckets, x.to(dtype) * signs)
 
     def project(self, blocks: list[torch.Tensor], spans: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """Project per-block vectors; returns [..., dim] float64.
