@@ -20,6 +20,9 @@ Two ways to get there:
   nothing whatever the number of layers. Only output-gradients are requested from autograd, so no
   weight gradient is computed either.
 
+Both take `normalise_layers`: each matrix's part of a row's gradient scaled to unit norm before the final
+projection (`normalise_blocks`; repartition's default, a departure from the paper's plain concatenation).
+
 The per-example loss is the mean token cross-entropy over that example's supervised tokens (labels !=
 IGNORE_INDEX: the response tokens of an SFT row, as in training).
 """
@@ -316,8 +319,10 @@ class FactoredGradientFeatures:
         proj_dim: int,
         seed: int,
         topk_fraction: float = 0.0,
+        normalise_layers: bool = False,
     ):
         self.model = model
+        self.normalise_layers = normalise_layers
         self.linears = list(linears)
         self.kron = KroneckerProjection(
             [(m.out_features, m.in_features) for m in self.linears], factor_dim, seed
@@ -389,8 +394,12 @@ class FactoredGradientFeatures:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        """[B, proj_dim] features of a right-padded batch (input_ids, attention_mask, labels: [B, T])."""
-        return self.jl.project([self.block_features(input_ids, attention_mask, labels)]).float()
+        """[B, proj_dim] features of a right-padded batch (input_ids, attention_mask, labels: [B, T]); with
+        `normalise_layers`, each layer's block scaled to unit norm per row first (`normalise_blocks`)."""
+        blocks = self.block_features(input_ids, attention_mask, labels)
+        if self.normalise_layers:
+            blocks = normalise_blocks(blocks, self.kron.block_dims)
+        return self.jl.project([blocks]).float()
 
 
 def exact_example_gradients(
@@ -438,10 +447,27 @@ def exact_gradient_features(
     labels: torch.Tensor,
     *,
     topk_fraction: float = 0.0,
+    normalise_layers: bool = False,
 ) -> torch.Tensor:
-    """[B, s] the paper's features: exact per-example gradient, top-k (if > 0), dense JL projection."""
-    grads = exact_example_gradients(model, params, input_ids, attention_mask, labels)
-    return projection(topk_sparsify(grads, topk_fraction))
+    """[B, s] the paper's features: exact per-example gradient, top-k (if > 0), dense JL projection; with
+    `normalise_layers`, each parameter's part scaled to unit norm per row before the projection."""
+    grads = topk_sparsify(
+        exact_example_gradients(model, params, input_ids, attention_mask, labels), topk_fraction
+    )
+    if normalise_layers:
+        grads = normalise_blocks(grads, [p.numel() for p in params])
+    return projection(grads)
+
+
+def normalise_blocks(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """[B, sum(sizes)] with each consecutive block of `sizes` columns divided by its L2 norm in every row (a
+    zero block stays zero). Concatenated gradients of several matrices compare by the largest matrices'
+    directions alone: on SmolLM2's last three blocks the last MLP's gradients are 2-13x the others' and
+    carry least of what separates kinds of text (docs/repartition.md, "Each matrix an equal say")."""
+    parts = x.split(list(sizes), dim=-1)
+    return torch.cat(
+        [p / p.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny) for p in parts], dim=-1
+    )
 
 
 def mean_pooled_embeddings(

@@ -80,6 +80,14 @@ class RepartitionConfig:
     dids_factor_dim: int = field(
         default=128, metadata={"help": "Per-side dimension of the factored projection of each layer (r x r)."}
     )
+    dids_normalise_layers: bool = field(
+        default=True,
+        metadata={
+            "help": "Scale each selected matrix's gradient to unit norm, row by row, before the matrices are "
+            "joined, so every matrix has an equal say in the cosine (false: the paper's plain concatenation, "
+            "where the matrices with the largest gradients decide)."
+        },
+    )
     dids_num_domains: int | None = field(
         default=None,
         metadata={"help": "Total domains, split over sources in proportion to size (paper: 72 from 18)."},
@@ -193,7 +201,7 @@ def _parse_typed_keys(values: dict[str, Any], cfg: RepartitionConfig, problems: 
             "dids_seed": (0, "a non-negative integer"),
         },
         floats={"dids_probe_layers_fraction": "(0, 1]", "dids_topk_fraction": "[0, 1]"},
-        bools=("train_on_prompt", "mask_history", "trust_remote_code"),
+        bools=("train_on_prompt", "mask_history", "trust_remote_code", "dids_normalise_layers"),
         choices={"dids_features": FEATURES, "dids_clusterer": CLUSTERERS, "stage": ("sft",)},
         strings={
             "model_name_or_path": "a path",

@@ -119,6 +119,7 @@ class GradientExtractor(Extractor):
                 proj_dim=cfg.dids_projection_dim,
                 seed=cfg.dids_seed,
                 topk_fraction=cfg.dids_topk_fraction,
+                normalise_layers=cfg.dids_normalise_layers,
             )
             self.description["factored_dim"] = self.factored.kron.dim
         else:
@@ -160,7 +161,12 @@ class GradientExtractor(Extractor):
         if self.cfg.dids_features == "factored":
             return self.factored(*batch)
         return exact_gradient_features(
-            self.model, self.params, self.projection, *batch, topk_fraction=self.cfg.dids_topk_fraction
+            self.model,
+            self.params,
+            self.projection,
+            *batch,
+            topk_fraction=self.cfg.dids_topk_fraction,
+            normalise_layers=self.cfg.dids_normalise_layers,
         )
 
 

@@ -79,6 +79,7 @@ def _fingerprint(cfg: RepartitionConfig, inputs: Inputs, extractor: Extractor) -
         "model_config_sha256": hashlib.sha256(config_path.read_bytes()).hexdigest(),
         "proj_dim": cfg.dids_projection_dim,
         "factor_dim": cfg.dids_factor_dim,
+        "normalise_layers": cfg.dids_normalise_layers,
         "layers_fraction": cfg.dids_probe_layers_fraction,
         "topk_fraction": cfg.dids_topk_fraction,
         "batch_size": cfg.dids_batch_size,

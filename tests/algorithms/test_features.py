@@ -23,6 +23,7 @@ from llamafactory_dids.algorithms.features import (
     last_block_matrices,
     linear_modules_for,
     mean_pooled_embeddings,
+    normalise_blocks,
     response_token_fit,
     row_losses,
     topk_sparsify,
@@ -130,6 +131,42 @@ def test_factored_features_equal_the_kronecker_projection_of_exact_gradients():
     assert torch.allclose(blocks, reference, atol=1e-5, rtol=1e-4)
     assert torch.allclose(feats(*batch), feats.jl.project([reference]).float(), atol=1e-5, rtol=1e-4)
     assert torch.all(blocks[-1] == 0)
+
+
+def test_normalised_layers_give_every_matrix_unit_norm_before_the_projection():
+    model = tiny_llama()
+    named, params = selected(model)
+    batch = padded_batch(6, 1)
+    exact = exact_grads(model, params, batch)
+    sizes = [p.numel() for p in params]
+    # the reference: each matrix's exact gradient divided by its own norm, row by row (a zero row stays zero)
+    unit = torch.cat(
+        [
+            g / torch.where(g.norm(dim=1, keepdim=True) > 0, g.norm(dim=1, keepdim=True), 1.0)
+            for g in exact.split(sizes, 1)
+        ],
+        1,
+    )
+    projection = RademacherProjection(exact.shape[1], 16, seed=9)
+    for p in params:
+        p.requires_grad_(True)
+    got = exact_gradient_features(model, params, projection, *batch, normalise_layers=True)
+    assert torch.allclose(got, unit @ projection.matrix(), atol=1e-5)
+    for p in params:
+        p.requires_grad_(False)
+    feats = FactoredGradientFeatures(
+        model, linear_modules_for(model, named), factor_dim=4, proj_dim=32, seed=3, normalise_layers=True
+    )
+    blocks = feats.block_features(*batch).split(feats.kron.block_dims, 1)
+    reference = torch.cat([b / b.norm(dim=1, keepdim=True).clamp_min(1e-30) for b in blocks], 1)
+    assert torch.allclose(feats(*batch), feats.jl.project([reference]).float(), atol=1e-5, rtol=1e-4)
+    assert torch.all(feats(*batch)[-1] == 0)  # the row without a supervised token
+    # scaling one matrix's gradient (here: its block) changes nothing once each matrix is normalised
+    scaled = list(feats.block_features(*batch).split(feats.kron.block_dims, 1))
+    scaled[0] = scaled[0] * 50.0
+    assert torch.allclose(
+        normalise_blocks(torch.cat(scaled, 1), feats.kron.block_dims), reference, atol=1e-6, rtol=1e-5
+    )
 
 
 def two_kinds_batch(n, seed, length=14):

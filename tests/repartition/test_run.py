@@ -207,6 +207,8 @@ def test_changed_feature_settings_refuse_the_old_cache(demo_assets, first_run, t
         ValueError, match=r"other settings or data \(.*proj_dim: 64 -> 32\).*Delete that folder"
     ):
         run_repartition(small_config(demo_assets, out, dids_projection_dim=32))
+    with pytest.raises(ValueError, match=r"normalise_layers: True -> False"):
+        run_repartition(small_config(demo_assets, out, dids_normalise_layers=False))
 
 
 def test_source_column_and_total_domain_count(demo_assets, tmp_path):
@@ -269,7 +271,14 @@ def test_older_key_names_are_aliases_of_the_training_names():
 
 def test_config_errors_are_collected():
     with pytest.raises(RepartitionConfigError) as err:
-        parse_repartition_config({"dataset": "a,a", "dids_projection_dim": 0, "dids_clusterr": "faiss"})
+        parse_repartition_config(
+            {
+                "dataset": "a,a",
+                "dids_projection_dim": 0,
+                "dids_clusterr": "faiss",
+                "dids_normalise_layers": "maybe",
+            }
+        )
     text = str(err.value)
     assert (
         "Unknown key `dids_clusterr`. Did you mean `dids_clusterer`? "
@@ -280,6 +289,7 @@ def test_config_errors_are_collected():
         "lists a dataset twice" in text and "`dids_projection_dim` must be a positive integer, got 0" in text
     )
     assert "Set the number of domains" in text
+    assert "`dids_normalise_layers` must be true or false, got 'maybe'" in text
     with pytest.raises(
         RepartitionConfigError, match="`dids_label_column` must be a non-empty string, got ''"
     ):
