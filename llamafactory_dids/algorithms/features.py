@@ -464,10 +464,8 @@ def normalise_blocks(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     zero block stays zero). Concatenated gradients of several matrices compare by the largest matrices'
     directions alone: on SmolLM2's last three blocks the last MLP's gradients are 2-13x the others' and
     carry least of what separates kinds of text (docs/repartition.md, "Each matrix an equal say")."""
-    parts = x.split(list(sizes), dim=-1)
-    return torch.cat(
-        [p / p.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny) for p in parts], dim=-1
-    )
+    eps = torch.finfo(x.dtype).tiny
+    return torch.cat([F.normalize(p, dim=-1, eps=eps) for p in x.split(list(sizes), dim=-1)], dim=-1)
 
 
 def mean_pooled_embeddings(
