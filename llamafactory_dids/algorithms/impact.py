@@ -330,7 +330,8 @@ class SparseJLProjection:
 
     def block_hash(self, block: int, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(buckets [n], signs [n] of +-1) of parameter block `block`: drawn once and kept while all kept
-        blocks fit `cache_bytes` (int32 buckets, float32 signs: float32 either way), else drawn again at every call."""
+        blocks fit `cache_bytes` (int32 buckets, float32 signs: float32 either way), else drawn again at
+        every call."""
         import torch
 
         kept = self._kept.get(block)
