@@ -34,11 +34,18 @@ PRESETS: dict[str, tuple[Sizes, runs.Setting, tuple[int, ...]]] = {
         runs.Setting(cutoff_len=128, budget=480, num_updates=4, target_samples=16, probe_samples=4),
         (0,),
     ),
-    # fine-tuning a pretrained model (`--model DIR`): shorter rows and run, a fine-tuning learning rate
+    # fine-tuning a pretrained model (`--model DIR`): shorter rows and run, a fine-tuning learning rate, and
+    # `dids_probe_samples`' own default of 16 (at 8 the evidence of a pretrained model sits at the dead zone)
     "pretrained": (
         Sizes(train=400, observe=40, heldout=100),
         runs.Setting(
-            cutoff_len=128, batch_size=4, learning_rate=2.0e-5, budget=320, num_updates=8, target_samples=16
+            cutoff_len=128,
+            batch_size=4,
+            learning_rate=2.0e-5,
+            budget=320,
+            num_updates=8,
+            target_samples=16,
+            probe_samples=16,
         ),
         (0,),
     ),

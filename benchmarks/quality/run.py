@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fine-tune this pretrained model directory instead of the tiny model trained from scratch (e.g. "
         "`llamafactory-dids proxy smollm2 DIR`); selects the `pretrained` preset (cutoff 128, batch 4, lr 2e-5, "
-        "320 samples, 8 updates)",
+        "320 samples, 8 updates, 16 probe rows)",
     )
     parser.add_argument("--no-repartition", action="store_true", help="skip `llamafactory-dids repartition`")
     parser.add_argument(
